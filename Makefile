@@ -1,0 +1,77 @@
+# PayFlow build, run and test entry points.
+#
+#   make            build build/modules/ngx_http_payflow_module.so
+#   make run        install what is missing, build, start PayFlow (dev)
+#   make stop       stop nginx, PostgreSQL and Redis started by make run
+#   make test       install what is missing, build, run the test suite
+#   make bench      benchmark (wrk): nginx return 200 vs /readyz
+#   make static     build a static nginx with --add-module=. (needs sources)
+
+NGX_SRC ?=	/usr/share/nginx/src
+CC ?=		cc
+BUILD :=	build
+NGX_BUILD :=	$(BUILD)/nginx-$(notdir $(CC))
+MODULE :=	$(BUILD)/modules/ngx_http_payflow_module.so
+
+# Debian's own hardening flags; warnings are added after configure so that
+# nginx's feature probes are not affected by -Werror.
+CC_OPT :=	-g -O2 -fstack-protector-strong -Wformat \
+		-Werror=format-security -fPIC -D_FORTIFY_SOURCE=2
+LD_OPT :=	-Wl,-z,relro -Wl,-z,now -fPIC
+WARN :=		-Wall -Wextra -Werror
+
+SOURCES :=	config $(wildcard shared/*.[ch] ngx_payflow_*/*.[ch] \
+		ngx_payflow_*/*/*.[ch])
+
+.PHONY: all build deps run stop test bench static clang clean distclean
+
+all: build
+
+build: $(MODULE)
+
+$(NGX_BUILD)/objs/Makefile: config
+	@test -f $(NGX_SRC)/configure || { \
+	    echo "nginx sources not found in $(NGX_SRC):" \
+	         "run 'make deps' (package nginx-dev)"; exit 1; }
+	rm -rf $(NGX_BUILD)
+	mkdir -p $(NGX_BUILD)
+	cp -a $(NGX_SRC)/. $(NGX_BUILD)/
+	cd $(NGX_BUILD) && bash -c '. ./conf_flags && ./configure \
+	    "$${NGX_CONF_FLAGS[@]}" --with-cc=$(CC) \
+	    --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(LD_OPT)" \
+	    --add-dynamic-module=$(CURDIR)' > configure.log 2>&1 \
+	    || { cat $(NGX_BUILD)/configure.log; rm -f $(NGX_BUILD)/objs/Makefile; \
+	         exit 1; }
+	sed -i 's/^CFLAGS = .*/& $(WARN)/' $(NGX_BUILD)/objs/Makefile
+
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	mkdir -p $(dir $(MODULE))
+	cp $(NGX_BUILD)/objs/ngx_http_payflow_module.so $(MODULE)
+
+clang:
+	$(MAKE) CC=clang MODULE=$(BUILD)/clang/ngx_http_payflow_module.so
+
+deps:
+	@scripts/deps
+
+run: deps build
+	@scripts/run start
+
+stop:
+	@scripts/run stop
+
+test: deps build
+	@scripts/test
+
+bench: deps build
+	@bench/run
+
+static:
+	@scripts/static-build
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: stop clean
+	rm -rf var

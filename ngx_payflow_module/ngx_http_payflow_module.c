@@ -1,0 +1,702 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * ngx_http_payflow_module: the payment API.  This file declares the
+ * directives, owns the per-worker PostgreSQL pool and wraps every response
+ * of a PayFlow location: X-Request-Id, and nginx's own error pages (413,
+ * 405, ...) turned into the JSON envelope.  Handlers live in their own
+ * files.
+ */
+
+
+#include "ngx_http_payflow_module.h"
+#include "ngx_http_payflow_api.h"
+#include "ngx_http_payflow_health.h"
+
+
+#define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
+
+
+static ngx_int_t ngx_http_payflow_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_uint_t ngx_http_payflow_request_id_valid(ngx_str_t *id);
+static ngx_int_t ngx_http_payflow_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+static char *ngx_http_payflow_db(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+static void *ngx_http_payflow_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_payflow_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_payflow_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_payflow_init_process(ngx_cycle_t *cycle);
+static void ngx_http_payflow_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_payflow_commands[] = {
+
+    { ngx_string("payflow_db"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_db,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_payflow_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PAYFLOW_HEALTH,
+      NULL },
+
+    { ngx_string("payflow_ready"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_payflow_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PAYFLOW_READY,
+      NULL },
+
+    { ngx_string("payflow_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_payflow_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PAYFLOW_API,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_payflow_module_ctx = {
+    ngx_http_payflow_add_variables,        /* preconfiguration */
+    ngx_http_payflow_init,                 /* postconfiguration */
+
+    ngx_http_payflow_create_main_conf,     /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_payflow_create_loc_conf,      /* create location configuration */
+    ngx_http_payflow_merge_loc_conf        /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_payflow_module = {
+    NGX_MODULE_V1,
+    &ngx_http_payflow_module_ctx,          /* module context */
+    ngx_http_payflow_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_payflow_init_process,         /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_payflow_exit_process,         /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_payflow_vars[] = {
+
+    { ngx_string("payflow_request_id"), NULL,
+      ngx_http_payflow_request_id_variable, 0, 0, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_payflow_request_id_name =
+    ngx_string("payflow_request_id");
+static ngx_str_t  ngx_http_payflow_unknown_id = ngx_string("req_unknown");
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+ngx_http_payflow_ctx_t *
+ngx_http_payflow_get_ctx(ngx_http_request_t *r)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_ctx_t));
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_payflow_module);
+    }
+
+    return ctx;
+}
+
+
+/*
+ * The request id is a cacheable indexed variable, so it stays the same
+ * across internal redirects (which clear module contexts).
+ */
+
+ngx_str_t *
+ngx_http_payflow_request_id(ngx_http_request_t *r)
+{
+    ngx_str_t                     *id;
+    ngx_http_variable_value_t     *vv;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    vv = ngx_http_get_indexed_variable(r->main, pmcf->request_id_index);
+
+    if (vv == NULL || vv->not_found) {
+        return &ngx_http_payflow_unknown_id;
+    }
+
+    id = ngx_palloc(r->pool, sizeof(ngx_str_t));
+    if (id == NULL) {
+        return &ngx_http_payflow_unknown_id;
+    }
+
+    id->data = vv->data;
+    id->len = vv->len;
+
+    return id;
+}
+
+
+ngx_int_t
+ngx_http_payflow_send_data(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *data)
+{
+    ngx_str_t                body;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    if (data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (pf_response_data_body(r->pool, data, ngx_http_payflow_request_id(r),
+                              &body)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->envelope = 1;
+
+    return pf_response_send(r, status, &body);
+}
+
+
+ngx_int_t
+ngx_http_payflow_send_error(ngx_http_request_t *r, pf_error_t *err)
+{
+    ngx_str_t                body;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    if (pf_response_error_body(r->pool, err, ngx_http_payflow_request_id(r),
+                               &body)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->envelope = 1;
+
+    if (err->retry_after
+        && pf_response_retry_after(r, err->retry_after) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return pf_response_send(r, err->status, &body);
+}
+
+
+/* the answer to a query that did not succeed for want of the database */
+
+ngx_int_t
+ngx_http_payflow_send_db_error(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    pf_error_t  err;
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = NGX_HTTP_SERVICE_UNAVAILABLE;
+    err.type = PF_ERROR_API;
+    err.retry_after = 1;
+
+    switch (q->status) {
+
+    case PF_PG_BUSY:
+        err.code = "database_busy";
+        err.message = "the database is busy, retry shortly";
+        break;
+
+    case PF_PG_TIMEOUT:
+        err.code = "database_timeout";
+        err.message = "the database did not answer in time";
+        break;
+
+    case PF_PG_SQL_ERROR:
+        err.status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        err.code = "database_error";
+        err.message = "a database statement failed";
+        err.retry_after = 0;
+        break;
+
+    default:
+        err.code = "database_unavailable";
+        err.message = "the database is unavailable, retry shortly";
+        break;
+    }
+
+    return ngx_http_payflow_send_error(r, &err);
+}
+
+
+/* completes a request suspended on PostgreSQL, from the pool's event */
+
+void
+ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_payflow_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a sane client X-Request-Id is kept, anything else replaced */
+
+static ngx_int_t
+ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t         id;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-Request-Id") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Request-Id",
+                               sizeof("X-Request-Id") - 1) == 0
+            && ngx_http_payflow_request_id_valid(&h[i].value))
+        {
+            v->data = h[i].value.data;
+            v->len = h[i].value.len;
+            goto found;
+        }
+    }
+
+    if (pf_id_generate(r->pool, "req_", &id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    v->data = id.data;
+    v->len = id.len;
+
+found:
+
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_payflow_request_id_valid(ngx_str_t *id)
+{
+    u_char      ch;
+    ngx_uint_t  i;
+
+    if (id->len == 0 || id->len > NGX_HTTP_PAYFLOW_REQUEST_ID_MAX) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        ch = id->data[i];
+
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+            || (ch >= '0' && ch <= '9')
+            || ch == '-' || ch == '_' || ch == '.' || ch == ':')
+        {
+            continue;
+        }
+
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_header_filter(ngx_http_request_t *r)
+{
+    ngx_str_t                    *id;
+    pf_error_t                    err;
+    ngx_http_payflow_ctx_t       *ctx;
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_payflow_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_module);
+
+    if (plcf->kind == NGX_HTTP_PAYFLOW_NONE || r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    id = ngx_http_payflow_request_id(r);
+
+    if (pf_response_add_header(r, "X-Request-Id", id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (r->headers_out.status < NGX_HTTP_BAD_REQUEST
+        || (ctx && ctx->envelope))
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    /* an error page nginx made itself: the client gets the envelope */
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    pf_response_status_error(r->headers_out.status, &err);
+
+    if (r->headers_out.status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        err.message = (char *) ngx_pnalloc(r->pool, 80);
+        if (err.message == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) ngx_sprintf((u_char *) err.message,
+                           "the request body exceeds the limit of %O bytes%Z",
+                           clcf->client_max_body_size);
+    }
+
+    if (pf_response_error_body(r->pool, &err, id, &ctx->error_body)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (err.retry_after
+        && pf_response_retry_after(r, err.retry_after) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    (void) pf_response_set_json_headers(r, ctx->error_body.len);
+
+    ctx->replace = 1;
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t               *b;
+    ngx_uint_t               last;
+    ngx_chain_t             *cl, out;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (ctx == NULL || !ctx->replace || in == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* swallow nginx's HTML page, send the envelope in its place */
+
+    last = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->last_buf) {
+            last = 1;
+        }
+
+        b->pos = b->last;
+        b->file_pos = b->file_last;
+    }
+
+    if (!last) {
+        return NGX_OK;
+    }
+
+    ctx->replace = 0;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = ctx->error_body.data;
+    b->last = ctx->error_body.data + ctx->error_body.len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
+}
+
+
+static char *
+ngx_http_payflow_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    if (pmcf->db) {
+        return "is duplicate";
+    }
+
+    pmcf->db = ngx_pcalloc(cf->pool, sizeof(pf_pg_conf_t));
+    if (pmcf->db == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return pf_pg_conf_parse(cf, pmcf->db);
+}
+
+
+static char *
+ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_loc_conf_t *plcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (plcf->kind != NGX_HTTP_PAYFLOW_NONE) {
+        return "is duplicate";
+    }
+
+    /* the directive table carries the handler kind in "offset" */
+    plcf->kind = (ngx_http_payflow_kind_e) cmd->offset;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    switch (plcf->kind) {
+
+    case NGX_HTTP_PAYFLOW_HEALTH:
+        clcf->handler = ngx_http_payflow_health_handler;
+        break;
+
+    case NGX_HTTP_PAYFLOW_READY:
+        clcf->handler = ngx_http_payflow_ready_handler;
+        break;
+
+    default:
+        clcf->handler = ngx_http_payflow_api_handler;
+        break;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_main_conf_t));
+    if (pmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     pmcf->db = NULL;
+     *     pmcf->pool = NULL;
+     *     pmcf->schema_version = NULL;
+     */
+
+    pmcf->request_id_index = NGX_CONF_UNSET;
+
+    return pmcf;
+}
+
+
+static void *
+ngx_http_payflow_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_payflow_loc_conf_t  *plcf;
+
+    plcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_loc_conf_t));
+    if (plcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     plcf->kind = NGX_HTTP_PAYFLOW_NONE;
+     */
+
+    return plcf;
+}
+
+
+static char *
+ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_payflow_loc_conf_t *conf = child;
+
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    /* the handler kind belongs to its location and is not inherited */
+
+    if (conf->kind == NGX_HTTP_PAYFLOW_READY
+        || conf->kind == NGX_HTTP_PAYFLOW_API)
+    {
+        pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
+
+        if (pmcf->db == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%s\" requires \"payflow_db\" in the http "
+                               "block",
+                               conf->kind == NGX_HTTP_PAYFLOW_READY
+                               ? "payflow_ready" : "payflow_api");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_init(ngx_conf_t *cf)
+{
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
+
+    pmcf->request_id_index = ngx_http_get_variable_index(cf,
+                                           &ngx_http_payflow_request_id_name);
+    if (pmcf->request_id_index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (pmcf->db && ngx_http_payflow_health_init(cf, pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_payflow_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_payflow_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_payflow_module);
+
+    if (pmcf == NULL || pmcf->db == NULL) {
+        return NGX_OK;
+    }
+
+    pmcf->pool = pf_pg_pool_create(cycle, pmcf->db);
+    if (pmcf->pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_payflow_module);
+
+    if (pmcf && pmcf->pool) {
+        pf_pg_pool_destroy(pmcf->pool);
+        pmcf->pool = NULL;
+    }
+}

@@ -1,0 +1,1581 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * Per-worker PostgreSQL connection pool driven by nginx events.
+ *
+ * libpq runs in non-blocking mode; its sockets are wrapped as nginx
+ * connections (released with ngx_free_connection: libpq owns them) and
+ * watched level-triggered, because libpq does not promise to drain a socket
+ * on every read.  Every query is sent in pipeline mode followed by one Sync,
+ * so a multi-statement transaction costs one round trip.  Statements named
+ * with pf_pg_statement_add() are prepared on each connection right after it
+ * connects.
+ *
+ * A query whose owner goes away (client abort) is detached: the connection
+ * drains its results and is reused, or is dropped at query_timeout.  Libpq's
+ * PQcancel() blocks, so it is never used.
+ */
+
+
+#include "pf_pg.h"
+
+#include <sys/stat.h>
+#include <openssl/ssl.h>
+
+
+#define PF_PG_BACKOFF_MIN  100
+#define PF_PG_BACKOFF_MAX  2000
+
+
+typedef enum {
+    PF_PG_CONN_CLOSED = 0,
+    PF_PG_CONN_CONNECTING,
+    PF_PG_CONN_SETUP,
+    PF_PG_CONN_IDLE,
+    PF_PG_CONN_BUSY,
+    PF_PG_CONN_RESET
+} pf_pg_conn_state_e;
+
+
+struct pf_pg_conn_s {
+    pf_pg_pool_t               *pool;
+    PGconn                     *pg;
+    ngx_connection_t           *c;
+    ino_t                       ino;
+
+    pf_pg_conn_state_e          state;
+    PostgresPollingStatusType   poll;
+
+    pf_pg_query_t              *query;
+    ngx_uint_t                  index;      /* statement being answered */
+    ngx_uint_t                  nstmts;     /* statements in the pipeline */
+    ngx_uint_t                  syncs;      /* Syncs not yet answered */
+
+    ngx_event_t                 timer;
+    ngx_msec_t                  backoff;
+    ngx_queue_t                 queue;
+
+    unsigned                    setup_failed:1;
+};
+
+
+struct pf_pg_pool_s {
+    pf_pg_conf_t               *conf;
+    ngx_log_t                  *log;
+    pf_pg_conn_t               *conns;
+
+    ngx_queue_t                 idle;
+    ngx_queue_t                 waiting;
+
+    ngx_uint_t                  nwaiting;
+    ngx_uint_t                  nlive;      /* connecting or connected */
+    ngx_uint_t                  nconnected;
+    ngx_uint_t                  nbusy;
+
+    u_char                      statement_timeout[NGX_INT_T_LEN + 1];
+};
+
+
+static char *pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *password);
+static char *pf_pg_conf_hostaddr(ngx_conf_t *cf, const char *host,
+    ngx_str_t *hostaddr);
+static char *pf_pg_strdup(ngx_pool_t *pool, const char *s);
+
+static void pf_pg_conn_connect(pf_pg_conn_t *conn);
+static void pf_pg_conn_poll(pf_pg_conn_t *conn);
+static void pf_pg_conn_setup(pf_pg_conn_t *conn);
+static ngx_int_t pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q);
+static void pf_pg_conn_flush(pf_pg_conn_t *conn);
+static void pf_pg_conn_receive(pf_pg_conn_t *conn);
+static void pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res);
+static void pf_pg_conn_complete(pf_pg_conn_t *conn);
+static void pf_pg_conn_release(pf_pg_conn_t *conn);
+static void pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status);
+static void pf_pg_conn_close(pf_pg_conn_t *conn);
+static ngx_int_t pf_pg_conn_watch(pf_pg_conn_t *conn);
+static void pf_pg_conn_unwatch(pf_pg_conn_t *conn);
+static ngx_int_t pf_pg_conn_events(pf_pg_conn_t *conn, ngx_uint_t rd,
+    ngx_uint_t wr);
+static void pf_pg_conn_log(pf_pg_conn_t *conn, ngx_uint_t level,
+    const char *what);
+
+static void pf_pg_read_handler(ngx_event_t *rev);
+static void pf_pg_write_handler(ngx_event_t *wev);
+static void pf_pg_timer_handler(ngx_event_t *ev);
+static void pf_pg_wait_handler(ngx_event_t *ev);
+static void pf_pg_pool_fail_waiting(pf_pg_pool_t *pool);
+static void pf_pg_query_cleanup(void *data);
+
+
+/*
+ * payflow_db "<conninfo>" [pool=N] [queue=N] [queue_timeout=T]
+ *     [query_timeout=T] [connect_timeout=T] [password_file=PATH];
+ */
+
+char *
+pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
+{
+    char                *err;
+    ngx_int_t            n;
+    ngx_str_t           *value, s, password, hostaddr;
+    ngx_uint_t           i, nopts;
+    const char          *host;
+    PQconninfoOption    *opts, *o;
+
+    value = cf->args->elts;
+
+    conf->size = 4;
+    conf->queue = 256;
+    conf->queue_timeout = 3000;
+    conf->query_timeout = 10000;
+    conf->connect_timeout = 5000;
+
+    ngx_str_null(&password);
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n == NGX_ERROR || n == 0 || n > 1024) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid pool size \"%V\", "
+                                   "expected 1..1024", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            conf->size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "queue=", 6) == 0) {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (n == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid queue size \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            conf->queue = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "queue_timeout=", 14) == 0
+            || ngx_strncmp(value[i].data, "query_timeout=", 14) == 0
+            || ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0)
+        {
+            s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            n = ngx_parse_time(&s, 0);
+            if (n == NGX_ERROR || n == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid timeout \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (value[i].data[2] == 'e') {
+                conf->queue_timeout = n;
+
+            } else if (value[i].data[2] == 'r') {
+                conf->query_timeout = n;
+
+            } else {
+                conf->connect_timeout = n;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password_file=", 14) == 0) {
+            s.data = value[i].data + 14;
+            s.len = value[i].len - 14;
+
+            if (pf_pg_conf_password(cf, &s, &password) != NGX_CONF_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    opts = PQconninfoParse((char *) value[1].data, &err);
+    if (opts == NULL) {
+        if (err) {
+            s.data = (u_char *) err;
+            s.len = ngx_strlen(err);
+
+            while (s.len && (s.data[s.len - 1] == '\n'
+                             || s.data[s.len - 1] == '\r'))
+            {
+                s.len--;
+            }
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid connection string \"%V\": %V",
+                               &value[1], &s);
+            PQfreemem(err);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid connection string \"%V\"",
+                               &value[1]);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    nopts = 0;
+    host = NULL;
+    ngx_str_null(&hostaddr);
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL || o->val[0] == '\0') {
+            continue;
+        }
+
+        if (ngx_strcmp(o->keyword, "password") == 0 && password.len) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "both a password in the connection string "
+                               "and \"password_file\" are given");
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_strcmp(o->keyword, "host") == 0) {
+            host = o->val;
+        }
+
+        if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+            host = NULL;
+            hostaddr.len = 1;
+            break;
+        }
+
+        nopts++;
+    }
+
+    /* host names are resolved now: libpq would resolve them blocking */
+
+    if (host && hostaddr.len == 0) {
+        if (pf_pg_conf_hostaddr(cf, host, &hostaddr) != NGX_CONF_OK) {
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    conf->keywords = ngx_pcalloc(cf->pool, (nopts + 4) * sizeof(char *));
+    conf->values = ngx_pcalloc(cf->pool, (nopts + 4) * sizeof(char *));
+    if (conf->keywords == NULL || conf->values == NULL) {
+        PQconninfoFree(opts);
+        return NGX_CONF_ERROR;
+    }
+
+    n = 0;
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL || o->val[0] == '\0') {
+            continue;
+        }
+
+        conf->keywords[n] = pf_pg_strdup(cf->pool, o->keyword);
+        conf->values[n] = pf_pg_strdup(cf->pool, o->val);
+
+        if (conf->keywords[n] == NULL || conf->values[n] == NULL) {
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+
+        n++;
+    }
+
+    PQconninfoFree(opts);
+
+    if (hostaddr.len > 1) {
+        conf->keywords[n] = "hostaddr";
+        conf->values[n++] = (char *) hostaddr.data;
+    }
+
+    if (password.len) {
+        conf->keywords[n] = "password";
+        conf->values[n++] = (char *) password.data;
+    }
+
+    conf->keywords[n] = "fallback_application_name";
+    conf->values[n] = "payflow";
+
+    if (ngx_array_init(&conf->statements, cf->pool, 8,
+                       sizeof(pf_pg_statement_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+const pf_pg_statement_t *
+pf_pg_statement_add(ngx_conf_t *cf, pf_pg_conf_t *conf, const char *name,
+    const char *sql, ngx_uint_t nparams)
+{
+    ngx_uint_t          i;
+    pf_pg_statement_t  *st;
+
+    st = conf->statements.elts;
+
+    for (i = 0; i < conf->statements.nelts; i++) {
+        if (ngx_strcmp(st[i].name, name) == 0) {
+            return &st[i];
+        }
+    }
+
+    st = ngx_array_push(&conf->statements);
+    if (st == NULL) {
+        return NULL;
+    }
+
+    st->name = name;
+    st->sql = sql;
+    st->nparams = nparams;
+
+    return st;
+}
+
+
+static char *
+pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
+{
+    u_char           *p;
+    size_t            size;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         file;
+    ngx_file_info_t   fi;
+
+    file = *name;
+
+    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &file);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_fd_info_n " \"%V\" failed", &file);
+        goto failed;
+    }
+
+    size = ngx_file_size(&fi);
+
+    if (size == 0 || size > 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "password file \"%V\" must hold one password "
+                           "of 1..1024 bytes", &file);
+        goto failed;
+    }
+
+    p = ngx_pnalloc(cf->pool, size + 1);
+    if (p == NULL) {
+        goto failed;
+    }
+
+    n = ngx_read_fd(fd, p, size);
+    if (n != (ssize_t) size) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_read_fd_n " \"%V\" failed", &file);
+        goto failed;
+    }
+
+    while (size && (p[size - 1] == '\n' || p[size - 1] == '\r')) {
+        size--;
+    }
+
+    if (size == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "password file \"%V\" is empty", &file);
+        goto failed;
+    }
+
+    p[size] = '\0';
+
+    password->data = p;
+    password->len = size;
+
+    (void) ngx_close_file(fd);
+
+    return NGX_CONF_OK;
+
+failed:
+
+    (void) ngx_close_file(fd);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * Builds "hostaddr" for a comma-separated "host" list: addresses are kept,
+ * socket directories get an empty entry, names are resolved here, in the
+ * master process, like nginx resolves upstream servers at configuration.
+ */
+
+static char *
+pf_pg_conf_hostaddr(ngx_conf_t *cf, const char *host, ngx_str_t *hostaddr)
+{
+    u_char      *p, *last, *start, *end;
+    size_t       len;
+    ngx_url_t    u;
+    ngx_uint_t   names;
+
+    len = ngx_strlen(host);
+
+    p = ngx_pnalloc(cf->pool, (len + 1) * (NGX_SOCKADDR_STRLEN + 1));
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    hostaddr->data = p;
+    names = 0;
+
+    start = (u_char *) host;
+    last = start + len;
+
+    while (start <= last) {
+        end = ngx_strlchr(start, last, ',');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (start != (u_char *) host) {
+            *p++ = ',';
+        }
+
+        if (end > start && *start != '/' && *start != '@') {
+
+            ngx_memzero(&u, sizeof(ngx_url_t));
+
+            u.host.data = start;
+            u.host.len = end - start;
+
+            if (*start == '[' || ngx_strlchr(start, end, ':') != NULL) {
+                /* an IPv6 literal needs no resolving */
+                p = ngx_cpymem(p, start, end - start);
+
+            } else if (ngx_inet_addr(start, end - start) != INADDR_NONE) {
+                p = ngx_cpymem(p, start, end - start);
+
+            } else {
+                if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK
+                    || u.naddrs == 0)
+                {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "host \"%V\" in the connection string "
+                                       "could not be resolved", &u.host);
+                    return NGX_CONF_ERROR;
+                }
+
+                p += ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen,
+                                   p, NGX_SOCKADDR_STRLEN, 0);
+                names++;
+            }
+        }
+
+        start = end + 1;
+    }
+
+    *p = '\0';
+    hostaddr->len = p - hostaddr->data;
+
+    if (names == 0) {
+        /* nothing to resolve: leave libpq's own handling untouched */
+        hostaddr->len = 0;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+pf_pg_strdup(ngx_pool_t *pool, const char *s)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = ngx_strlen(s);
+
+    p = ngx_pnalloc(pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s, len + 1);
+
+    return (char *) p;
+}
+
+
+pf_pg_pool_t *
+pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf)
+{
+    ngx_uint_t     i;
+    pf_pg_conn_t  *conn;
+    pf_pg_pool_t  *pool;
+
+    pool = ngx_pcalloc(cycle->pool, sizeof(pf_pg_pool_t));
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    pool->conns = ngx_pcalloc(cycle->pool, conf->size * sizeof(pf_pg_conn_t));
+    if (pool->conns == NULL) {
+        return NULL;
+    }
+
+    pool->conf = conf;
+    pool->log = cycle->log;
+
+    ngx_queue_init(&pool->idle);
+    ngx_queue_init(&pool->waiting);
+
+    (void) ngx_sprintf(pool->statement_timeout, "%M%Z", conf->query_timeout);
+
+    for (i = 0; i < conf->size; i++) {
+        conn = &pool->conns[i];
+
+        conn->pool = pool;
+        conn->timer.handler = pf_pg_timer_handler;
+        conn->timer.data = conn;
+        conn->timer.log = pool->log;
+
+        pf_pg_conn_connect(conn);
+    }
+
+    return pool;
+}
+
+
+void
+pf_pg_pool_destroy(pf_pg_pool_t *pool)
+{
+    ngx_uint_t      i;
+    ngx_queue_t    *qu;
+    pf_pg_conn_t   *conn;
+    pf_pg_query_t  *q;
+
+    while (!ngx_queue_empty(&pool->waiting)) {
+        qu = ngx_queue_head(&pool->waiting);
+        q = ngx_queue_data(qu, pf_pg_query_t, queue);
+
+        ngx_queue_remove(qu);
+        q->queued = 0;
+
+        if (q->wait.timer_set) {
+            ngx_del_timer(&q->wait);
+        }
+    }
+
+    pool->nwaiting = 0;
+
+    for (i = 0; i < pool->conf->size; i++) {
+        conn = &pool->conns[i];
+
+        if (conn->query) {
+            conn->query->conn = NULL;
+            conn->query = NULL;
+        }
+
+        pf_pg_conn_close(conn);
+    }
+}
+
+
+void
+pf_pg_pool_stats(pf_pg_pool_t *pool, pf_pg_pool_stats_t *stats)
+{
+    stats->size = pool->conf->size;
+    stats->connected = pool->nconnected;
+    stats->busy = pool->nbusy;
+    stats->waiting = pool->nwaiting;
+}
+
+
+pf_pg_query_t *
+pf_pg_query_create(ngx_pool_t *pool, pf_pg_pool_t *pg, ngx_uint_t nstmts)
+{
+    pf_pg_query_t       *q;
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, sizeof(pf_pg_query_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    q = cln->data;
+    ngx_memzero(q, sizeof(pf_pg_query_t));
+
+    q->stmts = ngx_pcalloc(pool, nstmts * sizeof(pf_pg_stmt_t));
+    q->results = ngx_pcalloc(pool, nstmts * sizeof(PGresult *));
+    if (q->stmts == NULL || q->results == NULL) {
+        return NULL;
+    }
+
+    q->pool = pg;
+    q->nstmts = nstmts;
+    q->log = pg->log;
+
+    cln->handler = pf_pg_query_cleanup;
+
+    return q;
+}
+
+
+/*
+ * NGX_OK: the handler will be called later, never before this returns.
+ * NGX_DECLINED: the query was not started; q->status tells why.
+ */
+
+ngx_int_t
+pf_pg_query_run(pf_pg_query_t *q)
+{
+    ngx_queue_t   *qu;
+    pf_pg_conn_t  *conn;
+    pf_pg_pool_t  *pool;
+
+    pool = q->pool;
+
+    q->status = PF_PG_OK;
+    q->start = ngx_current_msec;
+
+    while (!ngx_queue_empty(&pool->idle)) {
+        qu = ngx_queue_head(&pool->idle);
+        conn = ngx_queue_data(qu, pf_pg_conn_t, queue);
+
+        ngx_queue_remove(qu);
+
+        if (pf_pg_conn_send(conn, q) == NGX_OK) {
+            return NGX_OK;
+        }
+
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+    }
+
+    if (pool->nlive == 0) {
+        q->status = PF_PG_UNAVAILABLE;
+        return NGX_DECLINED;
+    }
+
+    if (pool->nwaiting >= pool->conf->queue) {
+        q->status = PF_PG_BUSY;
+        return NGX_DECLINED;
+    }
+
+    ngx_queue_insert_tail(&pool->waiting, &q->queue);
+    q->queued = 1;
+    pool->nwaiting++;
+
+    q->wait.handler = pf_pg_wait_handler;
+    q->wait.data = q;
+    q->wait.log = q->log;
+
+    ngx_add_timer(&q->wait, pool->conf->queue_timeout);
+
+    return NGX_OK;
+}
+
+
+const char *
+pf_pg_query_sqlstate(pf_pg_query_t *q)
+{
+    if (q->status != PF_PG_SQL_ERROR || q->results[q->failed] == NULL) {
+        return NULL;
+    }
+
+    return PQresultErrorField(q->results[q->failed], PG_DIAG_SQLSTATE);
+}
+
+
+const char *
+pf_pg_status_text(pf_pg_status_e status)
+{
+    switch (status) {
+    case PF_PG_OK:
+        return "ok";
+    case PF_PG_SQL_ERROR:
+        return "statement failed";
+    case PF_PG_UNAVAILABLE:
+        return "database unavailable";
+    case PF_PG_BUSY:
+        return "all database connections busy";
+    default:
+        return "database query timed out";
+    }
+}
+
+
+static void
+pf_pg_query_cleanup(void *data)
+{
+    pf_pg_query_t *q = data;
+
+    ngx_uint_t  i;
+
+    if (q->queued) {
+        ngx_queue_remove(&q->queue);
+        q->queued = 0;
+        q->pool->nwaiting--;
+    }
+
+    if (q->wait.timer_set) {
+        ngx_del_timer(&q->wait);
+    }
+
+    if (q->conn) {
+        /* the connection drains the results and is reused */
+        q->conn->query = NULL;
+        q->conn = NULL;
+    }
+
+    for (i = 0; i < q->nstmts; i++) {
+        if (q->results[i]) {
+            PQclear(q->results[i]);
+            q->results[i] = NULL;
+        }
+    }
+}
+
+
+static void
+pf_pg_conn_connect(pf_pg_conn_t *conn)
+{
+    pf_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    conn->pg = PQconnectStartParams(pool->conf->keywords,
+                                    pool->conf->values, 0);
+    if (conn->pg == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, pool->log, 0,
+                      "payflow pg: PQconnectStartParams() failed");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    conn->state = PF_PG_CONN_CONNECTING;
+    conn->poll = PGRES_POLLING_WRITING;
+    pool->nlive++;
+
+    if (PQstatus(conn->pg) == CONNECTION_BAD) {
+        pf_pg_conn_log(conn, conn->backoff ? NGX_LOG_INFO : NGX_LOG_ERR,
+                       "connect failed");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    if (pf_pg_conn_watch(conn) != NGX_OK) {
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    conn->timer.cancelable = 1;
+    ngx_add_timer(&conn->timer, pool->conf->connect_timeout);
+}
+
+
+static void
+pf_pg_conn_poll(pf_pg_conn_t *conn)
+{
+    conn->poll = PQconnectPoll(conn->pg);
+
+    switch (conn->poll) {
+
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+
+        /* libpq may have moved on to another socket (next address) */
+
+        if (pf_pg_conn_watch(conn) != NGX_OK) {
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        }
+
+        return;
+
+    case PGRES_POLLING_OK:
+
+        if (PQsetnonblocking(conn->pg, 1) != 0
+            || PQenterPipelineMode(conn->pg) != 1)
+        {
+            pf_pg_conn_log(conn, NGX_LOG_ERR, "connection setup failed");
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+            return;
+        }
+
+        if (conn->timer.timer_set) {
+            ngx_del_timer(&conn->timer);
+        }
+
+        conn->state = PF_PG_CONN_SETUP;
+
+        if (pf_pg_conn_watch(conn) != NGX_OK) {
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+            return;
+        }
+
+        pf_pg_conn_setup(conn);
+        return;
+
+    default:
+        pf_pg_conn_log(conn, conn->backoff ? NGX_LOG_INFO : NGX_LOG_ERR,
+                       "connect failed");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+}
+
+
+/* prepares the registered statements and sets statement_timeout */
+
+static void
+pf_pg_conn_setup(pf_pg_conn_t *conn)
+{
+    ngx_uint_t          i;
+    const char         *params[1];
+    pf_pg_conf_t       *conf;
+    pf_pg_statement_t  *st;
+
+    conf = conn->pool->conf;
+    st = conf->statements.elts;
+
+    for (i = 0; i < conf->statements.nelts; i++) {
+        if (!PQsendPrepare(conn->pg, st[i].name, st[i].sql,
+                           (int) st[i].nparams, NULL))
+        {
+            goto failed;
+        }
+    }
+
+    params[0] = (const char *) conn->pool->statement_timeout;
+
+    if (!PQsendQueryParams(conn->pg,
+                           "SELECT pg_catalog.set_config("
+                           "'statement_timeout', $1, false)",
+                           1, NULL, params, NULL, NULL, 0)
+        || !PQpipelineSync(conn->pg))
+    {
+        goto failed;
+    }
+
+    conn->index = 0;
+    conn->nstmts = conf->statements.nelts + 1;
+    conn->syncs = 1;
+    conn->setup_failed = 0;
+
+    conn->timer.cancelable = 1;
+    ngx_add_timer(&conn->timer, conf->query_timeout);
+
+    pf_pg_conn_flush(conn);
+
+    return;
+
+failed:
+
+    pf_pg_conn_log(conn, NGX_LOG_ERR, "sending setup failed");
+    pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+}
+
+
+/* NGX_ERROR leaves the query unattached; the caller closes the connection */
+
+static ngx_int_t
+pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q)
+{
+    int            ok;
+    ngx_uint_t     i;
+    pf_pg_stmt_t  *s;
+    pf_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    for (i = 0; i < q->nstmts; i++) {
+        s = &q->stmts[i];
+
+        if (s->statement) {
+            ok = PQsendQueryPrepared(conn->pg, s->statement->name,
+                                     s->nparams, s->values, s->lengths,
+                                     NULL, 0);
+
+        } else {
+            ok = PQsendQueryParams(conn->pg, s->sql, s->nparams, NULL,
+                                   s->values, s->lengths, NULL, 0);
+        }
+
+        if (!ok) {
+            pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+            return NGX_ERROR;
+        }
+    }
+
+    if (!PQpipelineSync(conn->pg) || PQflush(conn->pg) == -1) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+        return NGX_ERROR;
+    }
+
+    conn->state = PF_PG_CONN_BUSY;
+    conn->query = q;
+    conn->index = 0;
+    conn->nstmts = q->nstmts;
+    conn->syncs = 1;
+    pool->nbusy++;
+
+    q->conn = conn;
+
+    conn->timer.cancelable = 0;
+    ngx_add_timer(&conn->timer, pool->conf->query_timeout);
+
+    /* whatever PQflush() could not send goes out on the write event */
+    pf_pg_conn_flush(conn);
+
+    return NGX_OK;
+}
+
+
+static void
+pf_pg_conn_flush(pf_pg_conn_t *conn)
+{
+    int  rc;
+
+    rc = PQflush(conn->pg);
+
+    if (rc == -1) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "send failed");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    if (pf_pg_conn_events(conn, 1, rc == 1) != NGX_OK) {
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+    }
+}
+
+
+static void
+pf_pg_conn_receive(pf_pg_conn_t *conn)
+{
+    SSL        *ssl;
+    PGnotify   *notify;
+    PGresult   *res;
+
+    if (!PQconsumeInput(conn->pg)) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "connection lost");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    /* decrypted bytes OpenSSL holds back never make the socket readable */
+
+    ssl = PQsslInUse(conn->pg) ? PQsslStruct(conn->pg, "OpenSSL") : NULL;
+
+    while (ssl && SSL_pending(ssl) > 0) {
+        if (!PQconsumeInput(conn->pg)) {
+            pf_pg_conn_log(conn, NGX_LOG_ERR, "connection lost");
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+            return;
+        }
+    }
+
+    while ((notify = PQnotifies(conn->pg)) != NULL) {
+        PQfreemem(notify);
+    }
+
+    while (conn->syncs) {
+
+        if (PQisBusy(conn->pg) || PQstatus(conn->pg) == CONNECTION_BAD) {
+            break;
+        }
+
+        res = PQgetResult(conn->pg);
+
+        if (res == NULL) {
+            /* end of one statement's results */
+
+            if (++conn->index > conn->nstmts) {
+                ngx_log_error(NGX_LOG_ALERT, conn->pool->log, 0,
+                              "payflow pg: unexpected end of results");
+                pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+                return;
+            }
+
+            continue;
+        }
+
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            conn->syncs--;
+            continue;
+        }
+
+        pf_pg_conn_result(conn, res);
+    }
+
+    if (PQstatus(conn->pg) == CONNECTION_BAD) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "connection lost");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+    }
+
+    if (conn->syncs == 0 && conn->state != PF_PG_CONN_IDLE) {
+        pf_pg_conn_complete(conn);
+    }
+}
+
+
+static void
+pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res)
+{
+    ngx_uint_t       ok;
+    pf_pg_query_t   *q;
+    ExecStatusType   st;
+
+    st = PQresultStatus(res);
+    ok = (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK);
+
+    if (conn->state == PF_PG_CONN_SETUP) {
+        if (!ok && st != PGRES_PIPELINE_ABORTED) {
+            ngx_log_error(NGX_LOG_ERR, conn->pool->log, 0,
+                          "payflow pg: preparing statements failed: %s",
+                          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+            conn->setup_failed = 1;
+        }
+
+        PQclear(res);
+        return;
+    }
+
+    q = conn->query;
+
+    if (q && conn->index < q->nstmts && q->results[conn->index] == NULL) {
+        q->results[conn->index] = res;
+
+        if (!ok && q->status == PF_PG_OK) {
+            q->status = PF_PG_SQL_ERROR;
+            q->failed = conn->index;
+        }
+
+        return;
+    }
+
+    if (!ok && st != PGRES_PIPELINE_ABORTED) {
+        ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
+                      "payflow pg: statement of an abandoned query "
+                      "failed: %s",
+                      PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+    }
+
+    PQclear(res);
+}
+
+
+static void
+pf_pg_conn_complete(pf_pg_conn_t *conn)
+{
+    const char     *rollback;
+    pf_pg_pool_t   *pool;
+    pf_pg_query_t  *q;
+
+    pool = conn->pool;
+
+    if (conn->timer.timer_set) {
+        ngx_del_timer(&conn->timer);
+    }
+
+    if (conn->state == PF_PG_CONN_SETUP) {
+        if (conn->setup_failed) {
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+            return;
+        }
+
+        if (conn->backoff) {
+            ngx_log_error(NGX_LOG_NOTICE, pool->log, 0,
+                          "payflow pg: connection restored");
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
+                       "payflow pg: connected, fd:%d", conn->c->fd);
+
+        conn->backoff = 0;
+        pool->nconnected++;
+        pf_pg_conn_release(conn);
+        return;
+    }
+
+    q = conn->query;
+    conn->query = NULL;
+
+    if (q) {
+        q->conn = NULL;
+    }
+
+    if (PQtransactionStatus(conn->pg) != PQTRANS_IDLE) {
+
+        /* a failed or abandoned transaction never reaches the next user */
+
+        rollback = "ROLLBACK";
+
+        if (!PQsendQueryParams(conn->pg, rollback, 0, NULL, NULL, NULL,
+                               NULL, 0)
+            || !PQpipelineSync(conn->pg))
+        {
+            pf_pg_conn_log(conn, NGX_LOG_ERR, "sending rollback failed");
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+
+        } else {
+            conn->state = PF_PG_CONN_RESET;
+            conn->index = 0;
+            conn->nstmts = 1;
+            conn->syncs = 1;
+
+            conn->timer.cancelable = 0;
+            ngx_add_timer(&conn->timer, pool->conf->query_timeout);
+
+            pf_pg_conn_flush(conn);
+        }
+
+    } else {
+        pf_pg_conn_release(conn);
+    }
+
+    if (q) {
+        q->handler(q);
+    }
+}
+
+
+/* the connection is free: give it the oldest waiting query, or park it */
+
+static void
+pf_pg_conn_release(pf_pg_conn_t *conn)
+{
+    ngx_queue_t    *qu;
+    pf_pg_pool_t   *pool;
+    pf_pg_query_t  *q;
+
+    pool = conn->pool;
+
+    if (conn->state == PF_PG_CONN_BUSY || conn->state == PF_PG_CONN_RESET) {
+        pool->nbusy--;
+    }
+
+    conn->state = PF_PG_CONN_IDLE;
+
+    if (!ngx_queue_empty(&pool->waiting)) {
+        qu = ngx_queue_head(&pool->waiting);
+        q = ngx_queue_data(qu, pf_pg_query_t, queue);
+
+        if (pf_pg_conn_send(conn, q) != NGX_OK) {
+            /* the query stays first in line */
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+            return;
+        }
+
+        ngx_queue_remove(qu);
+        q->queued = 0;
+        pool->nwaiting--;
+
+        if (q->wait.timer_set) {
+            ngx_del_timer(&q->wait);
+        }
+
+        return;
+    }
+
+    /* LIFO: the most recently used connection is the warmest */
+    ngx_queue_insert_head(&pool->idle, &conn->queue);
+}
+
+
+/*
+ * Closes the connection, schedules a reconnect and tells the attached
+ * query (and, when no connection is left, every waiting one) why.
+ */
+
+static void
+pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
+{
+    ngx_msec_t      delay;
+    pf_pg_pool_t   *pool;
+    pf_pg_query_t  *q;
+
+    pool = conn->pool;
+
+    q = conn->query;
+    conn->query = NULL;
+
+    pf_pg_conn_close(conn);
+
+    conn->backoff = conn->backoff ? ngx_min(conn->backoff * 2,
+                                            PF_PG_BACKOFF_MAX)
+                                  : PF_PG_BACKOFF_MIN;
+
+    /* jitter, so that workers do not reconnect in lockstep */
+    delay = conn->backoff / 2 + (ngx_msec_t) ngx_random() % (conn->backoff / 2);
+
+    conn->timer.cancelable = 1;
+    ngx_add_timer(&conn->timer, delay);
+
+    if (pool->nlive == 0) {
+        pf_pg_pool_fail_waiting(pool);
+    }
+
+    if (q) {
+        q->conn = NULL;
+        q->status = status;
+        q->handler(q);
+    }
+}
+
+
+static void
+pf_pg_conn_close(pf_pg_conn_t *conn)
+{
+    pf_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    switch (conn->state) {
+
+    case PF_PG_CONN_IDLE:
+        ngx_queue_remove(&conn->queue);
+        pool->nconnected--;
+        break;
+
+    case PF_PG_CONN_BUSY:
+    case PF_PG_CONN_RESET:
+        pool->nbusy--;
+        pool->nconnected--;
+        break;
+
+    default:
+        break;
+    }
+
+    if (conn->state != PF_PG_CONN_CLOSED) {
+        pool->nlive--;
+    }
+
+    conn->state = PF_PG_CONN_CLOSED;
+    conn->syncs = 0;
+
+    if (conn->timer.timer_set) {
+        ngx_del_timer(&conn->timer);
+    }
+
+    pf_pg_conn_unwatch(conn);
+
+    if (conn->pg) {
+        PQfinish(conn->pg);
+        conn->pg = NULL;
+    }
+}
+
+
+/*
+ * Makes conn->c wrap libpq's current socket and watch what it needs:
+ * during connect whatever PQconnectPoll() asked for, afterwards reads.
+ * A socket libpq replaced may come back with the same number, so the
+ * socket is identified by its inode, not by its descriptor.
+ */
+
+static ngx_int_t
+pf_pg_conn_watch(pf_pg_conn_t *conn)
+{
+    int                fd;
+    struct stat        st;
+    ngx_uint_t         rd, wr;
+    ngx_connection_t  *c;
+
+    fd = PQsocket(conn->pg);
+
+    if (fd == -1) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "no socket");
+        return NGX_ERROR;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, conn->pool->log, ngx_errno,
+                      "payflow pg: fstat(%d) failed", fd);
+        return NGX_ERROR;
+    }
+
+    if (conn->c && (conn->c->fd != fd || conn->ino != st.st_ino)) {
+        pf_pg_conn_unwatch(conn);
+    }
+
+    if (conn->c == NULL) {
+        c = ngx_get_connection(fd, conn->pool->log);
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        c->data = conn;
+        c->read->handler = pf_pg_read_handler;
+        c->write->handler = pf_pg_write_handler;
+        c->read->log = conn->pool->log;
+        c->write->log = conn->pool->log;
+
+        conn->c = c;
+        conn->ino = st.st_ino;
+    }
+
+    if (conn->state == PF_PG_CONN_CONNECTING) {
+        rd = (conn->poll == PGRES_POLLING_READING);
+        wr = (conn->poll == PGRES_POLLING_WRITING);
+
+    } else {
+        rd = 1;
+        wr = 0;
+    }
+
+    return pf_pg_conn_events(conn, rd, wr);
+}
+
+
+/* forgets the socket without a system call: libpq closes or closed it */
+
+static void
+pf_pg_conn_unwatch(pf_pg_conn_t *conn)
+{
+    ngx_connection_t  *c;
+
+    c = conn->c;
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    if (ngx_del_conn) {
+        ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+    } else {
+        if (c->read->active || c->read->disabled) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active || c->write->disabled) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+    conn->c = NULL;
+}
+
+
+static ngx_int_t
+pf_pg_conn_events(pf_pg_conn_t *conn, ngx_uint_t rd, ngx_uint_t wr)
+{
+    ngx_connection_t  *c;
+
+    c = conn->c;
+
+    if (rd && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!rd && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (wr && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!wr && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+pf_pg_read_handler(ngx_event_t *rev)
+{
+    ngx_connection_t  *c;
+    pf_pg_conn_t      *conn;
+
+    c = rev->data;
+    conn = c->data;
+
+    if (conn->state == PF_PG_CONN_CONNECTING) {
+        if (conn->poll == PGRES_POLLING_READING) {
+            pf_pg_conn_poll(conn);
+        }
+
+        return;
+    }
+
+    pf_pg_conn_receive(conn);
+}
+
+
+static void
+pf_pg_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t  *c;
+    pf_pg_conn_t      *conn;
+
+    c = wev->data;
+    conn = c->data;
+
+    if (conn->state == PF_PG_CONN_CONNECTING) {
+        if (conn->poll == PGRES_POLLING_WRITING) {
+            pf_pg_conn_poll(conn);
+        }
+
+        return;
+    }
+
+    pf_pg_conn_flush(conn);
+}
+
+
+static void
+pf_pg_timer_handler(ngx_event_t *ev)
+{
+    ngx_uint_t     level;
+    pf_pg_conn_t  *conn;
+
+    conn = ev->data;
+
+    switch (conn->state) {
+
+    case PF_PG_CONN_CLOSED:
+        pf_pg_conn_connect(conn);
+        return;
+
+    case PF_PG_CONN_CONNECTING:
+        level = conn->backoff ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, conn->pool->log, NGX_ETIMEDOUT,
+                      "payflow pg: connect timed out");
+        pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        return;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, conn->pool->log, NGX_ETIMEDOUT,
+                      "payflow pg: query timed out after %M ms, "
+                      "closing the connection",
+                      conn->pool->conf->query_timeout);
+        pf_pg_conn_fail(conn, PF_PG_TIMEOUT);
+        return;
+    }
+}
+
+
+static void
+pf_pg_wait_handler(ngx_event_t *ev)
+{
+    pf_pg_query_t  *q;
+
+    q = ev->data;
+
+    ngx_queue_remove(&q->queue);
+    q->queued = 0;
+    q->pool->nwaiting--;
+
+    ngx_log_error(NGX_LOG_WARN, q->log, 0,
+                  "payflow pg: no free connection within %M ms",
+                  q->pool->conf->queue_timeout);
+
+    q->status = PF_PG_BUSY;
+    q->handler(q);
+}
+
+
+static void
+pf_pg_pool_fail_waiting(pf_pg_pool_t *pool)
+{
+    ngx_queue_t    *qu;
+    pf_pg_query_t  *q;
+
+    while (!ngx_queue_empty(&pool->waiting)) {
+        qu = ngx_queue_head(&pool->waiting);
+        q = ngx_queue_data(qu, pf_pg_query_t, queue);
+
+        ngx_queue_remove(qu);
+        q->queued = 0;
+        pool->nwaiting--;
+
+        if (q->wait.timer_set) {
+            ngx_del_timer(&q->wait);
+        }
+
+        q->status = PF_PG_UNAVAILABLE;
+        q->handler(q);
+    }
+}
+
+
+static void
+pf_pg_conn_log(pf_pg_conn_t *conn, ngx_uint_t level, const char *what)
+{
+    u_char      *p, *last, buf[512];
+    const char  *msg;
+
+    /* libpq's messages span lines; a log line must not */
+
+    msg = conn->pg ? PQerrorMessage(conn->pg) : "";
+
+    p = buf;
+    last = buf + sizeof(buf);
+
+    for ( /* void */ ; *msg && p < last; msg++) {
+        if (*msg == '\n' || *msg == '\r' || *msg == '\t') {
+            if (p > buf && p[-1] != ' ') {
+                *p++ = ' ';
+            }
+
+            continue;
+        }
+
+        *p++ = *msg;
+    }
+
+    while (p > buf && p[-1] == ' ') {
+        p--;
+    }
+
+    ngx_log_error(level, conn->pool->log, 0, "payflow pg: %s: %*s",
+                  what, p - buf, buf);
+}

@@ -1,0 +1,107 @@
+
+/*
+ * Copyright (C) PayFlow
+ */
+
+
+#ifndef _PF_PG_H_INCLUDED_
+#define _PF_PG_H_INCLUDED_
+
+
+#include "pf_common.h"
+
+#include <libpq-fe.h>
+
+
+typedef struct pf_pg_pool_s   pf_pg_pool_t;
+typedef struct pf_pg_conn_s   pf_pg_conn_t;
+typedef struct pf_pg_query_s  pf_pg_query_t;
+
+typedef void (*pf_pg_handler_pt)(pf_pg_query_t *q);
+
+
+typedef enum {
+    PF_PG_OK = 0,          /* every statement succeeded */
+    PF_PG_SQL_ERROR,       /* the server refused a statement */
+    PF_PG_UNAVAILABLE,     /* no usable connection, or it broke mid-query */
+    PF_PG_BUSY,            /* wait queue full, or the wait timed out */
+    PF_PG_TIMEOUT          /* the query ran past query_timeout */
+} pf_pg_status_e;
+
+
+typedef struct {
+    const char              *name;      /* prepared statement name */
+    const char              *sql;
+    ngx_uint_t               nparams;
+} pf_pg_statement_t;
+
+
+typedef struct {
+    const char             **keywords;  /* libpq connection parameters */
+    const char             **values;
+    ngx_uint_t               size;      /* connections per worker */
+    ngx_uint_t               queue;     /* requests waiting, per worker */
+    ngx_msec_t               queue_timeout;
+    ngx_msec_t               query_timeout;
+    ngx_msec_t               connect_timeout;
+    ngx_array_t              statements;    /* pf_pg_statement_t */
+} pf_pg_conf_t;
+
+
+/* one statement of a query: a prepared statement or constant SQL */
+
+typedef struct {
+    const pf_pg_statement_t *statement;
+    const char              *sql;
+    const char             **values;
+    int                     *lengths;
+    int                      nparams;
+} pf_pg_stmt_t;
+
+
+struct pf_pg_query_s {
+    pf_pg_pool_t            *pool;
+    pf_pg_conn_t            *conn;
+    pf_pg_stmt_t            *stmts;
+    PGresult               **results;
+    ngx_uint_t               nstmts;
+    pf_pg_status_e           status;
+    ngx_uint_t               failed;    /* index of the refused statement */
+
+    pf_pg_handler_pt         handler;
+    void                    *data;
+    ngx_log_t               *log;
+
+    ngx_event_t              wait;      /* queue timeout */
+    ngx_queue_t              queue;
+    ngx_msec_t               start;
+
+    unsigned                 queued:1;
+};
+
+
+typedef struct {
+    ngx_uint_t               size;
+    ngx_uint_t               connected;
+    ngx_uint_t               busy;
+    ngx_uint_t               waiting;
+} pf_pg_pool_stats_t;
+
+
+char *pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf);
+const pf_pg_statement_t *pf_pg_statement_add(ngx_conf_t *cf,
+    pf_pg_conf_t *conf, const char *name, const char *sql,
+    ngx_uint_t nparams);
+
+pf_pg_pool_t *pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf);
+void pf_pg_pool_destroy(pf_pg_pool_t *pool);
+void pf_pg_pool_stats(pf_pg_pool_t *pool, pf_pg_pool_stats_t *stats);
+
+pf_pg_query_t *pf_pg_query_create(ngx_pool_t *pool, pf_pg_pool_t *pg,
+    ngx_uint_t nstmts);
+ngx_int_t pf_pg_query_run(pf_pg_query_t *q);
+const char *pf_pg_query_sqlstate(pf_pg_query_t *q);
+const char *pf_pg_status_text(pf_pg_status_e status);
+
+
+#endif /* _PF_PG_H_INCLUDED_ */
