@@ -4,6 +4,7 @@
 #   make run        install what is missing, build, start PayFlow (dev)
 #   make stop       stop nginx, PostgreSQL and Redis started by make run
 #   make test       install what is missing, build, run the test suite
+#                   (one file: make test T=t/002-health.t)
 #   make bench      benchmark (wrk): nginx return 200 vs /readyz
 #   make static     build a static nginx with --add-module=. (needs sources)
 
@@ -62,7 +63,7 @@ stop:
 	@scripts/run stop
 
 test: deps build
-	@scripts/test
+	@scripts/test $(T)
 
 bench: deps build
 	@bench/run
