@@ -100,6 +100,9 @@ static ngx_int_t pf_pg_conn_events(pf_pg_conn_t *conn, ngx_uint_t rd,
     ngx_uint_t wr);
 static void pf_pg_conn_log(pf_pg_conn_t *conn, ngx_uint_t level,
     const char *what);
+static void pf_pg_notice_processor(void *arg, const char *message);
+static void pf_pg_log(ngx_log_t *log, ngx_uint_t level, const char *what,
+    const char *msg);
 
 static void pf_pg_read_handler(ngx_event_t *rev);
 static void pf_pg_write_handler(ngx_event_t *wev);
@@ -120,6 +123,7 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
     char                *err;
     ngx_int_t            n;
     ngx_str_t           *value, s, password, hostaddr;
+    ngx_msec_t          *timeout;
     ngx_uint_t           i, nopts;
     const char          *host;
     PQconninfoOption    *opts, *o;
@@ -140,7 +144,7 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
             n = ngx_atoi(value[i].data + 5, value[i].len - 5);
             if (n == NGX_ERROR || n == 0 || n > 1024) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid pool size \"%V\", "
+                                   "payflow_db: invalid pool size \"%V\", "
                                    "expected 1..1024", &value[i]);
                 return NGX_CONF_ERROR;
             }
@@ -153,7 +157,8 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
             n = ngx_atoi(value[i].data + 6, value[i].len - 6);
             if (n == NGX_ERROR) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid queue size \"%V\"", &value[i]);
+                                   "payflow_db: invalid queue size \"%V\"",
+                                   &value[i]);
                 return NGX_CONF_ERROR;
             }
 
@@ -161,30 +166,31 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "queue_timeout=", 14) == 0
-            || ngx_strncmp(value[i].data, "query_timeout=", 14) == 0
-            || ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0)
-        {
+        timeout = NULL;
+
+        if (ngx_strncmp(value[i].data, "queue_timeout=", 14) == 0) {
+            timeout = &conf->queue_timeout;
+
+        } else if (ngx_strncmp(value[i].data, "query_timeout=", 14) == 0) {
+            timeout = &conf->query_timeout;
+
+        } else if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+            timeout = &conf->connect_timeout;
+        }
+
+        if (timeout) {
             s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
             s.len = value[i].data + value[i].len - s.data;
 
             n = ngx_parse_time(&s, 0);
             if (n == NGX_ERROR || n == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid timeout \"%V\"", &value[i]);
+                                   "payflow_db: invalid timeout \"%V\"",
+                                   &value[i]);
                 return NGX_CONF_ERROR;
             }
 
-            if (value[i].data[2] == 'e') {
-                conf->queue_timeout = n;
-
-            } else if (value[i].data[2] == 'r') {
-                conf->query_timeout = n;
-
-            } else {
-                conf->connect_timeout = n;
-            }
-
+            *timeout = n;
             continue;
         }
 
@@ -200,7 +206,7 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
         }
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
+                           "payflow_db: invalid parameter \"%V\"", &value[i]);
         return NGX_CONF_ERROR;
     }
 
@@ -217,13 +223,14 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
             }
 
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid connection string \"%V\": %V",
-                               &value[1], &s);
+                               "payflow_db: invalid connection string "
+                               "\"%V\": %V", &value[1], &s);
             PQfreemem(err);
 
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid connection string \"%V\"",
+                               "payflow_db: invalid connection string "
+                               "\"%V\"",
                                &value[1]);
         }
 
@@ -241,8 +248,8 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
 
         if (ngx_strcmp(o->keyword, "password") == 0 && password.len) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "both a password in the connection string "
-                               "and \"password_file\" are given");
+                               "payflow_db: both a password in the connection "
+                               "string and \"password_file\" are given");
             PQconninfoFree(opts);
             return NGX_CONF_ERROR;
         }
@@ -367,13 +374,15 @@ pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
     fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &file);
+                           "payflow_db: " ngx_open_file_n " \"%V\" failed",
+                           &file);
         return NGX_CONF_ERROR;
     }
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_fd_info_n " \"%V\" failed", &file);
+                           "payflow_db: " ngx_fd_info_n " \"%V\" failed",
+                           &file);
         goto failed;
     }
 
@@ -381,8 +390,8 @@ pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
 
     if (size == 0 || size > 1024) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "password file \"%V\" must hold one password "
-                           "of 1..1024 bytes", &file);
+                           "payflow_db: password file \"%V\" must hold one "
+                           "password of 1..1024 bytes", &file);
         goto failed;
     }
 
@@ -394,7 +403,8 @@ pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
     n = ngx_read_fd(fd, p, size);
     if (n != (ssize_t) size) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_read_fd_n " \"%V\" failed", &file);
+                           "payflow_db: " ngx_read_fd_n " \"%V\" failed",
+                           &file);
         goto failed;
     }
 
@@ -404,7 +414,8 @@ pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
 
     if (size == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "password file \"%V\" is empty", &file);
+                           "payflow_db: password file \"%V\" is empty",
+                           &file);
         goto failed;
     }
 
@@ -481,8 +492,9 @@ pf_pg_conf_hostaddr(ngx_conf_t *cf, const char *host, ngx_str_t *hostaddr)
                     || u.naddrs == 0)
                 {
                     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                       "host \"%V\" in the connection string "
-                                       "could not be resolved", &u.host);
+                                       "payflow_db: host \"%V\" in the "
+                                       "connection string could not be "
+                                       "resolved", &u.host);
                     return NGX_CONF_ERROR;
                 }
 
@@ -771,6 +783,8 @@ pf_pg_conn_connect(pf_pg_conn_t *conn)
         pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
         return;
     }
+
+    (void) PQsetNoticeProcessor(conn->pg, pf_pg_notice_processor, conn);
 
     conn->state = PF_PG_CONN_CONNECTING;
     conn->poll = PGRES_POLLING_WRITING;
@@ -1550,12 +1564,33 @@ pf_pg_pool_fail_waiting(pf_pg_pool_t *pool)
 static void
 pf_pg_conn_log(pf_pg_conn_t *conn, ngx_uint_t level, const char *what)
 {
-    u_char      *p, *last, buf[512];
-    const char  *msg;
+    pf_pg_log(conn->pool->log, level, what,
+              conn->pg ? PQerrorMessage(conn->pg) : "");
+}
+
+
+/* libpq would print server notices to stderr; they belong in the log */
+
+static void
+pf_pg_notice_processor(void *arg, const char *message)
+{
+    pf_pg_conn_t *conn = arg;
+
+    pf_pg_log(conn->pool->log, NGX_LOG_NOTICE, "server", message);
+}
+
+
+static void
+pf_pg_log(ngx_log_t *log, ngx_uint_t level, const char *what,
+    const char *msg)
+{
+    u_char  *p, *last, buf[512];
+
+    if (log->log_level < level) {
+        return;
+    }
 
     /* libpq's messages span lines; a log line must not */
-
-    msg = conn->pg ? PQerrorMessage(conn->pg) : "";
 
     p = buf;
     last = buf + sizeof(buf);
@@ -1576,6 +1611,5 @@ pf_pg_conn_log(pf_pg_conn_t *conn, ngx_uint_t level, const char *what)
         p--;
     }
 
-    ngx_log_error(level, conn->pool->log, 0, "payflow pg: %s: %*s",
-                  what, p - buf, buf);
+    ngx_log_error(level, log, 0, "payflow pg: %s: %*s", what, p - buf, buf);
 }
