@@ -15,10 +15,9 @@ static json_t *ngx_http_payflow_pool_json(pf_pg_pool_t *pool);
 
 
 ngx_int_t
-ngx_http_payflow_health_init(ngx_conf_t *cf,
-    ngx_http_payflow_main_conf_t *pmcf)
+ngx_http_payflow_health_init(ngx_http_payflow_main_conf_t *pmcf)
 {
-    pmcf->schema_version = pf_pg_statement_add(cf, pmcf->db,
+    pmcf->schema_version = pf_pg_statement_add(pmcf->db,
         "payflow_schema_version",
         "SELECT coalesce(max(version), '') FROM schema_migrations", 0);
 

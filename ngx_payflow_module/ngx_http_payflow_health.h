@@ -11,8 +11,7 @@
 #include "ngx_http_payflow_module.h"
 
 
-ngx_int_t ngx_http_payflow_health_init(ngx_conf_t *cf,
-    ngx_http_payflow_main_conf_t *pmcf);
+ngx_int_t ngx_http_payflow_health_init(ngx_http_payflow_main_conf_t *pmcf);
 ngx_int_t ngx_http_payflow_health_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_payflow_ready_handler(ngx_http_request_t *r);
 

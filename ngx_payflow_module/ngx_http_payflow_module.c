@@ -320,6 +320,8 @@ ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
+    (void) data;
+
     part = &r->headers_in.headers.part;
     h = part->elts;
 
@@ -519,6 +521,8 @@ ngx_http_payflow_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_payflow_main_conf_t *pmcf = conf;
 
+    (void) cmd;
+
     if (pmcf->db) {
         return "is duplicate";
     }
@@ -620,6 +624,8 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /* the handler kind belongs to its location and is not inherited */
 
+    (void) parent;
+
     if (conf->kind == NGX_HTTP_PAYFLOW_READY
         || conf->kind == NGX_HTTP_PAYFLOW_API)
     {
@@ -652,7 +658,7 @@ ngx_http_payflow_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (pmcf->db && ngx_http_payflow_health_init(cf, pmcf) != NGX_OK) {
+    if (pmcf->db && ngx_http_payflow_health_init(pmcf) != NGX_OK) {
         return NGX_ERROR;
     }
 

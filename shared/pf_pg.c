@@ -328,8 +328,8 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
 
 
 const pf_pg_statement_t *
-pf_pg_statement_add(ngx_conf_t *cf, pf_pg_conf_t *conf, const char *name,
-    const char *sql, ngx_uint_t nparams)
+pf_pg_statement_add(pf_pg_conf_t *conf, const char *name, const char *sql,
+    ngx_uint_t nparams)
 {
     ngx_uint_t          i;
     pf_pg_statement_t  *st;

@@ -89,9 +89,8 @@ typedef struct {
 
 
 char *pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf);
-const pf_pg_statement_t *pf_pg_statement_add(ngx_conf_t *cf,
-    pf_pg_conf_t *conf, const char *name, const char *sql,
-    ngx_uint_t nparams);
+const pf_pg_statement_t *pf_pg_statement_add(pf_pg_conf_t *conf,
+    const char *name, const char *sql, ngx_uint_t nparams);
 
 pf_pg_pool_t *pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf);
 void pf_pg_pool_destroy(pf_pg_pool_t *pool);
