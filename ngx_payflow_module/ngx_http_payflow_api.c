@@ -2,24 +2,305 @@
 /*
  * Copyright (C) PayFlow
  *
- * The /v1 API entry point.  Resources register here as they are built;
- * anything else under /v1 is answered with a 404 in the envelope.
+ * Every endpoint of the API, in two tables: /v1 for tenants and
+ * /v1/admin for the operator.  A route names its method, its path ("{}"
+ * is one id segment), the permission it needs and its handler; POST
+ * routes get their JSON body parsed and checked before the handler runs.
+ * Anything else under /v1 is a 404 in the envelope.
  */
 
 
 #include "ngx_http_payflow_api.h"
+#include "ngx_http_payflow_auth.h"
+#include "ngx_http_payflow_keys.h"
 
 
 #define NGX_HTTP_PAYFLOW_ECHO_MAX  128
+#define NGX_HTTP_PAYFLOW_ID_MAX    64
 
 
+typedef ngx_int_t (*ngx_http_payflow_route_pt)(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+
+
+typedef struct {
+    ngx_uint_t                  method;
+    const char                 *path;
+    ngx_uint_t                  perm;
+    ngx_http_payflow_route_pt   handler;
+} ngx_http_payflow_route_t;
+
+
+static ngx_int_t ngx_http_payflow_dispatch(ngx_http_request_t *r,
+    ngx_http_payflow_route_t *routes);
+static ngx_uint_t ngx_http_payflow_route_match(ngx_str_t *uri,
+    const char *path, ngx_str_t *params);
+static void ngx_http_payflow_body_ready(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_not_allowed(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_forbidden(ngx_http_request_t *r,
+    ngx_uint_t perm);
 static ngx_int_t ngx_http_payflow_api_not_found(ngx_http_request_t *r);
+
+
+static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
+
+    { NGX_HTTP_GET, "/v1/me", 0,
+      ngx_http_payflow_me_handler },
+
+    { NGX_HTTP_GET, "/v1/api_keys", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_keys_list },
+
+    { NGX_HTTP_POST, "/v1/api_keys", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_keys_create },
+
+    { NGX_HTTP_GET, "/v1/api_keys/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_keys_get },
+
+    { NGX_HTTP_POST, "/v1/api_keys/{}/revoke", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_keys_revoke },
+
+    { NGX_HTTP_POST, "/v1/api_keys/{}/roll", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_keys_roll },
+
+    { 0, NULL, 0, NULL }
+};
+
+
+/* the operator's credential is checked in the access phase */
+
+static ngx_http_payflow_route_t  ngx_http_payflow_admin_routes[] = {
+
+    { NGX_HTTP_POST, "/v1/admin/tenants", 0,
+      ngx_http_payflow_tenants_create },
+
+    { NGX_HTTP_GET, "/v1/admin/tenants", 0,
+      ngx_http_payflow_tenants_list },
+
+    { NGX_HTTP_GET, "/v1/admin/tenants/{}", 0,
+      ngx_http_payflow_tenants_get },
+
+    { NGX_HTTP_POST, "/v1/admin/tenants/{}/api_keys", 0,
+      ngx_http_payflow_keys_create },
+
+    { NGX_HTTP_GET, "/v1/admin/tenants/{}/api_keys", 0,
+      ngx_http_payflow_keys_list },
+
+    { NGX_HTTP_GET, "/v1/admin/api_keys/{}", 0,
+      ngx_http_payflow_keys_get },
+
+    { NGX_HTTP_POST, "/v1/admin/api_keys/{}/revoke", 0,
+      ngx_http_payflow_keys_revoke },
+
+    { NGX_HTTP_POST, "/v1/admin/api_keys/{}/roll", 0,
+      ngx_http_payflow_keys_roll },
+
+    { 0, NULL, 0, NULL }
+};
 
 
 ngx_int_t
 ngx_http_payflow_api_handler(ngx_http_request_t *r)
 {
-    return ngx_http_payflow_api_not_found(r);
+    return ngx_http_payflow_dispatch(r, ngx_http_payflow_api_routes);
+}
+
+
+ngx_int_t
+ngx_http_payflow_admin_handler(ngx_http_request_t *r)
+{
+    return ngx_http_payflow_dispatch(r, ngx_http_payflow_admin_routes);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_dispatch(ngx_http_request_t *r,
+    ngx_http_payflow_route_t *routes)
+{
+    ngx_int_t                  rc;
+    ngx_uint_t                 path_known;
+    ngx_http_payflow_ctx_t    *ctx;
+    ngx_http_payflow_route_t  *rt;
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    path_known = 0;
+
+    for (rt = routes; rt->path; rt++) {
+        if (!ngx_http_payflow_route_match(&r->uri, rt->path, ctx->params)) {
+            continue;
+        }
+
+        path_known = 1;
+
+        if (r->method & rt->method) {
+            break;
+        }
+    }
+
+    if (rt->path == NULL) {
+        return path_known ? ngx_http_payflow_not_allowed(r)
+                          : ngx_http_payflow_api_not_found(r);
+    }
+
+    if ((ctx->auth.perms & rt->perm) != rt->perm) {
+        return ngx_http_payflow_forbidden(r, rt->perm);
+    }
+
+    if (!(r->method & NGX_HTTP_POST)) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return rt->handler(r, ctx);
+    }
+
+    ctx->route = rt;
+
+    /* bodies are parsed in memory; larger ones fail in pf_json */
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_payflow_body_ready);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_payflow_body_ready(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    pf_error_t                 err;
+    ngx_http_payflow_ctx_t    *ctx;
+    ngx_http_payflow_route_t  *rt;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    rt = (ngx_http_payflow_route_t *) ctx->route;
+
+    rc = pf_json_parse_body(r, &ctx->body, &err);
+
+    if (rc == NGX_OK) {
+        rc = rt->handler(r, ctx);
+
+    } else if (rc == NGX_DECLINED) {
+        rc = ngx_http_payflow_send_error(r, &err);
+
+    } else {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/* "{}" matches one id segment: 1..64 of [A-Za-z0-9_] */
+
+static ngx_uint_t
+ngx_http_payflow_route_match(ngx_str_t *uri, const char *path,
+    ngx_str_t *params)
+{
+    u_char      *p, *last, *start;
+    ngx_uint_t   n;
+
+    p = uri->data;
+    last = uri->data + uri->len;
+    n = 0;
+
+    while (*path) {
+
+        if (path[0] == '{' && path[1] == '}') {
+            start = p;
+
+            while (p < last && (isalnum(*p) || *p == '_')) {
+                p++;
+            }
+
+            if (p == start || p - start > NGX_HTTP_PAYFLOW_ID_MAX
+                || n == NGX_HTTP_PAYFLOW_MAX_PARAMS)
+            {
+                return 0;
+            }
+
+            params[n].data = start;
+            params[n].len = p - start;
+            n++;
+
+            path += 2;
+            continue;
+        }
+
+        if (p == last || *p != (u_char) *path) {
+            return 0;
+        }
+
+        p++;
+        path++;
+    }
+
+    return p == last;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_not_allowed(ngx_http_request_t *r)
+{
+    ngx_int_t   rc;
+    pf_error_t  err;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = NGX_HTTP_NOT_ALLOWED;
+    err.type = PF_ERROR_INVALID_REQUEST;
+    err.code = "method_not_allowed";
+    err.message = "the method is not allowed for this resource";
+
+    return ngx_http_payflow_send_error(r, &err);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_forbidden(ngx_http_request_t *r, ngx_uint_t perm)
+{
+    ngx_int_t   rc;
+    pf_error_t  err;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = NGX_HTTP_FORBIDDEN;
+    err.type = PF_ERROR_PERMISSION;
+    err.code = "insufficient_permissions";
+
+    if (perm & NGX_HTTP_PAYFLOW_PERM_MANAGE) {
+        err.message = "this request needs the \"manage\" permission "
+                      "(role owner or admin, not read-only)";
+
+    } else if (perm & NGX_HTTP_PAYFLOW_PERM_WRITE) {
+        err.message = "this request needs the \"write\" permission "
+                      "(a key that is not read-only, role developer or "
+                      "above)";
+
+    } else {
+        err.message = "this request needs the \"read\" permission";
+    }
+
+    return ngx_http_payflow_send_error(r, &err);
 }
 
 

@@ -17,11 +17,11 @@ static json_t *ngx_http_payflow_pool_json(pf_pg_pool_t *pool);
 ngx_int_t
 ngx_http_payflow_health_init(ngx_http_payflow_main_conf_t *pmcf)
 {
-    pmcf->schema_version = pf_pg_statement_add(pmcf->db,
+    pmcf->st.schema_version = pf_pg_statement_add(pmcf->db,
         "payflow_schema_version",
         "SELECT coalesce(max(version), '') FROM schema_migrations", 0);
 
-    return pmcf->schema_version ? NGX_OK : NGX_ERROR;
+    return pmcf->st.schema_version ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -75,7 +75,7 @@ ngx_http_payflow_ready_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    q->stmts[0].statement = pmcf->schema_version;
+    q->stmts[0].statement = pmcf->st.schema_version;
     q->handler = ngx_http_payflow_ready_done;
     q->data = r;
     q->log = r->connection->log;

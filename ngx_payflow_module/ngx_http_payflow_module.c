@@ -12,7 +12,9 @@
 
 #include "ngx_http_payflow_module.h"
 #include "ngx_http_payflow_api.h"
+#include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_health.h"
+#include "ngx_http_payflow_keys.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -32,6 +34,7 @@ static char *ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 static void *ngx_http_payflow_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_payflow_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -45,6 +48,48 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
     { ngx_string("payflow_db"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_payflow_db,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_key_pepper"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_payflow_pepper,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_key_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_key_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_static_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_payflow_static_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_admin_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_payflow_admin_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_jwt_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE3,
+      ngx_http_payflow_jwt_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_jwt"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_jwt,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -70,6 +115,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_PAYFLOW_API,
       NULL },
 
+    { ngx_string("payflow_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_payflow_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PAYFLOW_ADMIN,
+      NULL },
+
       ngx_null_command
 };
 
@@ -79,7 +131,7 @@ static ngx_http_module_t  ngx_http_payflow_module_ctx = {
     ngx_http_payflow_init,                 /* postconfiguration */
 
     ngx_http_payflow_create_main_conf,     /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_payflow_init_main_conf,       /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -110,7 +162,28 @@ static ngx_http_variable_t  ngx_http_payflow_vars[] = {
     { ngx_string("payflow_request_id"), NULL,
       ngx_http_payflow_request_id_variable, 0, 0, 0 },
 
+    { ngx_string("payflow_tenant_id"), NULL,
+      ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_TENANT_ID,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("payflow_key_id"), NULL,
+      ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_KEY_ID,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("payflow_mode"), NULL,
+      ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_MODE,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("payflow_role"), NULL,
+      ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_ROLE,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
+};
+
+
+static const char  *ngx_http_payflow_kind_names[] = {
+    "", "payflow_health", "payflow_ready", "payflow_api", "payflow_admin"
 };
 
 
@@ -234,43 +307,50 @@ ngx_http_payflow_send_error(ngx_http_request_t *r, pf_error_t *err)
 }
 
 
-/* the answer to a query that did not succeed for want of the database */
+/* what a client is told when a query did not succeed */
+
+void
+ngx_http_payflow_db_error(pf_pg_query_t *q, pf_error_t *err)
+{
+    ngx_memzero(err, sizeof(pf_error_t));
+
+    err->status = NGX_HTTP_SERVICE_UNAVAILABLE;
+    err->type = PF_ERROR_API;
+    err->retry_after = 1;
+
+    switch (q->status) {
+
+    case PF_PG_BUSY:
+        err->code = "database_busy";
+        err->message = "the database is busy, retry shortly";
+        break;
+
+    case PF_PG_TIMEOUT:
+        err->code = "database_timeout";
+        err->message = "the database did not answer in time";
+        break;
+
+    case PF_PG_SQL_ERROR:
+        err->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        err->code = "database_error";
+        err->message = "a database statement failed";
+        err->retry_after = 0;
+        break;
+
+    default:
+        err->code = "database_unavailable";
+        err->message = "the database is unavailable, retry shortly";
+        break;
+    }
+}
+
 
 ngx_int_t
 ngx_http_payflow_send_db_error(ngx_http_request_t *r, pf_pg_query_t *q)
 {
     pf_error_t  err;
 
-    ngx_memzero(&err, sizeof(pf_error_t));
-
-    err.status = NGX_HTTP_SERVICE_UNAVAILABLE;
-    err.type = PF_ERROR_API;
-    err.retry_after = 1;
-
-    switch (q->status) {
-
-    case PF_PG_BUSY:
-        err.code = "database_busy";
-        err.message = "the database is busy, retry shortly";
-        break;
-
-    case PF_PG_TIMEOUT:
-        err.code = "database_timeout";
-        err.message = "the database did not answer in time";
-        break;
-
-    case PF_PG_SQL_ERROR:
-        err.status = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        err.code = "database_error";
-        err.message = "a database statement failed";
-        err.retry_after = 0;
-        break;
-
-    default:
-        err.code = "database_unavailable";
-        err.message = "the database is unavailable, retry shortly";
-        break;
-    }
+    ngx_http_payflow_db_error(q, &err);
 
     return ngx_http_payflow_send_error(r, &err);
 }
@@ -287,6 +367,144 @@ ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc)
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * A query of n statements inside one transaction.  Scoped queries first
+ * set the tenant, mode and admin settings that row-level security reads,
+ * from what the access phase established: the database, not only this
+ * code, keeps tenants apart.  Pipelined, the whole transaction is one
+ * round trip.
+ */
+
+pf_pg_query_t *
+ngx_http_payflow_db_query(ngx_http_request_t *r, ngx_uint_t n,
+    ngx_uint_t scoped)
+{
+    const char                   **values;
+    pf_pg_stmt_t                  *st;
+    pf_pg_query_t                 *q;
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (!scoped) {
+        return pf_pg_query_create(r->pool, pmcf->pool, n);
+    }
+
+    q = pf_pg_query_create(r->pool, pmcf->pool, n + 3);
+    if (q == NULL) {
+        return NULL;
+    }
+
+    values = ngx_palloc(r->pool, 7 * sizeof(char *));
+    if (values == NULL) {
+        return NULL;
+    }
+
+    if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN) {
+        values[0] = "";
+        values[1] = "off";
+        values[2] = "on";
+        values[3] = "admin";
+
+    } else {
+        values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
+        values[1] = ctx->auth.livemode ? "on" : "off";
+        values[2] = "off";
+        values[3] = (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_JWT)
+                    ? "jwt" : "api_key";
+    }
+
+    values[4] = ngx_http_payflow_db_str(r->pool,
+                                        ctx->auth.key_id.len
+                                        ? &ctx->auth.key_id
+                                        : &ctx->auth.subject);
+    values[5] = ngx_http_payflow_db_str(r->pool, &r->connection->addr_text);
+    values[6] = ngx_http_payflow_db_str(r->pool,
+                                        ngx_http_payflow_request_id(r));
+
+    if (values[0] == NULL || values[4] == NULL || values[5] == NULL
+        || values[6] == NULL)
+    {
+        return NULL;
+    }
+
+    st = q->stmts;
+
+    st[0].sql = "BEGIN";
+
+    st[1].statement = pmcf->st.scope;
+    st[1].nparams = 7;
+    st[1].values = values;
+
+    st[n + 2].sql = "COMMIT";
+
+    return q;
+}
+
+
+/* a query parameter: libpq wants NUL-terminated text */
+
+char *
+ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_cpymem(p, s->data, s->len) = '\0';
+
+    return (char *) p;
+}
+
+
+/* statement i of a scoped query, after BEGIN and the scope */
+
+pf_pg_stmt_t *
+ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i)
+{
+    return &q->stmts[i + 2];
+}
+
+
+PGresult *
+ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i)
+{
+    return q->results[i + 2];
+}
+
+
+/* NGX_DONE: the handler completes the request; otherwise a status sent */
+
+ngx_int_t
+ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
+    pf_pg_handler_pt handler)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    q->handler = handler;
+    q->data = r;
+    q->log = r->connection->log;
+
+    if (pf_pg_query_run(q) != NGX_OK) {
+        return ngx_http_payflow_send_db_error(r, q);
+    }
+
+    ctx->query = q;
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->main->count++;
+
+    return NGX_DONE;
 }
 
 
@@ -428,9 +646,17 @@ ngx_http_payflow_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    pf_response_status_error(r->headers_out.status, &err);
+    if (ctx->error && ctx->error->status == r->headers_out.status) {
+        /* a phase handler said what the status means */
+        err = *ctx->error;
 
-    if (r->headers_out.status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+    } else {
+        pf_response_status_error(r->headers_out.status, &err);
+    }
+
+    if (r->headers_out.status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+        && ctx->error == NULL)
+    {
         clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
         err.message = (char *) ngx_pnalloc(r->pool, 80);
@@ -562,6 +788,10 @@ ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         clcf->handler = ngx_http_payflow_ready_handler;
         break;
 
+    case NGX_HTTP_PAYFLOW_ADMIN:
+        clcf->handler = ngx_http_payflow_admin_handler;
+        break;
+
     default:
         clcf->handler = ngx_http_payflow_api_handler;
         break;
@@ -590,8 +820,39 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
      */
 
     pmcf->request_id_index = NGX_CONF_UNSET;
+    pmcf->cache_ttl = NGX_CONF_UNSET;
+    pmcf->negative_ttl = NGX_CONF_UNSET;
+    pmcf->negative_max = NGX_CONF_UNSET_UINT;
+
+    if (ngx_array_init(&pmcf->static_keys, cf->pool, 2,
+                       sizeof(ngx_http_payflow_static_key_t))
+        != NGX_OK
+        || ngx_array_init(&pmcf->admin_keys, cf->pool, 2, PF_SHA256_LEN)
+           != NGX_OK
+        || pf_jwt_conf_init(cf, &pmcf->jwt) != NGX_OK)
+    {
+        return NULL;
+    }
 
     return pmcf;
+}
+
+
+static char *
+ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    if ((pmcf->static_keys.nelts || pmcf->admin_keys.nelts)
+        && pmcf->pepper.len == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_static_key\" and \"payflow_admin_key\" "
+                           "require \"payflow_key_pepper\"");
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_payflow_auth_init_main_conf(cf, pmcf);
 }
 
 
@@ -626,19 +887,32 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     (void) parent;
 
-    if (conf->kind == NGX_HTTP_PAYFLOW_READY
-        || conf->kind == NGX_HTTP_PAYFLOW_API)
-    {
-        pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
+    if (conf->kind < NGX_HTTP_PAYFLOW_READY) {
+        return NGX_CONF_OK;
+    }
 
-        if (pmcf->db == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%s\" requires \"payflow_db\" in the http "
-                               "block",
-                               conf->kind == NGX_HTTP_PAYFLOW_READY
-                               ? "payflow_ready" : "payflow_api");
-            return NGX_CONF_ERROR;
-        }
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
+
+    if (pmcf->db == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" requires \"payflow_db\" in the http block",
+                           ngx_http_payflow_kind_names[conf->kind]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->kind >= NGX_HTTP_PAYFLOW_API && pmcf->pepper.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" requires \"payflow_key_pepper\" in the "
+                           "http block",
+                           ngx_http_payflow_kind_names[conf->kind]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->kind == NGX_HTTP_PAYFLOW_ADMIN && pmcf->admin_keys.nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_admin\" requires \"payflow_admin_key\" "
+                           "in the http block");
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -648,6 +922,8 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 static ngx_int_t
 ngx_http_payflow_init(ngx_conf_t *cf)
 {
+    ngx_http_handler_pt           *h;
+    ngx_http_core_main_conf_t     *cmcf;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
@@ -658,9 +934,22 @@ ngx_http_payflow_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (pmcf->db && ngx_http_payflow_health_init(pmcf) != NGX_OK) {
+    if (pmcf->db
+        && (ngx_http_payflow_health_init(pmcf) != NGX_OK
+            || ngx_http_payflow_auth_init(cf, pmcf) != NGX_OK
+            || ngx_http_payflow_keys_init(pmcf) != NGX_OK))
+    {
         return NGX_ERROR;
     }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_payflow_access_handler;
 
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_payflow_header_filter;
@@ -684,6 +973,10 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_payflow_auth_init_process(cycle, pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     pmcf->pool = pf_pg_pool_create(cycle, pmcf->db);
     if (pmcf->pool == NULL) {
         return NGX_ERROR;
@@ -701,8 +994,14 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
     pmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_payflow_module);
 
-    if (pmcf && pmcf->pool) {
+    if (pmcf == NULL) {
+        return;
+    }
+
+    if (pmcf->pool) {
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }
+
+    ngx_http_payflow_auth_exit_process(pmcf);
 }

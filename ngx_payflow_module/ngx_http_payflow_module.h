@@ -11,24 +11,108 @@
 
 
 #include "pf_common.h"
+#include "pf_crypto.h"
 #include "pf_id.h"
+#include "pf_json.h"
+#include "pf_jwt.h"
 #include "pf_pg.h"
 #include "pf_response.h"
+
+
+#define NGX_HTTP_PAYFLOW_MAX_PARAMS   4
+
+#define NGX_HTTP_PAYFLOW_PERM_READ    0x01
+#define NGX_HTTP_PAYFLOW_PERM_WRITE   0x02
+#define NGX_HTTP_PAYFLOW_PERM_MANAGE  0x04
 
 
 typedef enum {
     NGX_HTTP_PAYFLOW_NONE = 0,
     NGX_HTTP_PAYFLOW_HEALTH,
     NGX_HTTP_PAYFLOW_READY,
-    NGX_HTTP_PAYFLOW_API
+    NGX_HTTP_PAYFLOW_API,
+    NGX_HTTP_PAYFLOW_ADMIN
 } ngx_http_payflow_kind_e;
+
+
+/* in order of power: a key may only mint keys of its own role or below */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_ROLE_OWNER = 0,
+    NGX_HTTP_PAYFLOW_ROLE_ADMIN,
+    NGX_HTTP_PAYFLOW_ROLE_DEVELOPER,
+    NGX_HTTP_PAYFLOW_ROLE_VIEWER,
+    NGX_HTTP_PAYFLOW_ROLE_UNKNOWN
+} ngx_http_payflow_role_e;
+
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_CRED_NONE = 0,
+    NGX_HTTP_PAYFLOW_CRED_API_KEY,
+    NGX_HTTP_PAYFLOW_CRED_STATIC_KEY,
+    NGX_HTTP_PAYFLOW_CRED_JWT,
+    NGX_HTTP_PAYFLOW_CRED_ADMIN
+} ngx_http_payflow_cred_e;
+
+
+/* who is calling, as established by the access phase */
+
+typedef struct {
+    ngx_str_t                   tenant_id;
+    ngx_str_t                   key_id;
+    ngx_str_t                   subject;
+    ngx_http_payflow_cred_e     credential;
+    ngx_http_payflow_role_e     role;
+    ngx_uint_t                  perms;
+    time_t                      expires_at;     /* 0: does not expire */
+    unsigned                    livemode:1;
+    unsigned                    read_only:1;
+} ngx_http_payflow_auth_t;
+
+
+typedef struct {
+    u_char                      hash[PF_SHA256_LEN];
+    ngx_http_payflow_auth_t     auth;
+} ngx_http_payflow_static_key_t;
+
+
+typedef struct {
+    const pf_pg_statement_t    *schema_version;
+    const pf_pg_statement_t    *authenticate;
+    const pf_pg_statement_t    *scope;
+    const pf_pg_statement_t    *tenant_insert;
+    const pf_pg_statement_t    *tenant_get;
+    const pf_pg_statement_t    *tenant_list;
+    const pf_pg_statement_t    *tenant_list_before;
+    const pf_pg_statement_t    *key_insert;
+    const pf_pg_statement_t    *key_get;
+    const pf_pg_statement_t    *key_list;
+    const pf_pg_statement_t    *key_list_before;
+    const pf_pg_statement_t    *key_revoke;
+    const pf_pg_statement_t    *key_roll_insert;
+    const pf_pg_statement_t    *key_roll_update;
+    const pf_pg_statement_t    *key_state;
+} ngx_http_payflow_statements_t;
 
 
 typedef struct {
     pf_pg_conf_t               *db;
-    pf_pg_pool_t               *pool;      /* this worker's */
+    pf_pg_pool_t               *pool;          /* this worker's */
     ngx_int_t                   request_id_index;
-    const pf_pg_statement_t    *schema_version;
+    ngx_http_payflow_statements_t  st;
+
+    ngx_str_t                   pepper;
+    pf_hmac_t                   hmac;          /* this worker's */
+
+    ngx_shm_zone_t             *keycache;
+    time_t                      cache_ttl;
+    time_t                      negative_ttl;
+    ngx_uint_t                  negative_max;
+
+    ngx_array_t                 static_keys;   /* static_key_t */
+    ngx_array_t                 admin_keys;    /* u_char[32] */
+
+    pf_jwt_conf_t               jwt;
 } ngx_http_payflow_main_conf_t;
 
 
@@ -38,11 +122,25 @@ typedef struct {
 
 
 typedef struct {
-    ngx_str_t                   error_body;   /* replaces nginx's page */
+    ngx_str_t                   error_body;    /* replaces nginx's page */
+    pf_error_t                 *error;         /* meaning of a bare status */
     pf_pg_query_t              *query;
 
-    unsigned                    envelope:1;   /* body is ours already */
+    ngx_http_payflow_auth_t     auth;
+    ngx_int_t                   auth_rc;
+    ngx_uint_t                  generation;    /* key cache, at lookup */
+    u_char                      hash[PF_SHA256_LEN];
+
+    ngx_str_t                   params[NGX_HTTP_PAYFLOW_MAX_PARAMS];
+    json_t                     *body;
+    const void                 *route;
+    ngx_str_t                   secret;        /* shown once, at creation */
+    ngx_str_t                   secret_live;
+
+    unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;
+    unsigned                    auth_done:1;
+    unsigned                    auth_waiting:1;
 } ngx_http_payflow_ctx_t;
 
 
@@ -54,7 +152,22 @@ ngx_int_t ngx_http_payflow_send_error(ngx_http_request_t *r,
     pf_error_t *err);
 ngx_int_t ngx_http_payflow_send_db_error(ngx_http_request_t *r,
     pf_pg_query_t *q);
+void ngx_http_payflow_db_error(pf_pg_query_t *q, pf_error_t *err);
 void ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc);
+
+pf_pg_query_t *ngx_http_payflow_db_query(ngx_http_request_t *r,
+    ngx_uint_t n, ngx_uint_t scoped);
+char *ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s);
+pf_pg_stmt_t *ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i);
+PGresult *ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i);
+ngx_int_t ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
+    pf_pg_handler_pt handler);
+
+const char *ngx_http_payflow_role_name(ngx_http_payflow_role_e role);
+ngx_http_payflow_role_e ngx_http_payflow_role_parse(const char *name,
+    size_t len);
+ngx_uint_t ngx_http_payflow_role_perms(ngx_http_payflow_role_e role,
+    ngx_uint_t read_only);
 
 
 extern ngx_module_t  ngx_http_payflow_module;

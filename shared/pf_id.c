@@ -12,7 +12,7 @@
 #include <openssl/rand.h>
 
 
-static const u_char  pf_id_alphabet[] =
+const u_char  pf_id_alphabet[] =
     "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 

@@ -15,6 +15,13 @@
 #define PF_ID_RANDOM_LEN  24
 
 
+/* "ten_" or "key_" and the random part */
+#define PF_ID_LEN         (4 + PF_ID_RANDOM_LEN)
+
+
+extern const u_char  pf_id_alphabet[];
+
+
 u_char *pf_id_base62(u_char *dst, size_t n);
 ngx_int_t pf_id_generate(ngx_pool_t *pool, const char *prefix, ngx_str_t *id);
 

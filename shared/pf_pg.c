@@ -108,6 +108,8 @@ static void pf_pg_read_handler(ngx_event_t *rev);
 static void pf_pg_write_handler(ngx_event_t *wev);
 static void pf_pg_timer_handler(ngx_event_t *ev);
 static void pf_pg_wait_handler(ngx_event_t *ev);
+static void pf_pg_notify(pf_pg_pool_t *pool, const char *channel,
+    const char *payload);
 static void pf_pg_pool_fail_waiting(pf_pg_pool_t *pool);
 static void pf_pg_query_cleanup(void *data);
 
@@ -318,7 +320,10 @@ pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf)
 
     if (ngx_array_init(&conf->statements, cf->pool, 8,
                        sizeof(pf_pg_statement_t))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&conf->listeners, cf->pool, 2,
+                          sizeof(pf_pg_listener_t))
+           != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }
@@ -352,6 +357,43 @@ pf_pg_statement_add(pf_pg_conf_t *conf, const char *name, const char *sql,
     st->nparams = nparams;
 
     return st;
+}
+
+
+/*
+ * Every connection of the pool LISTENs on the channel: a notification then
+ * arrives as long as any connection is up, and duplicates are harmless to
+ * handlers, which must be idempotent.
+ */
+
+ngx_int_t
+pf_pg_listen_add(ngx_conf_t *cf, pf_pg_conf_t *conf, const char *channel,
+    pf_pg_notify_pt handler, void *data)
+{
+    u_char            *sql;
+    size_t             len;
+    pf_pg_listener_t  *l;
+
+    l = ngx_array_push(&conf->listeners);
+    if (l == NULL) {
+        return NGX_ERROR;
+    }
+
+    len = ngx_strlen(channel);
+
+    sql = ngx_pnalloc(cf->pool, sizeof("LISTEN ") + len);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(sql, "LISTEN %s%Z", channel);
+
+    l->sql = (const char *) sql;
+    l->channel = channel;
+    l->handler = handler;
+    l->data = data;
+
+    return NGX_OK;
 }
 
 
@@ -866,6 +908,7 @@ pf_pg_conn_setup(pf_pg_conn_t *conn)
     ngx_uint_t          i;
     const char         *params[1];
     pf_pg_conf_t       *conf;
+    pf_pg_listener_t   *l;
     pf_pg_statement_t  *st;
 
     conf = conn->pool->conf;
@@ -874,6 +917,16 @@ pf_pg_conn_setup(pf_pg_conn_t *conn)
     for (i = 0; i < conf->statements.nelts; i++) {
         if (!PQsendPrepare(conn->pg, st[i].name, st[i].sql,
                            (int) st[i].nparams, NULL))
+        {
+            goto failed;
+        }
+    }
+
+    l = conf->listeners.elts;
+
+    for (i = 0; i < conf->listeners.nelts; i++) {
+        if (!PQsendQueryParams(conn->pg, l[i].sql, 0, NULL, NULL, NULL,
+                               NULL, 0))
         {
             goto failed;
         }
@@ -891,7 +944,7 @@ pf_pg_conn_setup(pf_pg_conn_t *conn)
     }
 
     conn->index = 0;
-    conn->nstmts = conf->statements.nelts + 1;
+    conn->nstmts = conf->statements.nelts + conf->listeners.nelts + 1;
     conn->syncs = 1;
     conn->setup_failed = 0;
 
@@ -1009,6 +1062,7 @@ pf_pg_conn_receive(pf_pg_conn_t *conn)
     }
 
     while ((notify = PQnotifies(conn->pg)) != NULL) {
+        pf_pg_notify(conn->pool, notify->relname, notify->extra);
         PQfreemem(notify);
     }
 
@@ -1122,6 +1176,9 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
         if (conn->backoff) {
             ngx_log_error(NGX_LOG_NOTICE, pool->log, 0,
                           "payflow pg: connection restored");
+
+            /* what was said while it was down was not heard */
+            pf_pg_notify(pool, NULL, NULL);
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
@@ -1534,6 +1591,25 @@ pf_pg_wait_handler(ngx_event_t *ev)
 
     q->status = PF_PG_BUSY;
     q->handler(q);
+}
+
+
+static void
+pf_pg_notify(pf_pg_pool_t *pool, const char *channel, const char *payload)
+{
+    ngx_uint_t         i;
+    pf_pg_listener_t  *l;
+
+    l = pool->conf->listeners.elts;
+
+    for (i = 0; i < pool->conf->listeners.nelts; i++) {
+        if (channel == NULL) {
+            l[i].handler(l[i].data, NULL);
+
+        } else if (ngx_strcmp(l[i].channel, channel) == 0) {
+            l[i].handler(l[i].data, payload);
+        }
+    }
 }
 
 

@@ -19,6 +19,13 @@ typedef struct pf_pg_query_s  pf_pg_query_t;
 
 typedef void (*pf_pg_handler_pt)(pf_pg_query_t *q);
 
+/*
+ * Called for each NOTIFY on a LISTENed channel, and with payload NULL when
+ * a connection came back after a failure: notifications may have been
+ * missed meanwhile.
+ */
+typedef void (*pf_pg_notify_pt)(void *data, const char *payload);
+
 
 typedef enum {
     PF_PG_OK = 0,          /* every statement succeeded */
@@ -37,6 +44,14 @@ typedef struct {
 
 
 typedef struct {
+    const char              *sql;       /* "LISTEN <channel>" */
+    const char              *channel;
+    pf_pg_notify_pt          handler;
+    void                    *data;
+} pf_pg_listener_t;
+
+
+typedef struct {
     const char             **keywords;  /* libpq connection parameters */
     const char             **values;
     ngx_uint_t               size;      /* connections per worker */
@@ -45,6 +60,7 @@ typedef struct {
     ngx_msec_t               query_timeout;
     ngx_msec_t               connect_timeout;
     ngx_array_t              statements;    /* pf_pg_statement_t */
+    ngx_array_t              listeners;     /* pf_pg_listener_t */
 } pf_pg_conf_t;
 
 
@@ -91,6 +107,8 @@ typedef struct {
 char *pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf);
 const pf_pg_statement_t *pf_pg_statement_add(pf_pg_conf_t *conf,
     const char *name, const char *sql, ngx_uint_t nparams);
+ngx_int_t pf_pg_listen_add(ngx_conf_t *cf, pf_pg_conf_t *conf,
+    const char *channel, pf_pg_notify_pt handler, void *data);
 
 pf_pg_pool_t *pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf);
 void pf_pg_pool_destroy(pf_pg_pool_t *pool);

@@ -1,0 +1,35 @@
+
+/*
+ * Copyright (C) PayFlow
+ */
+
+
+#ifndef _NGX_HTTP_PAYFLOW_KEYS_H_INCLUDED_
+#define _NGX_HTTP_PAYFLOW_KEYS_H_INCLUDED_
+
+
+#include "ngx_http_payflow_module.h"
+
+
+ngx_int_t ngx_http_payflow_keys_init(ngx_http_payflow_main_conf_t *pmcf);
+
+ngx_int_t ngx_http_payflow_keys_create(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_keys_list(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_keys_get(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_keys_revoke(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_keys_roll(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+
+ngx_int_t ngx_http_payflow_tenants_create(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_tenants_list(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_tenants_get(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+
+
+#endif /* _NGX_HTTP_PAYFLOW_KEYS_H_INCLUDED_ */

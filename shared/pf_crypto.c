@@ -1,0 +1,311 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * API key format, peppered key hashes and secrets read at configuration.
+ *
+ * Keys are "pf_test_" or "pf_live_", 32 random base62 characters and a
+ * 6-character base62 CRC32 of what precedes it, so that a malformed or
+ * mistyped key is refused without any lookup and secret scanners can
+ * recognise real ones.  Only HMAC-SHA256(pepper, key) is ever stored.
+ */
+
+
+#include "pf_crypto.h"
+#include "pf_id.h"
+
+
+static void pf_key_checksum(u_char *key, u_char *check);
+
+
+ngx_int_t
+pf_hmac_init(pf_hmac_t *h, ngx_str_t *key)
+{
+    u_char        block[64], digest[PF_SHA256_LEN];
+    size_t        len;
+    ngx_uint_t    i;
+    unsigned int  n;
+    const EVP_MD *md;
+
+    md = EVP_sha256();
+
+    ngx_memzero(block, sizeof(block));
+
+    if (key->len > sizeof(block)) {
+        if (EVP_Digest(key->data, key->len, digest, &n, md, NULL) != 1) {
+            return NGX_ERROR;
+        }
+
+        len = n;
+        ngx_memcpy(block, digest, len);
+
+    } else {
+        ngx_memcpy(block, key->data, key->len);
+    }
+
+    h->inner = EVP_MD_CTX_new();
+    h->outer = EVP_MD_CTX_new();
+    h->work = EVP_MD_CTX_new();
+
+    if (h->inner == NULL || h->outer == NULL || h->work == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < sizeof(block); i++) {
+        block[i] ^= 0x36;
+    }
+
+    if (EVP_DigestInit_ex(h->inner, md, NULL) != 1
+        || EVP_DigestUpdate(h->inner, block, sizeof(block)) != 1)
+    {
+        goto failed;
+    }
+
+    for (i = 0; i < sizeof(block); i++) {
+        block[i] ^= 0x36 ^ 0x5c;
+    }
+
+    if (EVP_DigestInit_ex(h->outer, md, NULL) != 1
+        || EVP_DigestUpdate(h->outer, block, sizeof(block)) != 1)
+    {
+        goto failed;
+    }
+
+    OPENSSL_cleanse(block, sizeof(block));
+
+    return NGX_OK;
+
+failed:
+
+    OPENSSL_cleanse(block, sizeof(block));
+    pf_hmac_free(h);
+
+    return NGX_ERROR;
+}
+
+
+void
+pf_hmac_free(pf_hmac_t *h)
+{
+    EVP_MD_CTX_free(h->inner);
+    EVP_MD_CTX_free(h->outer);
+    EVP_MD_CTX_free(h->work);
+
+    h->inner = NULL;
+    h->outer = NULL;
+    h->work = NULL;
+}
+
+
+ngx_int_t
+pf_hmac_sha256(pf_hmac_t *h, u_char *data, size_t len, u_char *out)
+{
+    u_char        inner[PF_SHA256_LEN];
+    unsigned int  n;
+
+    if (EVP_MD_CTX_copy_ex(h->work, h->inner) != 1
+        || EVP_DigestUpdate(h->work, data, len) != 1
+        || EVP_DigestFinal_ex(h->work, inner, &n) != 1
+        || EVP_MD_CTX_copy_ex(h->work, h->outer) != 1
+        || EVP_DigestUpdate(h->work, inner, sizeof(inner)) != 1
+        || EVP_DigestFinal_ex(h->work, out, &n) != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* writes PF_KEY_LEN characters */
+
+ngx_int_t
+pf_key_generate(u_char *key, ngx_uint_t livemode)
+{
+    u_char  *p;
+
+    p = ngx_cpymem(key, livemode ? "pf_live_" : "pf_test_",
+                   PF_KEY_PREFIX_LEN);
+
+    if (pf_id_base62(p, PF_KEY_RANDOM_LEN) == NULL) {
+        return NGX_ERROR;
+    }
+
+    pf_key_checksum(key, p + PF_KEY_RANDOM_LEN);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+pf_key_well_formed(ngx_str_t *key)
+{
+    u_char      ch, check[PF_KEY_CHECK_LEN];
+    ngx_uint_t  i;
+
+    if (key->len != PF_KEY_LEN || pf_key_livemode(key) == NGX_ERROR) {
+        return 0;
+    }
+
+    for (i = PF_KEY_PREFIX_LEN; i < PF_KEY_LEN; i++) {
+        ch = key->data[i];
+
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= 'a' && ch <= 'z')))
+        {
+            return 0;
+        }
+    }
+
+    pf_key_checksum(key->data, check);
+
+    return ngx_memcmp(check, key->data + PF_KEY_LEN - PF_KEY_CHECK_LEN,
+                      PF_KEY_CHECK_LEN) == 0;
+}
+
+
+/* 1 for pf_live_, 0 for pf_test_, NGX_ERROR for anything else */
+
+ngx_int_t
+pf_key_livemode(ngx_str_t *key)
+{
+    if (key->len < PF_KEY_PREFIX_LEN) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_strncmp(key->data, "pf_test_", PF_KEY_PREFIX_LEN) == 0) {
+        return 0;
+    }
+
+    if (ngx_strncmp(key->data, "pf_live_", PF_KEY_PREFIX_LEN) == 0) {
+        return 1;
+    }
+
+    return NGX_ERROR;
+}
+
+
+static void
+pf_key_checksum(u_char *key, u_char *check)
+{
+    uint32_t    crc;
+    ngx_int_t   i;
+
+    crc = ngx_crc32_long(key, PF_KEY_PREFIX_LEN + PF_KEY_RANDOM_LEN);
+
+    for (i = PF_KEY_CHECK_LEN - 1; i >= 0; i--) {
+        check[i] = pf_id_alphabet[crc % 62];
+        crc /= 62;
+    }
+}
+
+
+/*
+ * "file=<path>" (relative to the configuration directory) or
+ * "env=<NAME>" (read by the master at configuration time; workers need no
+ * "env" directive).  Trailing CR/LF are trimmed.
+ */
+
+char *
+pf_secret_load(ngx_conf_t *cf, ngx_str_t *spec, size_t min,
+    ngx_str_t *secret)
+{
+    u_char           *p, *value;
+    size_t            size;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         file;
+    ngx_file_info_t   fi;
+
+    if (ngx_strncmp(spec->data, "env=", 4) == 0) {
+        value = (u_char *) getenv((char *) spec->data + 4);
+
+        if (value == NULL || *value == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "environment variable \"%s\" is not set",
+                               spec->data + 4);
+            return NGX_CONF_ERROR;
+        }
+
+        size = ngx_strlen(value);
+
+        p = ngx_pnalloc(cf->pool, size + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(p, value, size + 1);
+
+    } else if (ngx_strncmp(spec->data, "file=", 5) == 0) {
+        file.data = spec->data + 5;
+        file.len = spec->len - 5;
+
+        if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+        if (fd == NGX_INVALID_FILE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_open_file_n " \"%V\" failed", &file);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_fd_info_n " \"%V\" failed", &file);
+            (void) ngx_close_file(fd);
+            return NGX_CONF_ERROR;
+        }
+
+        size = ngx_file_size(&fi);
+
+        if (size > 4096) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "secret file \"%V\" is larger than 4096 bytes",
+                               &file);
+            (void) ngx_close_file(fd);
+            return NGX_CONF_ERROR;
+        }
+
+        p = ngx_pnalloc(cf->pool, size + 1);
+        if (p == NULL) {
+            (void) ngx_close_file(fd);
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_read_fd(fd, p, size);
+
+        (void) ngx_close_file(fd);
+
+        if (n != (ssize_t) size) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_read_fd_n " \"%V\" failed", &file);
+            return NGX_CONF_ERROR;
+        }
+
+        p[size] = '\0';
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid secret \"%V\", expected \"file=<path>\" "
+                           "or \"env=<NAME>\"", spec);
+        return NGX_CONF_ERROR;
+    }
+
+    while (size && (p[size - 1] == '\n' || p[size - 1] == '\r')) {
+        p[--size] = '\0';
+    }
+
+    if (size < min) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "secret \"%V\" is shorter than %uz bytes",
+                           spec, min);
+        return NGX_CONF_ERROR;
+    }
+
+    secret->data = p;
+    secret->len = size;
+
+    return NGX_CONF_OK;
+}
