@@ -1151,12 +1151,15 @@ ngx_http_payflow_auth_variable(ngx_http_request_t *r,
 }
 
 
+/* GET /v1/me: the hot path of every integration's first call */
+
 ngx_int_t
 ngx_http_payflow_me_handler(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    json_t                   *perms, *data;
+    ngx_str_t                 data;
     const char               *credential;
+    pf_json_out_t             out;
     ngx_http_payflow_auth_t  *a;
 
     a = &ctx->auth;
@@ -1172,40 +1175,62 @@ ngx_http_payflow_me_handler(ngx_http_request_t *r,
         credential = "api_key";
     }
 
-    perms = json_array();
-    if (perms == NULL) {
+    if (pf_json_out_init(&out, r->pool, 320) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if ((a->perms & NGX_HTTP_PAYFLOW_PERM_READ
-         && json_array_append_new(perms, json_string("read")) != 0)
-        || (a->perms & NGX_HTTP_PAYFLOW_PERM_WRITE
-            && json_array_append_new(perms, json_string("write")) != 0)
-        || (a->perms & NGX_HTTP_PAYFLOW_PERM_MANAGE
-            && json_array_append_new(perms, json_string("manage")) != 0))
-    {
-        json_decref(perms);
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "object");
+    pf_json_out_cstr(&out, "me");
+    pf_json_out_key(&out, "credential");
+    pf_json_out_cstr(&out, credential);
+    pf_json_out_key(&out, "tenant_id");
+    pf_json_out_str(&out, a->tenant_id.data, a->tenant_id.len);
+    pf_json_out_key(&out, "livemode");
+    pf_json_out_bool(&out, a->livemode);
+    pf_json_out_key(&out, "role");
+    pf_json_out_cstr(&out, ngx_http_payflow_role_name(a->role));
+
+    pf_json_out_key(&out, "key_id");
+    if (a->key_id.len) {
+        pf_json_out_str(&out, a->key_id.data, a->key_id.len);
+    } else {
+        pf_json_out_null(&out);
+    }
+
+    pf_json_out_key(&out, "subject");
+    if (a->subject.len) {
+        pf_json_out_str(&out, a->subject.data, a->subject.len);
+    } else {
+        pf_json_out_null(&out);
+    }
+
+    pf_json_out_key(&out, "read_only");
+    pf_json_out_bool(&out, a->read_only);
+
+    pf_json_out_key(&out, "permissions");
+    pf_json_out_open(&out, '[');
+
+    if (a->perms & NGX_HTTP_PAYFLOW_PERM_READ) {
+        pf_json_out_cstr(&out, "read");
+    }
+
+    if (a->perms & NGX_HTTP_PAYFLOW_PERM_WRITE) {
+        pf_json_out_cstr(&out, "write");
+    }
+
+    if (a->perms & NGX_HTTP_PAYFLOW_PERM_MANAGE) {
+        pf_json_out_cstr(&out, "manage");
+    }
+
+    pf_json_out_close(&out, ']');
+    pf_json_out_close(&out, '}');
+
+    if (pf_json_out_result(&out, &data) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    data = json_pack("{s:s, s:s, s:s%, s:b, s:s, s:o, s:o, s:b, s:o}",
-                     "object", "me",
-                     "credential", credential,
-                     "tenant_id", a->tenant_id.data, a->tenant_id.len,
-                     "livemode", (int) a->livemode,
-                     "role", ngx_http_payflow_role_name(a->role),
-                     "key_id", a->key_id.len
-                               ? json_stringn((char *) a->key_id.data,
-                                              a->key_id.len)
-                               : json_null(),
-                     "subject", a->subject.len
-                               ? json_stringn((char *) a->subject.data,
-                                              a->subject.len)
-                               : json_null(),
-                     "read_only", (int) a->read_only,
-                     "permissions", perms);
-
-    return ngx_http_payflow_send_data(r, NGX_HTTP_OK, data);
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
 }
 
 

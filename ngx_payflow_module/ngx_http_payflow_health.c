@@ -28,7 +28,9 @@ ngx_http_payflow_health_init(ngx_http_payflow_main_conf_t *pmcf)
 ngx_int_t
 ngx_http_payflow_health_handler(ngx_http_request_t *r)
 {
-    ngx_int_t  rc;
+    ngx_int_t      rc;
+    ngx_str_t      data;
+    pf_json_out_t  out;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -39,10 +41,22 @@ ngx_http_payflow_health_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                      json_pack("{s:s, s:I}",
-                                                "status", "ok",
-                                                "pid", (json_int_t) ngx_pid));
+    if (pf_json_out_init(&out, r->pool, 48) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "status");
+    pf_json_out_cstr(&out, "ok");
+    pf_json_out_key(&out, "pid");
+    pf_json_out_int(&out, ngx_pid);
+    pf_json_out_close(&out, '}');
+
+    if (pf_json_out_result(&out, &data) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
 }
 
 

@@ -252,12 +252,24 @@ ngx_int_t
 ngx_http_payflow_send_data(ngx_http_request_t *r, ngx_uint_t status,
     json_t *data)
 {
-    ngx_str_t                body;
-    ngx_http_payflow_ctx_t  *ctx;
+    ngx_str_t  text;
 
-    if (data == NULL) {
+    if (pf_response_dump(r->pool, data, &text) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    return ngx_http_payflow_send_json(r, status, &text);
+}
+
+
+/* data: JSON text, from pf_json_out_t or pf_response_dump() */
+
+ngx_int_t
+ngx_http_payflow_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *data)
+{
+    ngx_str_t                body;
+    ngx_http_payflow_ctx_t  *ctx;
 
     if (pf_response_data_body(r->pool, data, ngx_http_payflow_request_id(r),
                               &body)

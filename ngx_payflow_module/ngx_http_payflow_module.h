@@ -148,6 +148,8 @@ ngx_http_payflow_ctx_t *ngx_http_payflow_get_ctx(ngx_http_request_t *r);
 ngx_str_t *ngx_http_payflow_request_id(ngx_http_request_t *r);
 ngx_int_t ngx_http_payflow_send_data(ngx_http_request_t *r,
     ngx_uint_t status, json_t *data);
+ngx_int_t ngx_http_payflow_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *data);
 ngx_int_t ngx_http_payflow_send_error(ngx_http_request_t *r,
     pf_error_t *err);
 ngx_int_t ngx_http_payflow_send_db_error(ngx_http_request_t *r,

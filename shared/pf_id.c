@@ -17,30 +17,59 @@ const u_char  pf_id_alphabet[] =
 
 
 /*
+ * Random bytes are drawn from OpenSSL in batches: one call serves dozens
+ * of ids.  The batch belongs to the process that drew it; a forked worker
+ * never reuses its parent's bytes.
+ */
+
+static u_char  pf_id_random[4096];
+static size_t  pf_id_random_left;
+static ngx_pid_t  pf_id_random_pid;
+
+
+static ngx_int_t
+pf_id_refill(void)
+{
+    if (RAND_bytes(pf_id_random, sizeof(pf_id_random)) != 1) {
+        pf_id_random_left = 0;
+        return NGX_ERROR;
+    }
+
+    pf_id_random_left = sizeof(pf_id_random);
+    pf_id_random_pid = ngx_pid;
+
+    return NGX_OK;
+}
+
+
+/*
  * Writes n uniformly distributed base62 characters: bytes of 248 and above
- * are rejected so that "byte % 62" has no bias.
+ * are rejected so that "byte % 62" has no bias.  Used bytes are wiped.
  */
 
 u_char *
 pf_id_base62(u_char *dst, size_t n)
 {
-    u_char  rnd[64], *p, *last;
+    u_char  *p;
+
+    if (pf_id_random_pid != ngx_pid) {
+        pf_id_random_left = 0;
+    }
 
     while (n) {
-        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        if (pf_id_random_left == 0 && pf_id_refill() != NGX_OK) {
             return NULL;
         }
 
-        last = rnd + sizeof(rnd);
+        p = &pf_id_random[sizeof(pf_id_random) - pf_id_random_left];
+        pf_id_random_left--;
 
-        for (p = rnd; p < last && n; p++) {
-            if (*p >= 248) {
-                continue;
-            }
-
+        if (*p < 248) {
             *dst++ = pf_id_alphabet[*p % 62];
             n--;
         }
+
+        *p = 0;
     }
 
     return dst;

@@ -13,6 +13,8 @@
 
 static ngx_uint_t pf_json_depth_ok(json_t *json, ngx_uint_t depth);
 static void pf_json_cleanup(void *data);
+static u_char *pf_json_out_reserve(pf_json_out_t *out, size_t n);
+static void pf_json_out_value(pf_json_out_t *out);
 
 
 ngx_int_t
@@ -204,4 +206,236 @@ static void
 pf_json_cleanup(void *data)
 {
     json_decref(data);
+}
+
+
+ngx_int_t
+pf_json_out_init(pf_json_out_t *out, ngx_pool_t *pool, size_t size)
+{
+    ngx_memzero(out, sizeof(pf_json_out_t));
+
+    out->pool = pool;
+
+    out->start = ngx_pnalloc(pool, size);
+    if (out->start == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->pos = out->start;
+    out->end = out->start + size;
+
+    return NGX_OK;
+}
+
+
+static u_char *
+pf_json_out_reserve(pf_json_out_t *out, size_t n)
+{
+    u_char  *p;
+    size_t   size, used;
+
+    if ((size_t) (out->end - out->pos) >= n) {
+        return out->pos;
+    }
+
+    if (out->failed) {
+        return NULL;
+    }
+
+    used = out->pos - out->start;
+    size = ngx_max(2 * (size_t) (out->end - out->start), used + n);
+
+    p = ngx_pnalloc(out->pool, size);
+    if (p == NULL) {
+        out->failed = 1;
+        return NULL;
+    }
+
+    ngx_memcpy(p, out->start, used);
+
+    out->start = p;
+    out->pos = p + used;
+    out->end = p + size;
+
+    return out->pos;
+}
+
+
+/* the comma before a value that is not the first of its container */
+
+static void
+pf_json_out_value(pf_json_out_t *out)
+{
+    u_char  *p;
+
+    if (out->key) {
+        out->key = 0;
+        return;
+    }
+
+    if (out->more & (1u << out->depth)) {
+        p = pf_json_out_reserve(out, 1);
+        if (p) {
+            *out->pos++ = ',';
+        }
+    }
+
+    out->more |= (1u << out->depth);
+}
+
+
+void
+pf_json_out_open(pf_json_out_t *out, u_char bracket)
+{
+    pf_json_out_value(out);
+
+    if (out->depth + 1 >= PF_JSON_OUT_DEPTH
+        || pf_json_out_reserve(out, 1) == NULL)
+    {
+        out->failed = 1;
+        return;
+    }
+
+    *out->pos++ = bracket;
+    out->depth++;
+    out->more &= ~(1u << out->depth);
+}
+
+
+void
+pf_json_out_close(pf_json_out_t *out, u_char bracket)
+{
+    if (out->depth == 0 || pf_json_out_reserve(out, 1) == NULL) {
+        out->failed = 1;
+        return;
+    }
+
+    *out->pos++ = bracket;
+    out->depth--;
+}
+
+
+void
+pf_json_out_key(pf_json_out_t *out, const char *key)
+{
+    pf_json_out_cstr(out, key);
+
+    if (pf_json_out_reserve(out, 1) == NULL) {
+        return;
+    }
+
+    *out->pos++ = ':';
+    out->key = 1;
+}
+
+
+void
+pf_json_out_str(pf_json_out_t *out, u_char *s, size_t len)
+{
+    u_char      *p, ch;
+    size_t       i;
+    static u_char  hex[] = "0123456789abcdef";
+
+    pf_json_out_value(out);
+
+    /* the worst case: every byte a \u00XX escape */
+
+    p = pf_json_out_reserve(out, 6 * len + 2);
+    if (p == NULL) {
+        return;
+    }
+
+    *p++ = '"';
+
+    for (i = 0; i < len; i++) {
+        ch = s[i];
+
+        if (ch == '"' || ch == '\\') {
+            *p++ = '\\';
+            *p++ = ch;
+
+        } else if (ch < 0x20 || ch == 0x7f) {
+            *p++ = '\\';
+            *p++ = 'u';
+            *p++ = '0';
+            *p++ = '0';
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 0xf];
+
+        } else {
+            *p++ = ch;
+        }
+    }
+
+    *p++ = '"';
+
+    out->pos = p;
+}
+
+
+void
+pf_json_out_cstr(pf_json_out_t *out, const char *s)
+{
+    pf_json_out_str(out, (u_char *) s, ngx_strlen(s));
+}
+
+
+void
+pf_json_out_int(pf_json_out_t *out, int64_t n)
+{
+    pf_json_out_value(out);
+
+    if (pf_json_out_reserve(out, NGX_INT64_LEN) == NULL) {
+        return;
+    }
+
+    out->pos = ngx_sprintf(out->pos, "%L", n);
+}
+
+
+void
+pf_json_out_bool(pf_json_out_t *out, ngx_uint_t b)
+{
+    if (b) {
+        pf_json_out_raw(out, (u_char *) "true", 4);
+
+    } else {
+        pf_json_out_raw(out, (u_char *) "false", 5);
+    }
+}
+
+
+void
+pf_json_out_null(pf_json_out_t *out)
+{
+    pf_json_out_raw(out, (u_char *) "null", 4);
+}
+
+
+/* a value that is already JSON */
+
+void
+pf_json_out_raw(pf_json_out_t *out, u_char *json, size_t len)
+{
+    pf_json_out_value(out);
+
+    if (pf_json_out_reserve(out, len) == NULL) {
+        return;
+    }
+
+    out->pos = ngx_cpymem(out->pos, json, len);
+}
+
+
+ngx_int_t
+pf_json_out_result(pf_json_out_t *out, ngx_str_t *json)
+{
+    if (out->failed || out->depth != 0) {
+        return NGX_ERROR;
+    }
+
+    json->data = out->start;
+    json->len = out->pos - out->start;
+
+    return NGX_OK;
 }

@@ -13,11 +13,10 @@
 
 
 #include "pf_response.h"
+#include "pf_json.h"
 
 
-static json_t *pf_response_meta(ngx_str_t *request_id);
-static ngx_int_t pf_response_dump(ngx_pool_t *pool, json_t *json,
-    ngx_str_t *body);
+static void pf_response_meta(pf_json_out_t *out, ngx_str_t *request_id);
 
 
 static const char  *pf_error_types[] = {
@@ -31,28 +30,27 @@ static const char  *pf_error_types[] = {
 };
 
 
+/* data: the JSON text of the "data" member */
+
 ngx_int_t
-pf_response_data_body(ngx_pool_t *pool, json_t *data, ngx_str_t *request_id,
-    ngx_str_t *body)
+pf_response_data_body(ngx_pool_t *pool, ngx_str_t *data,
+    ngx_str_t *request_id, ngx_str_t *body)
 {
-    json_t     *root, *meta;
-    ngx_int_t   rc;
+    pf_json_out_t  out;
 
-    /* the envelope owns "data" from here on, even on failure */
-
-    meta = pf_response_meta(request_id);
-
-    root = json_pack("{s:b, s:o, s:o}", "success", 1, "data", data,
-                     "meta", meta);
-    if (root == NULL) {
+    if (pf_json_out_init(&out, pool, data->len + 128) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    rc = pf_response_dump(pool, root, body);
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "success");
+    pf_json_out_bool(&out, 1);
+    pf_json_out_key(&out, "data");
+    pf_json_out_raw(&out, data->data, data->len);
+    pf_response_meta(&out, request_id);
+    pf_json_out_close(&out, '}');
 
-    json_decref(root);
-
-    return rc;
+    return pf_json_out_result(&out, body);
 }
 
 
@@ -60,37 +58,64 @@ ngx_int_t
 pf_response_error_body(ngx_pool_t *pool, pf_error_t *err,
     ngx_str_t *request_id, ngx_str_t *body)
 {
-    json_t     *root, *error, *meta;
-    ngx_int_t   rc;
+    pf_json_out_t  out;
 
-    error = json_pack("{s:s, s:s, s:s}",
-                      "type", pf_error_types[err->type],
-                      "code", err->code,
-                      "message", err->message);
-    if (error == NULL) {
+    if (pf_json_out_init(&out, pool, 384) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (err->param
-        && json_object_set_new(error, "param", json_string(err->param)) != 0)
-    {
-        json_decref(error);
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "success");
+    pf_json_out_bool(&out, 0);
+
+    pf_json_out_key(&out, "error");
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "type");
+    pf_json_out_cstr(&out, pf_error_types[err->type]);
+    pf_json_out_key(&out, "code");
+    pf_json_out_cstr(&out, err->code);
+    pf_json_out_key(&out, "message");
+    pf_json_out_cstr(&out, err->message);
+
+    if (err->param) {
+        pf_json_out_key(&out, "param");
+        pf_json_out_cstr(&out, err->param);
+    }
+
+    pf_json_out_close(&out, '}');
+
+    pf_response_meta(&out, request_id);
+    pf_json_out_close(&out, '}');
+
+    return pf_json_out_result(&out, body);
+}
+
+
+/* serialises a jansson value into the pool and releases it */
+
+ngx_int_t
+pf_response_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *text)
+{
+    size_t  len;
+
+    if (json == NULL) {
         return NGX_ERROR;
     }
 
-    meta = pf_response_meta(request_id);
+    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
 
-    root = json_pack("{s:b, s:o, s:o}", "success", 0, "error", error,
-                     "meta", meta);
-    if (root == NULL) {
+    text->data = len ? ngx_pnalloc(pool, len) : NULL;
+
+    if (text->data == NULL) {
+        json_decref(json);
         return NGX_ERROR;
     }
 
-    rc = pf_response_dump(pool, root, body);
+    text->len = json_dumpb(json, (char *) text->data, len, JSON_COMPACT);
 
-    json_decref(root);
+    json_decref(json);
 
-    return rc;
+    return (text->len == len) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -279,40 +304,32 @@ pf_response_retry_after(ngx_http_request_t *r, time_t seconds)
 }
 
 
-static json_t *
-pf_response_meta(ngx_str_t *request_id)
+/* "meta"; the timestamp text is remade once a second per worker */
+
+static void
+pf_response_meta(pf_json_out_t *out, ngx_str_t *request_id)
 {
-    u_char     ts[sizeof("1970-01-01T00:00:00Z")];
-    ngx_tm_t   tm;
+    time_t           now;
+    ngx_tm_t         tm;
+    static time_t    cached;
+    static u_char    ts[sizeof("1970-01-01T00:00:00Z") - 1];
 
-    ngx_gmtime(ngx_time(), &tm);
+    now = ngx_time();
 
-    (void) ngx_sprintf(ts, "%4d-%02d-%02dT%02d:%02d:%02dZ%Z",
-                       tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
-                       tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
+    if (now != cached) {
+        ngx_gmtime(now, &tm);
 
-    return json_pack("{s:s%, s:s}",
-                     "request_id", request_id->data, request_id->len,
-                     "timestamp", ts);
-}
-
-
-static ngx_int_t
-pf_response_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *body)
-{
-    size_t  len;
-
-    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
-    if (len == 0) {
-        return NGX_ERROR;
+        (void) ngx_sprintf(ts, "%4d-%02d-%02dT%02d:%02d:%02dZ",
+                           tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                           tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
+        cached = now;
     }
 
-    body->data = ngx_pnalloc(pool, len);
-    if (body->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    body->len = json_dumpb(json, (char *) body->data, len, JSON_COMPACT);
-
-    return (body->len == len) ? NGX_OK : NGX_ERROR;
+    pf_json_out_key(out, "meta");
+    pf_json_out_open(out, '{');
+    pf_json_out_key(out, "request_id");
+    pf_json_out_str(out, request_id->data, request_id->len);
+    pf_json_out_key(out, "timestamp");
+    pf_json_out_str(out, ts, sizeof(ts));
+    pf_json_out_close(out, '}');
 }

@@ -34,8 +34,9 @@ typedef struct {
 } pf_error_t;
 
 
-ngx_int_t pf_response_data_body(ngx_pool_t *pool, json_t *data,
+ngx_int_t pf_response_data_body(ngx_pool_t *pool, ngx_str_t *data,
     ngx_str_t *request_id, ngx_str_t *body);
+ngx_int_t pf_response_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *text);
 ngx_int_t pf_response_error_body(ngx_pool_t *pool, pf_error_t *err,
     ngx_str_t *request_id, ngx_str_t *body);
 void pf_response_status_error(ngx_uint_t status, pf_error_t *err);

@@ -40,6 +40,7 @@ events {
 
 http {
     %%TEST_GLOBALS_HTTP%%
+    payflow_key_pepper file=%%PEPPER_FILE%%;
     $http
 
     server {

@@ -15,9 +15,13 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(46);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(48);
 
-$t->write_file_expand('nginx.conf', <<'EOF');
+# a static key, so that /v1 requests get past authentication
+my ($key, $key_hash) = $t->pf_key('test', '--tenant', 'ten_health',
+	'--role', 'viewer');
+
+$t->write_file_expand('nginx.conf', <<"EOF");
 
 %%TEST_GLOBALS%%
 
@@ -28,6 +32,8 @@ http {
     %%TEST_GLOBALS_HTTP%%
 
     payflow_db "%%PG_CONNINFO%%" password_file=%%PG_PASSWORD_FILE%%;
+    payflow_key_pepper file=%%PEPPER_FILE%%;
+    payflow_static_key $key_hash tenant=ten_health mode=test role=viewer;
 
     server {
         listen       127.0.0.1:%%PORT_8080%%;
@@ -132,6 +138,12 @@ like($r->{headers}{'x-request-id'}, $RID, 'id with a quote replaced');
 # /v1: unknown path is a 404 in the JSON envelope
 
 $r = get('/v1/nope');
+is($r->{status}, 401, 'unknown /v1 path without credentials: 401 first');
+is($r->{json}{error}{type}, 'authentication_error',
+	'401: error.type authentication_error');
+
+$r = http_parse(http_request('GET', '/v1/nope',
+	headers => { Authorization => "Bearer $key" }));
 is($r->{status}, 404, 'unknown /v1 path: 404');
 like($r->{headers}{'content-type'}, qr{^application/json\b},
 	'404: application/json');

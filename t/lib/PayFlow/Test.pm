@@ -25,6 +25,7 @@ use Exporter qw/import/;
 our @EXPORT = qw/http http_get http_request http_end http_parse http_many/;
 
 use Carp qw/croak/;
+use FindBin ();
 use File::Temp ();
 use IO::Select;
 use IO::Socket::INET;
@@ -231,6 +232,8 @@ sub expand {
 	$text =~ s/%%PG_CONNINFO%%/pg_conninfo()/ge;
 	$text =~ s/%%PG_PASSWORD_FILE%%/$ENV{PAYFLOW_PG_PASSWORD_FILE} \/\/ ''/ge;
 	$text =~ s/%%TESTDIR%%/$self->{dir}/g;
+	$text =~ s/%%PEPPER_FILE%%/$self->pepper_file/ge;
+	$text =~ s/%%ADMIN_KEY%%/'payflow_admin_key ' . $self->admin_hash . ';'/ge;
 
 	# a typo in a placeholder would otherwise reach nginx verbatim
 	if ($text =~ /(%%[A-Z][A-Z0-9_]*%%)/) {
@@ -238,6 +241,49 @@ sub expand {
 	}
 
 	return $text;
+}
+
+# the pepper of this test's keys: 32 random bytes, hex
+sub pepper_file {
+	my ($self) = @_;
+	my $path = "$self->{dir}/pepper";
+
+	unless (-e $path) {
+		open my $in, '<:raw', '/dev/urandom' or die "urandom: $!";
+		read($in, my $bytes, 32) == 32 or die "short read";
+		open my $fh, '>', $path or die "$path: $!";
+		print $fh unpack('H*', $bytes), "\n";
+		close $fh;
+	}
+
+	return $path;
+}
+
+# scripts/pf-key with this test's pepper: (secret, hash)
+sub pf_key {
+	my ($self, @args) = @_;
+	my $root = $ENV{PAYFLOW_ROOT} // "$FindBin::Bin/..";
+
+	open my $fh, '-|', "$root/scripts/pf-key", '--pepper-file',
+		$self->pepper_file, @args, '--shell'
+		or die "pf-key: $!";
+	my %kv = map { /^(\w+)=(.*)$/ ? ($1, $2) : () } <$fh>;
+	close $fh or die "pf-key @args failed";
+
+	return ($kv{SECRET}, $kv{HASH});
+}
+
+# the operator credential of %%ADMIN_KEY%%
+sub admin_secret {
+	my ($self) = @_;
+	$self->{admin} //= [ $self->pf_key('admin') ];
+	return $self->{admin}[0];
+}
+
+sub admin_hash {
+	my ($self) = @_;
+	$self->admin_secret;
+	return $self->{admin}[1];
 }
 
 sub write_file {
