@@ -480,6 +480,14 @@ ngx_http_payflow_auth_init_main_conf(ngx_conf_t *cf,
     ngx_conf_init_value(pmcf->negative_ttl, 10);
     ngx_conf_init_uint_value(pmcf->negative_max, 1024);
 
+    if (pmcf->jwt.keys.nelts && pmcf->jwt.audience.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_jwt_key\" requires \"payflow_jwt "
+                           "audience=<aud>\": tokens meant for another "
+                           "service must be refused");
+        return NGX_CONF_ERROR;
+    }
+
     if (pmcf->pepper.len && pmcf->keycache == NULL) {
         pmcf->keycache = ngx_http_payflow_keycache_add(cf, &name,
                                          NGX_HTTP_PAYFLOW_DEFAULT_CACHE_SIZE);
@@ -596,7 +604,6 @@ ngx_http_payflow_authenticate(ngx_http_request_t *r,
 {
     u_char                        *p, *last;
     ngx_str_t                      token;
-    ngx_uint_t                     dots;
     ngx_table_elt_t               *h;
     ngx_http_payflow_loc_conf_t   *plcf;
     ngx_http_payflow_main_conf_t  *pmcf;
@@ -638,16 +645,17 @@ ngx_http_payflow_authenticate(ngx_http_request_t *r,
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    dots = 0;
+    /* anything dotted is a JWT to judge, and refused as one */
+
     last = token.data + token.len;
 
     for (p = token.data; p < last; p++) {
         if (*p == '.') {
-            dots++;
+            break;
         }
     }
 
-    if (dots == 2 && pmcf->jwt.keys.nelts) {
+    if (p < last && pmcf->jwt.keys.nelts) {
         return ngx_http_payflow_auth_jwt(r, ctx, &token);
     }
 
