@@ -121,7 +121,8 @@ ngx_http_payflow_pepper(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    return pf_secret_load(cf, &value[1], 32, &pmcf->pepper);
+    return pf_conf_secret(cf, "payflow_key_pepper", &value[1], 32,
+                          &pmcf->pepper);
 }
 
 

@@ -11,6 +11,7 @@
 
 
 #include "pf_common.h"
+#include "pf_conf.h"
 #include "pf_crypto.h"
 #include "pf_id.h"
 #include "pf_json.h"

@@ -41,8 +41,5 @@ ngx_int_t pf_key_generate(u_char *key, ngx_uint_t livemode);
 ngx_uint_t pf_key_well_formed(ngx_str_t *key);
 ngx_int_t pf_key_livemode(ngx_str_t *key);
 
-char *pf_secret_load(ngx_conf_t *cf, ngx_str_t *spec, size_t min,
-    ngx_str_t *secret);
-
 
 #endif /* _PF_CRYPTO_H_INCLUDED_ */

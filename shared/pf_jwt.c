@@ -16,6 +16,7 @@
 
 
 #include "pf_jwt.h"
+#include "pf_conf.h"
 
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
@@ -38,8 +39,6 @@
 #define PF_JWT_TENANT_MAX      64
 
 
-static char *pf_jwt_conf_read(ngx_conf_t *cf, ngx_str_t *name,
-    ngx_str_t *file, ngx_str_t *content);
 static char *pf_jwt_conf_secret(ngx_conf_t *cf, pf_jwt_key_t *key,
     ngx_str_t *file, ngx_str_t *content);
 static char *pf_jwt_conf_pkey(ngx_conf_t *cf, pf_jwt_key_t *key,
@@ -190,7 +189,10 @@ pf_jwt_key_add(ngx_conf_t *cf, pf_jwt_conf_t *conf, ngx_str_t *name,
         return NGX_CONF_ERROR;
     }
 
-    if (pf_jwt_conf_read(cf, name, &path, &content) != NGX_CONF_OK) {
+    if (pf_conf_read_file(cf, "payflow_jwt_key", &path, PF_JWT_FILE_MAX,
+                          &content)
+        != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -213,70 +215,6 @@ pf_jwt_key_add(ngx_conf_t *cf, pf_jwt_conf_t *conf, ngx_str_t *name,
     *k = key;
 
     return NGX_CONF_OK;
-}
-
-
-static char *
-pf_jwt_conf_read(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *file,
-    ngx_str_t *content)
-{
-    u_char           *p;
-    size_t            size;
-    ssize_t           n;
-    ngx_fd_t          fd;
-    ngx_file_info_t   fi;
-
-    fd = ngx_open_file(file->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_jwt_key: " ngx_open_file_n " \"%V\" "
-                           "for key \"%V\" failed", file, name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_jwt_key: " ngx_fd_info_n " \"%V\" failed",
-                           file);
-        goto failed;
-    }
-
-    size = ngx_file_size(&fi);
-
-    if (size > PF_JWT_FILE_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "payflow_jwt_key: \"%V\" for key \"%V\" is larger "
-                           "than %d bytes", file, name, PF_JWT_FILE_MAX);
-        goto failed;
-    }
-
-    p = ngx_pnalloc(cf->pool, size + 1);
-    if (p == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, p, size);
-    if (n != (ssize_t) size) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_jwt_key: " ngx_read_fd_n " \"%V\" failed",
-                           file);
-        goto failed;
-    }
-
-    p[size] = '\0';
-
-    content->data = p;
-    content->len = size;
-
-    (void) ngx_close_file(fd);
-
-    return NGX_CONF_OK;
-
-failed:
-
-    (void) ngx_close_file(fd);
-
-    return NGX_CONF_ERROR;
 }
 
 

@@ -19,6 +19,7 @@
 
 
 #include "pf_pg.h"
+#include "pf_conf.h"
 
 #include <sys/stat.h>
 #include <openssl/ssl.h>
@@ -400,81 +401,25 @@ pf_pg_listen_add(ngx_conf_t *cf, pf_pg_conf_t *conf, const char *channel,
 static char *
 pf_pg_conf_password(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *password)
 {
-    u_char           *p;
-    size_t            size;
-    ssize_t           n;
-    ngx_fd_t          fd;
-    ngx_str_t         file;
-    ngx_file_info_t   fi;
-
-    file = *name;
-
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+    if (pf_conf_read_file(cf, "payflow_db", name, 1024, password)
+        != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_db: " ngx_open_file_n " \"%V\" failed",
-                           &file);
+    while (password->len && (password->data[password->len - 1] == '\n'
+                             || password->data[password->len - 1] == '\r'))
+    {
+        password->data[--password->len] = '\0';
+    }
+
+    if (password->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_db: password file \"%V\" is empty", name);
         return NGX_CONF_ERROR;
     }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_db: " ngx_fd_info_n " \"%V\" failed",
-                           &file);
-        goto failed;
-    }
-
-    size = ngx_file_size(&fi);
-
-    if (size == 0 || size > 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "payflow_db: password file \"%V\" must hold one "
-                           "password of 1..1024 bytes", &file);
-        goto failed;
-    }
-
-    p = ngx_pnalloc(cf->pool, size + 1);
-    if (p == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, p, size);
-    if (n != (ssize_t) size) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "payflow_db: " ngx_read_fd_n " \"%V\" failed",
-                           &file);
-        goto failed;
-    }
-
-    while (size && (p[size - 1] == '\n' || p[size - 1] == '\r')) {
-        size--;
-    }
-
-    if (size == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "payflow_db: password file \"%V\" is empty",
-                           &file);
-        goto failed;
-    }
-
-    p[size] = '\0';
-
-    password->data = p;
-    password->len = size;
-
-    (void) ngx_close_file(fd);
 
     return NGX_CONF_OK;
-
-failed:
-
-    (void) ngx_close_file(fd);
-
-    return NGX_CONF_ERROR;
 }
 
 
