@@ -75,4 +75,6 @@ clean:
 	rm -rf $(BUILD)
 
 distclean: stop clean
+	-scripts/pf-env test stop
+	-scripts/pf-env bench stop
 	rm -rf var
