@@ -7,6 +7,8 @@
 #                   (one file: make test T=t/002-health.t)
 #   make bench      benchmark (wrk): nginx return 200 vs /readyz
 #   make static     build a static nginx with --add-module=. (needs sources)
+#   make key ARGS="test --tenant ten_... --role developer"
+#                   mint a static key with the development pepper
 
 NGX_SRC ?=	/usr/share/nginx/src
 CC ?=		cc
@@ -24,7 +26,7 @@ WARN :=		-Wall -Wextra -Werror
 SOURCES :=	config $(wildcard shared/*.[ch] ngx_payflow_*/*.[ch] \
 		ngx_payflow_*/*/*.[ch])
 
-.PHONY: all build deps run stop test bench static clang clean distclean
+.PHONY: all build deps run stop test bench static clang key clean distclean
 
 all: build
 
@@ -70,6 +72,10 @@ bench: deps build
 
 static:
 	@scripts/static-build
+
+key:
+	@test -s var/dev/pepper || { echo "run 'make run' first"; exit 1; }
+	@scripts/pf-key --pepper-file var/dev/pepper $(ARGS)
 
 clean:
 	rm -rf $(BUILD)
