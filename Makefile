@@ -50,7 +50,9 @@ $(NGX_BUILD)/objs/Makefile: config
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
 	mkdir -p $(dir $(MODULE))
-	cp $(NGX_BUILD)/objs/ngx_http_payflow_module.so $(MODULE)
+	@# a new inode: a running nginx keeps the one it mapped
+	cp $(NGX_BUILD)/objs/ngx_http_payflow_module.so $(MODULE).tmp
+	mv -f $(MODULE).tmp $(MODULE)
 
 clang:
 	$(MAKE) CC=clang MODULE=$(BUILD)/clang/ngx_http_payflow_module.so

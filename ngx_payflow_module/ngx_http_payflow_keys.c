@@ -15,16 +15,18 @@
 #include "ngx_http_payflow_auth.h"
 
 
+/* times as whole unix seconds, rounded down like the expiry check */
+
 #define NGX_HTTP_PAYFLOW_KEY_COLS                                             \
     "id, tenant_id, livemode, role, read_only, prefix, last4, description, " \
-    "extract(epoch FROM created_at)::bigint, "                               \
-    "extract(epoch FROM expires_at)::bigint, "                               \
-    "extract(epoch FROM revoked_at)::bigint, replaced_by, key_hash"
+    "floor(extract(epoch FROM created_at))::bigint, "                        \
+    "floor(extract(epoch FROM expires_at))::bigint, "                        \
+    "floor(extract(epoch FROM revoked_at))::bigint, replaced_by, key_hash"
 
 #define NGX_HTTP_PAYFLOW_KEY_HASH_COL  12
 
 #define NGX_HTTP_PAYFLOW_TENANT_COLS                                          \
-    "id, name, status, extract(epoch FROM created_at)::bigint"
+    "id, name, status, floor(extract(epoch FROM created_at))::bigint"
 
 #define NGX_HTTP_PAYFLOW_MAX_GRACE     (7 * 86400)
 #define NGX_HTTP_PAYFLOW_MAX_LIFETIME  (10 * 366 * 86400)
@@ -457,12 +459,24 @@ ngx_http_payflow_keys_list(ngx_http_request_t *r,
 
     admin = (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN);
 
-    q = ngx_http_payflow_db_query(r, 1, 1);
+    /* the operator names the tenant: it must exist, or this is a 404 */
+
+    q = ngx_http_payflow_db_query(r, 2, 1);
     if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    st = ngx_http_payflow_db_stmt(q, 0);
+    values = ngx_http_payflow_values(r, ngx_http_payflow_db_stmt(q, 0),
+                                     pmcf->st.tenant_get, 1);
+    if (values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool,
+                                        admin ? &ctx->params[0]
+                                              : &ctx->auth.tenant_id);
+
+    st = ngx_http_payflow_db_stmt(q, 1);
 
     values = ngx_http_payflow_values(r, st,
                                      l->before.len ? pmcf->st.key_list_before
@@ -483,7 +497,6 @@ ngx_http_payflow_keys_list(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    q->data = r;
     ctx->route = l;
 
     return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_list_done);
@@ -506,7 +519,15 @@ ngx_http_payflow_keys_list_done(pf_pg_query_t *q)
         return;
     }
 
-    list = ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 0),
+    if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN
+        && PQntuples(ngx_http_payflow_db_result(q, 0)) != 1)
+    {
+        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
+                                                   "no such tenant"));
+        return;
+    }
+
+    list = ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 1),
                                       (ngx_http_payflow_list_t *) ctx->route,
                                       ngx_http_payflow_key_json);
 

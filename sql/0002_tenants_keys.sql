@@ -113,7 +113,8 @@ CREATE FUNCTION payflow_authenticate(p_hash text)
     SET search_path = public, pg_temp
     AS $$
         SELECT k.id, k.tenant_id, k.livemode, k.role, k.read_only,
-               extract(epoch FROM k.expires_at)::bigint,
+               -- down, never up: a key must not outlive its expiry
+               floor(extract(epoch FROM k.expires_at))::bigint,
                k.revoked_at IS NOT NULL, t.status = 'active'
           FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.key_hash = p_hash
