@@ -81,34 +81,16 @@ EOF
 
 $t->run;
 
-my $JSON = JSON::PP->new->canonical;
-
-# a request with an optional Authorization header value; a body given as
-# a reference is sent as JSON
-sub request {
-	my ($auth, $method, $uri, %opts) = @_;
-	my @h = @{$opts{headers} || []};
-	push @h, "Authorization: $auth" if defined $auth;
-	my $body = $opts{body};
-	if (defined $body) {
-		$body = $JSON->encode($body) if ref $body;
-		push @h, 'Content-Type: application/json';
-	}
-	return http_parse(http_request($method, $uri, headers => \@h,
-		defined $body ? (body => $body) : ()));
-}
+# request($authorization_value_or_undef, $method, $uri, $body, %opts)
+sub request { api(@_) }
 
 sub me {
 	my ($secret, @headers) = @_;
-	return request("Bearer $secret", 'GET', '/v1/me',
+	return request("Bearer $secret", 'GET', '/v1/me', undef,
 		headers => \@headers);
 }
 
-sub admin {
-	my ($method, $uri, $body) = @_;
-	return request('Bearer ' . $t->admin_secret, $method, $uri,
-		body => $body);
-}
+sub admin { $t->admin_api(@_) }
 
 my $CHALLENGE = 'Bearer realm="payflow"';
 my $INVALID_TOKEN = 'Bearer realm="payflow", error="invalid_token"';

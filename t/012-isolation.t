@@ -53,17 +53,10 @@ EOF
 
 $t->run;
 
-my $JSON = JSON::PP->new->canonical;
 
-sub request {
-	my ($secret, $method, $uri, $body) = @_;
-	my @h = ("Authorization: Bearer $secret");
-	push @h, 'Content-Type: application/json' if defined $body;
-	return http_parse(http_request($method, $uri, headers => \@h,
-		defined $body ? (body => $JSON->encode($body)) : ()));
-}
+sub request { bearer(@_) }
 
-sub admin { request($t->admin_secret, @_) }
+sub admin { $t->admin_api(@_) }
 
 sub tenant {
 	my ($name) = @_;

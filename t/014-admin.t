@@ -51,17 +51,9 @@ $t->run;
 my $JSON = JSON::PP->new->canonical;
 
 # $body: a reference is sent as JSON, a string as it is
-sub request {
-	my ($auth, $method, $uri, $body) = @_;
-	my @h;
-	push @h, "Authorization: $auth" if defined $auth;
-	push @h, 'Content-Type: application/json' if defined $body;
-	$body = $JSON->encode($body) if ref $body;
-	return http_parse(http_request($method, $uri, headers => \@h,
-		defined $body ? (body => $body) : ()));
-}
+sub request { api(@_) }
 
-sub admin { request('Bearer ' . $t->admin_secret, @_) }
+sub admin { $t->admin_api(@_) }
 
 # status, error type, code and param in one string, e.g.
 # "400 invalid_request_error parameter_unknown color"

@@ -57,17 +57,10 @@ EOF
 
 $t->run;
 
-my $JSON = JSON::PP->new->canonical;
 
-sub request {
-	my ($auth, $method, $uri, $body) = @_;
-	my @h = ("Authorization: $auth");
-	push @h, 'Content-Type: application/json' if defined $body;
-	return http_parse(http_request($method, $uri, headers => \@h,
-		defined $body ? (body => $JSON->encode($body)) : ()));
-}
+sub request { api(@_) }
 
-sub admin { request('Bearer ' . $t->admin_secret, @_) }
+sub admin { $t->admin_api(@_) }
 
 # every secret this test sees, by what it is, and the keys they belong to
 my %secret = (admin => $t->admin_secret, static => $static);

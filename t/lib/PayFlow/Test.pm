@@ -22,7 +22,8 @@ use strict;
 
 use Exporter qw/import/;
 
-our @EXPORT = qw/http http_get http_request http_end http_parse http_many/;
+our @EXPORT = qw/http http_get http_request http_end http_parse http_many
+	api bearer/;
 
 use Carp qw/croak/;
 use FindBin ();
@@ -985,6 +986,36 @@ sub http_many {
 	}
 
 	return @res;
+}
+
+
+# A JSON API call.  $auth is the whole Authorization value ("Bearer ...")
+# or undef for none; a reference body is sent as JSON, a string as is.
+sub api {
+	my ($auth, $method, $uri, $body, %opts) = @_;
+	my @h = @{delete $opts{headers} || []};
+
+	push @h, "Authorization: $auth" if defined $auth;
+
+	if (defined $body) {
+		$body = JSON::PP->new->canonical->encode($body) if ref $body;
+		push @h, 'Content-Type: application/json';
+	}
+
+	return http_parse(http_request($method, $uri, headers => \@h,
+		defined $body ? (body => $body) : (), %opts));
+}
+
+# the same with an API key or token: bearer($secret, $method, $uri, $body)
+sub bearer {
+	my ($secret, @rest) = @_;
+	return api("Bearer $secret", @rest);
+}
+
+# the same as the operator of %%ADMIN_KEY%%
+sub admin_api {
+	my ($self, @rest) = @_;
+	return api('Bearer ' . $self->admin_secret, @rest);
 }
 
 1;
