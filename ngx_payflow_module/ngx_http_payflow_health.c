@@ -10,7 +10,8 @@
 #include "ngx_http_payflow_health.h"
 
 
-static void ngx_http_payflow_ready_done(pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_ready_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static json_t *ngx_http_payflow_pool_json(pf_pg_pool_t *pool);
 
 
@@ -65,7 +66,6 @@ ngx_http_payflow_ready_handler(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
     pf_pg_query_t                 *q;
-    ngx_http_payflow_ctx_t        *ctx;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -79,77 +79,41 @@ ngx_http_payflow_ready_handler(ngx_http_request_t *r)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    ctx = ngx_http_payflow_get_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q = pf_pg_query_create(r->pool, pmcf->pool, 1);
+    q = ngx_http_payflow_db_query(r, 1, 0);
     if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     q->stmts[0].statement = pmcf->st.schema_version;
-    q->handler = ngx_http_payflow_ready_done;
-    q->data = r;
-    q->log = r->connection->log;
 
-    if (pf_pg_query_run(q) != NGX_OK) {
-        return ngx_http_payflow_send_db_error(r, q);
-    }
-
-    ctx->query = q;
-
-    /* notice a client that goes away while PostgreSQL works */
-    r->read_event_handler = ngx_http_test_reading;
-
-    r->main->count++;
-
-    return NGX_DONE;
+    return ngx_http_payflow_db_run(r, q, "the readiness query",
+                                   ngx_http_payflow_ready_ok);
 }
 
 
-static void
-ngx_http_payflow_ready_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_ready_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    ngx_int_t                      rc;
     PGresult                      *res;
-    json_t                        *data;
-    ngx_http_request_t            *r;
     ngx_http_payflow_main_conf_t  *pmcf;
-
-    r = q->data;
-
-    if (q->status != PF_PG_OK) {
-        if (q->status == PF_PG_SQL_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "payflow ready: schema query failed: %s",
-                          PQresultErrorField(q->results[q->failed],
-                                             PG_DIAG_MESSAGE_PRIMARY));
-        }
-
-        ngx_http_payflow_finalize(r, ngx_http_payflow_send_db_error(r, q));
-        return;
-    }
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     res = q->results[0];
 
-    data = json_pack("{s:s, s:{s:{s:s, s:s, s:I, s:o}}}",
-                     "status", "ready",
-                     "checks",
-                       "postgres",
-                         "status", "ok",
-                         "schema_version",
-                           PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "",
-                         "latency_ms",
-                           (json_int_t) (ngx_current_msec - q->start),
-                         "pool", ngx_http_payflow_pool_json(pmcf->pool));
-
-    rc = ngx_http_payflow_send_data(r, NGX_HTTP_OK, data);
-
-    ngx_http_payflow_finalize(r, rc);
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK,
+               json_pack("{s:s, s:{s:{s:s, s:s, s:I, s:o}}}",
+                         "status", "ready",
+                         "checks",
+                           "postgres",
+                             "status", "ok",
+                             "schema_version",
+                               PQntuples(res) == 1 ? PQgetvalue(res, 0, 0)
+                                                   : "",
+                             "latency_ms",
+                               (json_int_t) (ngx_current_msec - q->start),
+                             "pool",
+                               ngx_http_payflow_pool_json(pmcf->pool)));
 }
 
 

@@ -43,22 +43,31 @@ static ngx_int_t ngx_http_payflow_keys_secret(ngx_http_request_t *r,
     ngx_uint_t livemode, ngx_str_t *secret, char **hash, char **last4);
 static json_t *ngx_http_payflow_key_secret_json(ngx_http_request_t *r,
     PGresult *res);
-static void ngx_http_payflow_keys_create_done(pf_pg_query_t *q);
-static void ngx_http_payflow_keys_list_done(pf_pg_query_t *q);
-static void ngx_http_payflow_keys_get_done(pf_pg_query_t *q);
-static void ngx_http_payflow_keys_revoke_done(pf_pg_query_t *q);
-static void ngx_http_payflow_keys_roll_done(pf_pg_query_t *q);
-static void ngx_http_payflow_tenants_done(pf_pg_query_t *q);
-static void ngx_http_payflow_tenants_list_done(pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_keys_create_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_keys_list_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_keys_get_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_keys_revoke_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_keys_roll_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_tenants_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_tenants_list_ok(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 
 static json_t *ngx_http_payflow_key_json(PGresult *res, int row);
 static json_t *ngx_http_payflow_tenant_json(PGresult *res, int row);
 static json_t *ngx_http_payflow_list_json(PGresult *res,
-    ngx_http_payflow_list_t *l, json_t *(*row)(PGresult *res, int row));
+    const ngx_http_payflow_list_t *l,
+    json_t *(*row)(PGresult *res, int row));
 static ngx_int_t ngx_http_payflow_list_args(ngx_http_request_t *r,
     ngx_http_payflow_list_t *l, pf_error_t *err);
-static ngx_int_t ngx_http_payflow_db_failed(ngx_http_request_t *r,
-    pf_pg_query_t *q, const char *what);
+static ngx_int_t ngx_http_payflow_send_row(ngx_http_request_t *r,
+    PGresult *res, json_t *(*row)(PGresult *res, int row),
+    const char *missing);
 static ngx_int_t ngx_http_payflow_not_found(ngx_http_request_t *r,
     const char *message);
 static const char **ngx_http_payflow_values(ngx_http_request_t *r,
@@ -367,32 +376,25 @@ ngx_http_payflow_keys_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_create_done);
+    return ngx_http_payflow_db_run(r, q, "creating a key",
+                                   ngx_http_payflow_keys_create_ok);
 }
 
 
-static void
-ngx_http_payflow_keys_create_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_keys_create_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    ngx_http_request_t  *r;
+    PGresult  *res;
 
-    r = q->data;
+    res = ngx_http_payflow_db_result(q, 0);
 
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "creating a key"));
-        return;
+    if (PQntuples(res) != 1) {
+        return ngx_http_payflow_not_found(r, "no such tenant");
     }
 
-    if (PQntuples(ngx_http_payflow_db_result(q, 0)) != 1) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such tenant"));
-        return;
-    }
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                  ngx_http_payflow_key_secret_json(r,
-                                      ngx_http_payflow_db_result(q, 0))));
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK,
+                                      ngx_http_payflow_key_secret_json(r,
+                                                                       res));
 }
 
 
@@ -499,40 +501,28 @@ ngx_http_payflow_keys_list(ngx_http_request_t *r,
 
     ctx->route = l;
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_list_done);
+    return ngx_http_payflow_db_run(r, q, "listing keys",
+                                   ngx_http_payflow_keys_list_ok);
 }
 
 
-static void
-ngx_http_payflow_keys_list_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_keys_list_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    json_t                  *list;
-    ngx_http_request_t      *r;
     ngx_http_payflow_ctx_t  *ctx;
 
-    r = q->data;
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "listing keys"));
-        return;
-    }
 
     if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN
         && PQntuples(ngx_http_payflow_db_result(q, 0)) != 1)
     {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such tenant"));
-        return;
+        return ngx_http_payflow_not_found(r, "no such tenant");
     }
 
-    list = ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 1),
-                                      (ngx_http_payflow_list_t *) ctx->route,
-                                      ngx_http_payflow_key_json);
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                                            list));
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK,
+               ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 1),
+                                          ctx->route,
+                                          ngx_http_payflow_key_json));
 }
 
 
@@ -565,35 +555,19 @@ ngx_http_payflow_keys_get(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
                 ? NULL
                 : ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_get_done);
+    return ngx_http_payflow_db_run(r, q, "reading a key",
+                                   ngx_http_payflow_keys_get_ok);
 }
 
 
-static void
-ngx_http_payflow_keys_get_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_keys_get_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult            *res;
-    ngx_http_request_t  *r;
+    /* another tenant's key is exactly as absent as a missing one */
 
-    r = q->data;
-
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "reading a key"));
-        return;
-    }
-
-    res = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(res) != 1) {
-        /* another tenant's key is exactly as absent as a missing one */
-        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such API key"));
-        return;
-    }
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                         ngx_http_payflow_key_json(res, 0)));
+    return ngx_http_payflow_send_row(r, ngx_http_payflow_db_result(q, 0),
+                                     ngx_http_payflow_key_json,
+                                     "no such API key");
 }
 
 
@@ -647,23 +621,15 @@ ngx_http_payflow_keys_revoke(ngx_http_request_t *r,
     values[0] = id;
     values[1] = tenant;
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_revoke_done);
+    return ngx_http_payflow_db_run(r, q, "revoking a key",
+                                   ngx_http_payflow_keys_revoke_ok);
 }
 
 
-static void
-ngx_http_payflow_keys_revoke_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_keys_revoke_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult            *res;
-    ngx_http_request_t  *r;
-
-    r = q->data;
-
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "revoking a key"));
-        return;
-    }
+    PGresult  *res;
 
     res = ngx_http_payflow_db_result(q, 0);
 
@@ -672,16 +638,9 @@ ngx_http_payflow_keys_revoke_done(pf_pg_query_t *q)
         ngx_http_payflow_auth_forget(r, (u_char *) PQgetvalue(res, 0, 0));
     }
 
-    res = ngx_http_payflow_db_result(q, 1);
-
-    if (PQntuples(res) != 1) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such API key"));
-        return;
-    }
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                         ngx_http_payflow_key_json(res, 0)));
+    return ngx_http_payflow_send_row(r, ngx_http_payflow_db_result(q, 1),
+                                     ngx_http_payflow_key_json,
+                                     "no such API key");
 }
 
 
@@ -784,25 +743,17 @@ ngx_http_payflow_keys_roll(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
     values[0] = id;
     values[1] = tenant;
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_keys_roll_done);
+    return ngx_http_payflow_db_run(r, q, "rolling a key",
+                                   ngx_http_payflow_keys_roll_ok);
 }
 
 
-static void
-ngx_http_payflow_keys_roll_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_keys_roll_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    json_t              *key, *old;
-    PGresult            *res, *upd;
-    pf_error_t           err;
-    ngx_http_request_t  *r;
-
-    r = q->data;
-
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "rolling a key"));
-        return;
-    }
+    json_t      *key, *old;
+    PGresult    *res, *upd;
+    pf_error_t   err;
 
     res = ngx_http_payflow_db_result(q, 0);
     upd = ngx_http_payflow_db_result(q, 1);
@@ -810,9 +761,7 @@ ngx_http_payflow_keys_roll_done(pf_pg_query_t *q)
     if (PQntuples(res) != 1 || PQntuples(upd) != 1) {
 
         if (PQntuples(ngx_http_payflow_db_result(q, 2)) != 1) {
-            ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such API key"));
-            return;
+            return ngx_http_payflow_not_found(r, "no such API key");
         }
 
         ngx_memzero(&err, sizeof(pf_error_t));
@@ -822,8 +771,7 @@ ngx_http_payflow_keys_roll_done(pf_pg_query_t *q)
         err.message = "only an active key that was not rolled before can "
                       "be rolled";
 
-        ngx_http_payflow_finalize(r, ngx_http_payflow_send_error(r, &err));
-        return;
+        return ngx_http_payflow_send_error(r, &err);
     }
 
     ngx_http_payflow_auth_forget(r, (u_char *) PQgetvalue(upd, 0,
@@ -835,19 +783,16 @@ ngx_http_payflow_keys_roll_done(pf_pg_query_t *q)
     if (key == NULL || old == NULL) {
         json_decref(key);
         json_decref(old);
-        ngx_http_payflow_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* takes "old" whatever happens */
     if (json_object_set_new(key, "previous_key", old) != 0) {
         json_decref(key);
-        ngx_http_payflow_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                                            key));
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK, key);
 }
 
 
@@ -910,7 +855,8 @@ ngx_http_payflow_tenants_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_tenants_done);
+    return ngx_http_payflow_db_run(r, q, "reading tenants",
+                                   ngx_http_payflow_tenants_ok);
 }
 
 
@@ -939,34 +885,17 @@ ngx_http_payflow_tenants_get(ngx_http_request_t *r,
 
     values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_tenants_done);
+    return ngx_http_payflow_db_run(r, q, "reading tenants",
+                                   ngx_http_payflow_tenants_ok);
 }
 
 
-static void
-ngx_http_payflow_tenants_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_tenants_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult            *res;
-    ngx_http_request_t  *r;
-
-    r = q->data;
-
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "tenants"));
-        return;
-    }
-
-    res = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(res) != 1) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_not_found(r,
-                                                   "no such tenant"));
-        return;
-    }
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                      ngx_http_payflow_tenant_json(res, 0)));
+    return ngx_http_payflow_send_row(r, ngx_http_payflow_db_result(q, 0),
+                                     ngx_http_payflow_tenant_json,
+                                     "no such tenant");
 }
 
 
@@ -1014,32 +943,22 @@ ngx_http_payflow_tenants_list(ngx_http_request_t *r,
 
     ctx->route = l;
 
-    return ngx_http_payflow_db_run(r, q, ngx_http_payflow_tenants_list_done);
+    return ngx_http_payflow_db_run(r, q, "listing tenants",
+                                   ngx_http_payflow_tenants_list_ok);
 }
 
 
-static void
-ngx_http_payflow_tenants_list_done(pf_pg_query_t *q)
+static ngx_int_t
+ngx_http_payflow_tenants_list_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    json_t                  *list;
-    ngx_http_request_t      *r;
     ngx_http_payflow_ctx_t  *ctx;
 
-    r = q->data;
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
-    if (q->status != PF_PG_OK) {
-        ngx_http_payflow_finalize(r, ngx_http_payflow_db_failed(r, q,
-                                                        "listing tenants"));
-        return;
-    }
-
-    list = ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 0),
-                                      (ngx_http_payflow_list_t *) ctx->route,
-                                      ngx_http_payflow_tenant_json);
-
-    ngx_http_payflow_finalize(r, ngx_http_payflow_send_data(r, NGX_HTTP_OK,
-                                                            list));
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK,
+               ngx_http_payflow_list_json(ngx_http_payflow_db_result(q, 0),
+                                          ctx->route,
+                                          ngx_http_payflow_tenant_json));
 }
 
 
@@ -1115,7 +1034,7 @@ ngx_http_payflow_tenant_json(PGresult *res, int row)
  */
 
 static json_t *
-ngx_http_payflow_list_json(PGresult *res, ngx_http_payflow_list_t *l,
+ngx_http_payflow_list_json(PGresult *res, const ngx_http_payflow_list_t *l,
     json_t *(*row)(PGresult *res, int row))
 {
     int      i, n;
@@ -1205,19 +1124,17 @@ ngx_http_payflow_list_args(ngx_http_request_t *r, ngx_http_payflow_list_t *l,
 }
 
 
+/* the one row a statement found, or a 404 */
+
 static ngx_int_t
-ngx_http_payflow_db_failed(ngx_http_request_t *r, pf_pg_query_t *q,
-    const char *what)
+ngx_http_payflow_send_row(ngx_http_request_t *r, PGresult *res,
+    json_t *(*row)(PGresult *res, int row), const char *missing)
 {
-    if (q->status == PF_PG_SQL_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "payflow keys: %s failed: %s (%s)", what,
-                      PQresultErrorField(q->results[q->failed],
-                                         PG_DIAG_MESSAGE_PRIMARY),
-                      pf_pg_query_sqlstate(q));
+    if (PQntuples(res) != 1) {
+        return ngx_http_payflow_not_found(r, missing);
     }
 
-    return ngx_http_payflow_send_db_error(r, q);
+    return ngx_http_payflow_send_data(r, NGX_HTTP_OK, row(res, 0));
 }
 
 

@@ -20,6 +20,7 @@
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
 
 
+static void ngx_http_payflow_db_done(pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -493,17 +494,23 @@ ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i)
 }
 
 
-/* NGX_DONE: the handler completes the request; otherwise a status sent */
+/*
+ * NGX_DONE: the request waits for PostgreSQL and is completed by ok(), or
+ * with the database error; otherwise the status of the error just sent.
+ */
 
 ngx_int_t
 ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
-    pf_pg_handler_pt handler)
+    const char *what, ngx_http_payflow_db_ok_pt ok)
 {
     ngx_http_payflow_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    q->handler = handler;
+    q->handler = ngx_http_payflow_db_done;
     q->data = r;
     q->log = r->connection->log;
 
@@ -512,11 +519,44 @@ ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
     }
 
     ctx->query = q;
+    ctx->db_ok = ok;
+    ctx->db_what = what;
 
     r->read_event_handler = ngx_http_test_reading;
     r->main->count++;
 
     return NGX_DONE;
+}
+
+
+static void
+ngx_http_payflow_db_done(pf_pg_query_t *q)
+{
+    ngx_int_t                rc;
+    ngx_http_request_t      *r;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    r = q->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ctx->query = NULL;
+
+    if (q->status == PF_PG_OK) {
+        rc = ctx->db_ok(r, q);
+
+    } else {
+        if (q->status == PF_PG_SQL_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "payflow: %s failed: %s (%s)", ctx->db_what,
+                          PQresultErrorField(q->results[q->failed],
+                                             PG_DIAG_MESSAGE_PRIMARY),
+                          pf_pg_query_sqlstate(q));
+        }
+
+        rc = ngx_http_payflow_send_db_error(r, q);
+    }
+
+    ngx_http_payflow_finalize(r, rc);
 }
 
 

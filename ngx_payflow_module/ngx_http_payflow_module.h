@@ -122,10 +122,16 @@ typedef struct {
 } ngx_http_payflow_loc_conf_t;
 
 
+typedef ngx_int_t (*ngx_http_payflow_db_ok_pt)(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+
+
 typedef struct {
     ngx_str_t                   error_body;    /* replaces nginx's page */
     pf_error_t                 *error;         /* meaning of a bare status */
     pf_pg_query_t              *query;
+    ngx_http_payflow_db_ok_pt   db_ok;         /* the query succeeded */
+    const char                 *db_what;       /* for the error log */
 
     ngx_http_payflow_auth_t     auth;
     ngx_int_t                   auth_rc;
@@ -164,7 +170,7 @@ char *ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s);
 pf_pg_stmt_t *ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i);
 PGresult *ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i);
 ngx_int_t ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
-    pf_pg_handler_pt handler);
+    const char *what, ngx_http_payflow_db_ok_pt ok);
 
 const char *ngx_http_payflow_role_name(ngx_http_payflow_role_e role);
 ngx_http_payflow_role_e ngx_http_payflow_role_parse(const char *name,
