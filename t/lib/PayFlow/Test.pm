@@ -234,6 +234,7 @@ sub expand {
 	$text =~ s/%%PG_PASSWORD_FILE%%/$ENV{PAYFLOW_PG_PASSWORD_FILE} \/\/ ''/ge;
 	$text =~ s/%%TESTDIR%%/$self->{dir}/g;
 	$text =~ s/%%PEPPER_FILE%%/$self->pepper_file/ge;
+	$text =~ s/%%REDIS_PORT%%/$ENV{PAYFLOW_REDIS_PORT} \/\/ ''/ge;
 	$text =~ s/%%ADMIN_KEY%%/'payflow_admin_key ' . $self->admin_hash . ';'/ge;
 
 	# a typo in a placeholder would otherwise reach nginx verbatim
@@ -272,6 +273,23 @@ sub pf_key {
 	close $fh or die "pf-key @args failed";
 
 	return ($kv{SECRET}, $kv{HASH});
+}
+
+# the test environment's Redis: "start", "stop", or a signal ("STOP",
+# "CONT") sent to it, to make it slow
+sub redis_ctl {
+	my ($self, $what) = @_;
+	my $root = $ENV{PAYFLOW_ROOT} // "$FindBin::Bin/..";
+
+	if ($what eq 'start' || $what eq 'stop') {
+		return system("$root/scripts/pf-env",
+			$ENV{PAYFLOW_ENV} // 'test', "redis-$what") == 0;
+	}
+
+	open my $fh, '<', "$root/var/" . ($ENV{PAYFLOW_ENV} // 'test')
+		. '/redis/redis.pid' or return 0;
+	chomp(my $pid = <$fh>);
+	return kill($what, $pid);
 }
 
 # the operator credential of %%ADMIN_KEY%%
