@@ -5,7 +5,8 @@
 #   make stop       stop nginx, PostgreSQL and Redis started by make run
 #   make test       install what is missing, build, run the test suite
 #                   (one file: make test T=t/002-health.t)
-#   make bench      benchmark (wrk): nginx return 200 vs /readyz
+#   make bench      benchmarks (wrk): return 200 vs /v1/me vs /readyz,
+#                   and the rate limiter
 #   make static     build a static nginx with --add-module=. (needs sources)
 #   make key ARGS="test --tenant ten_... --role developer"
 #                   mint a static key with the development pepper
@@ -71,6 +72,7 @@ test: deps build
 
 bench: deps build
 	@bench/run
+	@bench/ratelimit
 
 static:
 	@scripts/static-build
