@@ -13,6 +13,7 @@
 #include "ngx_http_payflow_api.h"
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_keys.h"
+#include "ngx_http_payflow_metrics.h"
 
 
 #define NGX_HTTP_PAYFLOW_ECHO_MAX  128
@@ -40,6 +41,22 @@ static ngx_int_t ngx_http_payflow_not_allowed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_forbidden(ngx_http_request_t *r,
     ngx_uint_t perm);
 static ngx_int_t ngx_http_payflow_api_not_found(ngx_http_request_t *r);
+
+
+/* route metrics indexes: API routes, admin routes, then these */
+#define NGX_HTTP_PAYFLOW_API_ROUTES                                           \
+    (sizeof(ngx_http_payflow_api_routes)                                      \
+     / sizeof(ngx_http_payflow_route_t) - 1)
+#define NGX_HTTP_PAYFLOW_ADMIN_ROUTES                                         \
+    (sizeof(ngx_http_payflow_admin_routes)                                    \
+     / sizeof(ngx_http_payflow_route_t) - 1)
+#define NGX_HTTP_PAYFLOW_ROUTES                                               \
+    (NGX_HTTP_PAYFLOW_API_ROUTES + NGX_HTTP_PAYFLOW_ADMIN_ROUTES)
+
+
+static const char  *ngx_http_payflow_route_specials[] = {
+    "health", "ready", "metrics", "unmatched"
+};
 
 
 static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
@@ -144,6 +161,10 @@ ngx_http_payflow_dispatch(ngx_http_request_t *r,
         return path_known ? ngx_http_payflow_not_allowed(r)
                           : ngx_http_payflow_api_not_found(r);
     }
+
+    ctx->route_index = 1 + (rt - routes)
+                       + (routes == ngx_http_payflow_admin_routes
+                          ? NGX_HTTP_PAYFLOW_API_ROUTES : 0);
 
     if ((ctx->auth.perms & rt->perm) != rt->perm) {
         return ngx_http_payflow_forbidden(r, rt->perm);
@@ -348,4 +369,103 @@ ngx_http_payflow_api_not_found(ngx_http_request_t *r)
     err.message = (char *) p;
 
     return ngx_http_payflow_send_error(r, &err);
+}
+
+
+/*
+ * The route a response is counted under: the one the router matched, or,
+ * for requests refused before routing, the one the path would have
+ * matched; never the path itself, whose ids would flood the labels.
+ */
+
+ngx_int_t
+ngx_http_payflow_route_index(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    ngx_str_t                     params[NGX_HTTP_PAYFLOW_MAX_PARAMS];
+    ngx_uint_t                    base;
+    ngx_http_payflow_route_t     *routes, *rt;
+    ngx_http_payflow_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_module);
+
+    switch (plcf->kind) {
+
+    case NGX_HTTP_PAYFLOW_HEALTH:
+        return NGX_HTTP_PAYFLOW_ROUTES;
+
+    case NGX_HTTP_PAYFLOW_READY:
+        return NGX_HTTP_PAYFLOW_ROUTES + 1;
+
+    case NGX_HTTP_PAYFLOW_METRICS:
+        return NGX_HTTP_PAYFLOW_ROUTES + 2;
+
+    case NGX_HTTP_PAYFLOW_API:
+    case NGX_HTTP_PAYFLOW_ADMIN:
+        break;
+
+    default:
+        return NGX_ERROR;
+    }
+
+    if (ctx && ctx->route_index) {
+        return ctx->route_index - 1;
+    }
+
+    if (plcf->kind == NGX_HTTP_PAYFLOW_ADMIN) {
+        routes = ngx_http_payflow_admin_routes;
+        base = NGX_HTTP_PAYFLOW_API_ROUTES;
+
+    } else {
+        routes = ngx_http_payflow_api_routes;
+        base = 0;
+    }
+
+    for (rt = routes; rt->path; rt++) {
+        if (ngx_http_payflow_route_match(&r->uri, rt->path, params)) {
+            return base + (rt - routes);
+        }
+    }
+
+    return NGX_HTTP_PAYFLOW_ROUTES + 3;
+}
+
+
+/* the label of route i ("/v1/api_keys/{id}"), 0 past the last */
+
+ngx_uint_t
+ngx_http_payflow_route_label(ngx_uint_t i, u_char *buf, size_t len)
+{
+    u_char      *p, *last;
+    const char  *path;
+
+    if (i < NGX_HTTP_PAYFLOW_API_ROUTES) {
+        path = ngx_http_payflow_api_routes[i].path;
+
+    } else if (i < NGX_HTTP_PAYFLOW_ROUTES) {
+        path = ngx_http_payflow_admin_routes[i - NGX_HTTP_PAYFLOW_API_ROUTES]
+                   .path;
+
+    } else if (i < NGX_HTTP_PAYFLOW_ROUTES + 4) {
+        path = ngx_http_payflow_route_specials[i - NGX_HTTP_PAYFLOW_ROUTES];
+        return ngx_cpymem(buf, path, ngx_strlen(path)) - buf;
+
+    } else {
+        return 0;
+    }
+
+    p = buf;
+    last = buf + len - sizeof("{id}");
+
+    while (*path && p < last) {
+        if (path[0] == '{' && path[1] == '}') {
+            p = ngx_cpymem(p, "{id}", 4);
+            path += 2;
+            continue;
+        }
+
+        *p++ = *path++;
+    }
+
+    return p - buf;
 }

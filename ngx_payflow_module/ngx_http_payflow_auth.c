@@ -17,6 +17,7 @@
 
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_keycache.h"
+#include "ngx_http_payflow_metrics.h"
 
 #include <openssl/crypto.h>
 
@@ -595,6 +596,8 @@ ngx_http_payflow_access_handler(ngx_http_request_t *r)
     ctx->auth_done = 1;
     ctx->auth_rc = rc;
 
+    ngx_http_payflow_metrics_auth(r, ctx);
+
     return rc;
 }
 
@@ -709,6 +712,7 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
     if (found < pmcf->static_keys.nelts
         && sk[found].auth.livemode == (ngx_uint_t) livemode)
     {
+        ngx_http_payflow_metrics_cache(r, NGX_HTTP_PAYFLOW_M_CACHE_STATIC);
         ctx->auth = sk[found].auth;
         return NGX_OK;
     }
@@ -717,8 +721,15 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
                                           &ctx->generation);
 
     if (rc == NGX_OK) {
+        ngx_http_payflow_metrics_cache(r,
+                                entry.state == NGX_HTTP_PAYFLOW_KEY_VALID
+                                ? NGX_HTTP_PAYFLOW_M_CACHE_HIT
+                                : NGX_HTTP_PAYFLOW_M_CACHE_NEGATIVE);
+
         return ngx_http_payflow_auth_entry(r, ctx, &entry, livemode);
     }
+
+    ngx_http_payflow_metrics_cache(r, NGX_HTTP_PAYFLOW_M_CACHE_MISS);
 
     /* not cached: ask PostgreSQL */
 
@@ -848,6 +859,8 @@ ngx_http_payflow_auth_db_done(pf_pg_query_t *q)
                                                ctx->auth.livemode);
 
 resume:
+
+    ngx_http_payflow_metrics_auth(r, ctx);
 
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);

@@ -15,6 +15,7 @@
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_health.h"
 #include "ngx_http_payflow_keys.h"
+#include "ngx_http_payflow_metrics.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -39,6 +40,7 @@ static char *ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_payflow_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_int_t ngx_http_payflow_post_read(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_payflow_init_process(ngx_cycle_t *cycle);
 static void ngx_http_payflow_exit_process(ngx_cycle_t *cycle);
@@ -123,6 +125,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_PAYFLOW_ADMIN,
       NULL },
 
+    { ngx_string("payflow_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_payflow_handler,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PAYFLOW_METRICS,
+      NULL },
+
       ngx_null_command
 };
 
@@ -184,7 +193,8 @@ static ngx_http_variable_t  ngx_http_payflow_vars[] = {
 
 
 static const char  *ngx_http_payflow_kind_names[] = {
-    "", "payflow_health", "payflow_ready", "payflow_api", "payflow_admin"
+    "", "payflow_health", "payflow_ready", "payflow_api", "payflow_admin",
+    "payflow_metrics"
 };
 
 
@@ -844,6 +854,10 @@ ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         clcf->handler = ngx_http_payflow_admin_handler;
         break;
 
+    case NGX_HTTP_PAYFLOW_METRICS:
+        clcf->handler = ngx_http_payflow_metrics_handler;
+        break;
+
     default:
         clcf->handler = ngx_http_payflow_api_handler;
         break;
@@ -939,7 +953,9 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     (void) parent;
 
-    if (conf->kind < NGX_HTTP_PAYFLOW_READY) {
+    if (conf->kind < NGX_HTTP_PAYFLOW_READY
+        || conf->kind == NGX_HTTP_PAYFLOW_METRICS)
+    {
         return NGX_CONF_OK;
     }
 
@@ -952,7 +968,10 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->kind >= NGX_HTTP_PAYFLOW_API && pmcf->pepper.len == 0) {
+    if ((conf->kind == NGX_HTTP_PAYFLOW_API
+         || conf->kind == NGX_HTTP_PAYFLOW_ADMIN)
+        && pmcf->pepper.len == 0)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%s\" requires \"payflow_key_pepper\" in the "
                            "http block",
@@ -968,6 +987,20 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* error-log lines about a request carry its request id */
+
+static ngx_int_t
+ngx_http_payflow_post_read(ngx_http_request_t *r)
+{
+    if (r->log_handler != ngx_http_payflow_log_error) {
+        ngx_http_payflow_log_next = r->log_handler;
+        r->log_handler = ngx_http_payflow_log_error;
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -994,7 +1027,18 @@ ngx_http_payflow_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
+    if (ngx_http_payflow_metrics_init(cf, pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_payflow_post_read;
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
     if (h == NULL) {
@@ -1002,6 +1046,13 @@ ngx_http_payflow_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_payflow_access_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_payflow_metrics_log;
 
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_payflow_header_filter;
@@ -1029,7 +1080,8 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    pmcf->pool = pf_pg_pool_create(cycle, pmcf->db);
+    pmcf->pool = pf_pg_pool_create(cycle, pmcf->db,
+                                   ngx_http_payflow_metrics_pg(pmcf));
     if (pmcf->pool == NULL) {
         return NGX_ERROR;
     }

@@ -32,7 +32,8 @@ typedef enum {
     NGX_HTTP_PAYFLOW_HEALTH,
     NGX_HTTP_PAYFLOW_READY,
     NGX_HTTP_PAYFLOW_API,
-    NGX_HTTP_PAYFLOW_ADMIN
+    NGX_HTTP_PAYFLOW_ADMIN,
+    NGX_HTTP_PAYFLOW_METRICS
 } ngx_http_payflow_kind_e;
 
 
@@ -114,6 +115,8 @@ typedef struct {
     ngx_array_t                 admin_keys;    /* u_char[32] */
 
     pf_jwt_conf_t               jwt;
+
+    ngx_shm_zone_t             *metrics;
 } ngx_http_payflow_main_conf_t;
 
 
@@ -139,6 +142,7 @@ typedef struct {
     u_char                      hash[PF_SHA256_LEN];
 
     ngx_str_t                   params[NGX_HTTP_PAYFLOW_MAX_PARAMS];
+    ngx_uint_t                  route_index;   /* 1 + the matched route */
     json_t                     *body;
     const void                 *route;
     ngx_str_t                   secret;        /* shown once, at creation */

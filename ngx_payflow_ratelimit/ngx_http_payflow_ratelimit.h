@@ -11,12 +11,14 @@
 
 
 #include "pf_common.h"
+#include "pf_prom.h"
 #include "pf_redis.h"
 
 
 #define NGX_HTTP_PAYFLOW_RL_MAX_LIMITS  16
 #define NGX_HTTP_PAYFLOW_RL_MAX_KEY     1024
 #define NGX_HTTP_PAYFLOW_RL_MAX_BURST   10000000
+#define NGX_HTTP_PAYFLOW_RL_MAX_WORKERS 64
 
 
 typedef enum {
@@ -34,8 +36,10 @@ typedef struct {
 
     ngx_atomic_t                  passed;
     ngx_atomic_t                  rejected;
+    ngx_atomic_t                  dry_run;
     ngx_atomic_t                  fallbacks;
     ngx_atomic_t                  evicted;
+    ngx_atomic_t                  redis_up[NGX_HTTP_PAYFLOW_RL_MAX_WORKERS];
 } ngx_http_payflow_rl_sh_t;
 
 
@@ -84,6 +88,8 @@ ngx_int_t ngx_http_payflow_rl_shm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 void ngx_http_payflow_rl_shm_decide(ngx_http_payflow_rl_zone_t *zone,
     ngx_http_payflow_rl_verdict_t *v, ngx_uint_t id);
+
+void ngx_http_payflow_ratelimit_metrics(pf_prom_t *out);
 
 extern ngx_module_t  ngx_http_payflow_ratelimit_module;
 

@@ -39,6 +39,7 @@ typedef struct {
     u_char                        sha[41];
     pf_redis_t                   *rd;           /* this worker's */
     ngx_uint_t                    nlimits;      /* ids handed out */
+    ngx_array_t                   zones;        /* ngx_shm_zone_t * */
 } ngx_http_payflow_rl_main_conf_t;
 
 
@@ -137,7 +138,7 @@ static ngx_command_t  ngx_http_payflow_rl_commands[] = {
     { ngx_string("payflow_ratelimit_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_payflow_rl_zone,
-      0,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -318,6 +319,10 @@ ngx_http_payflow_rl_handler(ngx_http_request_t *r)
         zone = v->limit->shm_zone->data;
 
         if (zone->cluster && mcf->rd) {
+            zone->sh->redis_up[ngx_min(ngx_worker,
+                                       NGX_HTTP_PAYFLOW_RL_MAX_WORKERS - 1)]
+                = pf_redis_connected(mcf->rd);
+
             if (ngx_http_payflow_rl_redis_send(r, ctx, v) == NGX_OK) {
                 continue;
             }
@@ -709,9 +714,10 @@ ngx_http_payflow_rl_finish(ngx_http_request_t *r,
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_ratelimit_module);
 
     zone = rejected->limit->shm_zone->data;
-    (void) ngx_atomic_fetch_add(&zone->sh->rejected, 1);
 
     if (lcf->dry_run) {
+        (void) ngx_atomic_fetch_add(&zone->sh->dry_run, 1);
+
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "payflow ratelimit: dry run, would limit by "
                       "\"%V\" in zone \"%V\"", &rejected->limit->name,
@@ -723,6 +729,8 @@ ngx_http_payflow_rl_finish(ngx_http_request_t *r,
 
         return NGX_DECLINED;
     }
+
+    (void) ngx_atomic_fetch_add(&zone->sh->rejected, 1);
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "payflow ratelimit: limiting requests by \"%V\" in "
@@ -934,14 +942,15 @@ ngx_http_payflow_rl_add_variables(ngx_conf_t *cf)
 static char *
 ngx_http_payflow_rl_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_payflow_rl_main_conf_t *mcf = conf;
+
     u_char                      *p;
     ssize_t                      size;
     ngx_str_t                   *value, name, s;
-    ngx_shm_zone_t              *shm_zone;
+    ngx_shm_zone_t              *shm_zone, **zp;
     ngx_http_payflow_rl_zone_t  *zone;
 
     (void) cmd;
-    (void) conf;
 
     value = cf->args->elts;
 
@@ -1003,6 +1012,13 @@ ngx_http_payflow_rl_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     shm_zone->init = ngx_http_payflow_rl_shm_init_zone;
     shm_zone->data = zone;
+
+    zp = ngx_array_push(&mcf->zones);
+    if (zp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zp = shm_zone;
 
     return NGX_CONF_OK;
 }
@@ -1332,6 +1348,12 @@ ngx_http_payflow_rl_create_main_conf(ngx_conf_t *cf)
     mcf->timeout = 30;
     ngx_str_set(&mcf->prefix, "payflow:rl:");
 
+    if (ngx_array_init(&mcf->zones, cf->pool, 4, sizeof(ngx_shm_zone_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return mcf;
 }
 
@@ -1471,5 +1493,97 @@ ngx_http_payflow_rl_exit_process(ngx_cycle_t *cycle)
     if (mcf && mcf->rd) {
         pf_redis_destroy(mcf->rd);
         mcf->rd = NULL;
+    }
+}
+
+
+/* for the payflow_metrics location: every zone's decisions and Redis */
+
+void
+ngx_http_payflow_ratelimit_metrics(pf_prom_t *out)
+{
+    ngx_uint_t                        i, w, workers;
+    ngx_core_conf_t                  *ccf;
+    ngx_shm_zone_t                  **zones;
+    ngx_http_payflow_rl_sh_t         *sh;
+    ngx_http_payflow_rl_zone_t       *zone;
+    ngx_http_payflow_rl_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                          ngx_http_payflow_ratelimit_module);
+
+    if (mcf == NULL || mcf->zones.nelts == 0) {
+        return;
+    }
+
+    zones = mcf->zones.elts;
+
+    pf_prom_family(out, "payflow_ratelimit_decisions_total", "counter",
+                   "Rate-limit decisions by zone: passed, rejected, or "
+                   "would have been rejected in a dry run.");
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        zone = zones[i]->data;
+        sh = zone->sh;
+
+        pf_prom_printf(out, "payflow_ratelimit_decisions_total{zone=\"%V\","
+                       "result=\"passed\"} %uA\n", &zone->name, sh->passed);
+        pf_prom_printf(out, "payflow_ratelimit_decisions_total{zone=\"%V\","
+                       "result=\"rejected\"} %uA\n", &zone->name,
+                       sh->rejected);
+        pf_prom_printf(out, "payflow_ratelimit_decisions_total{zone=\"%V\","
+                       "result=\"dry_run\"} %uA\n", &zone->name, sh->dry_run);
+    }
+
+    pf_prom_family(out, "payflow_ratelimit_redis_fallbacks_total", "counter",
+                   "Decisions of Redis zones taken locally because Redis "
+                   "was down or slower than the timeout.");
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        zone = zones[i]->data;
+
+        if (zone->cluster) {
+            pf_prom_printf(out, "payflow_ratelimit_redis_fallbacks_total"
+                           "{zone=\"%V\"} %uA\n", &zone->name,
+                           zone->sh->fallbacks);
+        }
+    }
+
+    pf_prom_family(out, "payflow_ratelimit_evictions_total", "counter",
+                   "Keys evicted from a full zone before their time.");
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        zone = zones[i]->data;
+
+        pf_prom_printf(out, "payflow_ratelimit_evictions_total"
+                       "{zone=\"%V\"} %uA\n", &zone->name, zone->sh->evicted);
+    }
+
+    if (mcf->redis == NULL) {
+        return;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+    workers = ngx_min((ngx_uint_t) ccf->worker_processes,
+                      NGX_HTTP_PAYFLOW_RL_MAX_WORKERS);
+
+    pf_prom_family(out, "payflow_redis_up", "gauge",
+                   "Whether the worker's Redis connection was up at its "
+                   "last rate-limit decision.");
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        zone = zones[i]->data;
+
+        if (!zone->cluster) {
+            continue;
+        }
+
+        for (w = 0; w < workers; w++) {
+            pf_prom_printf(out, "payflow_redis_up{worker=\"%ui\"} %uA\n", w,
+                           zone->sh->redis_up[w]);
+        }
+
+        break;
     }
 }

@@ -333,7 +333,7 @@ void
 pf_json_out_str(pf_json_out_t *out, u_char *s, size_t len)
 {
     u_char      *p, ch;
-    size_t       i;
+    size_t       i, start;
     static u_char  hex[] = "0123456789abcdef";
 
     pf_json_out_value(out);
@@ -350,21 +350,34 @@ pf_json_out_str(pf_json_out_t *out, u_char *s, size_t len)
     for (i = 0; i < len; i++) {
         ch = s[i];
 
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f) {
+            /* the common case: a run that needs no escaping */
+            start = i;
+
+            while (i + 1 < len && s[i + 1] >= 0x20 && s[i + 1] != '"'
+                   && s[i + 1] != '\\' && s[i + 1] != 0x7f)
+            {
+                i++;
+            }
+
+            p = ngx_cpymem(p, s + start, i - start + 1);
+            continue;
+        }
+
         if (ch == '"' || ch == '\\') {
             *p++ = '\\';
             *p++ = ch;
-
-        } else if (ch < 0x20 || ch == 0x7f) {
-            *p++ = '\\';
-            *p++ = 'u';
-            *p++ = '0';
-            *p++ = '0';
-            *p++ = hex[ch >> 4];
-            *p++ = hex[ch & 0xf];
-
-        } else {
-            *p++ = ch;
+            continue;
         }
+
+        /* control characters and DEL */
+
+        *p++ = '\\';
+        *p++ = 'u';
+        *p++ = '0';
+        *p++ = '0';
+        *p++ = hex[ch >> 4];
+        *p++ = hex[ch & 0xf];
     }
 
     *p++ = '"';

@@ -63,6 +63,8 @@ struct pf_pg_conn_s {
 
 struct pf_pg_pool_s {
     pf_pg_conf_t               *conf;
+    pf_pg_metrics_t            *metrics;   /* NULL: none kept */
+    ngx_uint_t                  slot;      /* this worker's gauges */
     ngx_log_t                  *log;
     pf_pg_conn_t               *conns;
 
@@ -113,6 +115,14 @@ static void pf_pg_notify(pf_pg_pool_t *pool, const char *channel,
     const char *payload);
 static void pf_pg_pool_fail_waiting(pf_pg_pool_t *pool);
 static void pf_pg_query_cleanup(void *data);
+static void pf_pg_gauges(pf_pg_pool_t *pool);
+static void pf_pg_count(pf_pg_pool_t *pool, pf_pg_query_t *q);
+
+
+/* upper bounds of the query latency buckets, ms; the last is +Inf */
+const ngx_msec_t  pf_pg_latency_bounds[PF_PG_LATENCY_BUCKETS] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000
+};
 
 
 /*
@@ -526,7 +536,8 @@ pf_pg_strdup(ngx_pool_t *pool, const char *s)
 
 
 pf_pg_pool_t *
-pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf)
+pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf,
+    pf_pg_metrics_t *metrics)
 {
     ngx_uint_t     i;
     pf_pg_conn_t  *conn;
@@ -544,6 +555,15 @@ pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf)
 
     pool->conf = conf;
     pool->log = cycle->log;
+    pool->metrics = metrics;
+    pool->slot = ngx_min(ngx_worker, PF_PG_MAX_WORKERS - 1);
+
+    if (metrics) {
+        metrics->size[pool->slot] = conf->size;
+        metrics->connected[pool->slot] = 0;
+        metrics->in_use[pool->slot] = 0;
+        metrics->waiting[pool->slot] = 0;
+    }
 
     ngx_queue_init(&pool->idle);
     ngx_queue_init(&pool->waiting);
@@ -672,17 +692,20 @@ pf_pg_query_run(pf_pg_query_t *q)
 
     if (pool->nlive == 0) {
         q->status = PF_PG_UNAVAILABLE;
+        pf_pg_count(pool, q);
         return NGX_DECLINED;
     }
 
     if (pool->nwaiting >= pool->conf->queue) {
         q->status = PF_PG_BUSY;
+        pf_pg_count(pool, q);
         return NGX_DECLINED;
     }
 
     ngx_queue_insert_tail(&pool->waiting, &q->queue);
     q->queued = 1;
     pool->nwaiting++;
+    pf_pg_gauges(pool);
 
     q->wait.handler = pf_pg_wait_handler;
     q->wait.data = q;
@@ -734,6 +757,7 @@ pf_pg_query_cleanup(void *data)
         ngx_queue_remove(&q->queue);
         q->queued = 0;
         q->pool->nwaiting--;
+        pf_pg_gauges(q->pool);
     }
 
     if (q->wait.timer_set) {
@@ -949,6 +973,7 @@ pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q)
     conn->nstmts = q->nstmts;
     conn->syncs = 1;
     pool->nbusy++;
+    pf_pg_gauges(pool);
 
     q->conn = conn;
 
@@ -1124,6 +1149,10 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
 
             /* what was said while it was down was not heard */
             pf_pg_notify(pool, NULL, NULL);
+
+            if (pool->metrics) {
+                (void) ngx_atomic_fetch_add(&pool->metrics->reconnects, 1);
+            }
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
@@ -1131,6 +1160,7 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
 
         conn->backoff = 0;
         pool->nconnected++;
+        pf_pg_gauges(pool);
         pf_pg_conn_release(conn);
         return;
     }
@@ -1172,6 +1202,7 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
     }
 
     if (q) {
+        pf_pg_count(q->pool, q);
         q->handler(q);
     }
 }
@@ -1194,6 +1225,8 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
 
     conn->state = PF_PG_CONN_IDLE;
 
+    pf_pg_gauges(pool);
+
     if (!ngx_queue_empty(&pool->waiting)) {
         qu = ngx_queue_head(&pool->waiting);
         q = ngx_queue_data(qu, pf_pg_query_t, queue);
@@ -1207,6 +1240,7 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
         ngx_queue_remove(qu);
         q->queued = 0;
         pool->nwaiting--;
+        pf_pg_gauges(pool);
 
         if (q->wait.timer_set) {
             ngx_del_timer(&q->wait);
@@ -1256,6 +1290,7 @@ pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
     if (q) {
         q->conn = NULL;
         q->status = status;
+        pf_pg_count(q->pool, q);
         q->handler(q);
     }
 }
@@ -1290,6 +1325,8 @@ pf_pg_conn_close(pf_pg_conn_t *conn)
     }
 
     conn->state = PF_PG_CONN_CLOSED;
+
+    pf_pg_gauges(pool);
     conn->syncs = 0;
 
     if (conn->timer.timer_set) {
@@ -1529,12 +1566,14 @@ pf_pg_wait_handler(ngx_event_t *ev)
     ngx_queue_remove(&q->queue);
     q->queued = 0;
     q->pool->nwaiting--;
+    pf_pg_gauges(q->pool);
 
     ngx_log_error(NGX_LOG_WARN, q->log, 0,
                   "payflow pg: no free connection within %M ms",
                   q->pool->conf->queue_timeout);
 
     q->status = PF_PG_BUSY;
+    pf_pg_count(q->pool, q);
     q->handler(q);
 }
 
@@ -1571,12 +1610,14 @@ pf_pg_pool_fail_waiting(pf_pg_pool_t *pool)
         ngx_queue_remove(qu);
         q->queued = 0;
         pool->nwaiting--;
+        pf_pg_gauges(pool);
 
         if (q->wait.timer_set) {
             ngx_del_timer(&q->wait);
         }
 
         q->status = PF_PG_UNAVAILABLE;
+        pf_pg_count(q->pool, q);
         q->handler(q);
     }
 }
@@ -1598,6 +1639,72 @@ pf_pg_notice_processor(void *arg, const char *message)
     pf_pg_conn_t *conn = arg;
 
     pf_pg_log(conn->pool->log, NGX_LOG_NOTICE, "server", message);
+}
+
+
+static void
+pf_pg_gauges(pf_pg_pool_t *pool)
+{
+    pf_pg_metrics_t  *m;
+
+    m = pool->metrics;
+
+    if (m) {
+        m->connected[pool->slot] = pool->nconnected;
+        m->in_use[pool->slot] = pool->nbusy;
+        m->waiting[pool->slot] = pool->nwaiting;
+    }
+}
+
+
+/* one query's outcome, and its latency when the server answered */
+
+static void
+pf_pg_count(pf_pg_pool_t *pool, pf_pg_query_t *q)
+{
+    ngx_uint_t        i;
+    ngx_msec_t        ms;
+    pf_pg_metrics_t  *m;
+
+    m = pool->metrics;
+
+    if (m == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&m->queries, 1);
+
+    switch (q->status) {
+
+    case PF_PG_OK:
+    case PF_PG_SQL_ERROR:
+        if (q->status == PF_PG_SQL_ERROR) {
+            (void) ngx_atomic_fetch_add(&m->sql_errors, 1);
+        }
+
+        ms = ngx_current_msec - q->start;
+
+        for (i = 0; i < PF_PG_LATENCY_BUCKETS; i++) {
+            if (ms <= pf_pg_latency_bounds[i]) {
+                break;
+            }
+        }
+
+        (void) ngx_atomic_fetch_add(&m->latency[i], 1);
+        (void) ngx_atomic_fetch_add(&m->latency_sum_ms, ms);
+        break;
+
+    case PF_PG_BUSY:
+        (void) ngx_atomic_fetch_add(&m->busy_rejected, 1);
+        break;
+
+    case PF_PG_TIMEOUT:
+        (void) ngx_atomic_fetch_add(&m->timeouts, 1);
+        break;
+
+    default:
+        (void) ngx_atomic_fetch_add(&m->unavailable, 1);
+    }
 }
 
 

@@ -104,13 +104,43 @@ typedef struct {
 } pf_pg_pool_stats_t;
 
 
+#define PF_PG_LATENCY_BUCKETS  10
+#define PF_PG_MAX_WORKERS      64
+
+
+/*
+ * Counters and gauges the pool keeps in memory the caller provides
+ * (shared memory, for metrics across workers).  Gauges are per worker
+ * slot, so a restarted worker starts its own afresh.
+ */
+
+typedef struct {
+    ngx_atomic_t             queries;
+    ngx_atomic_t             sql_errors;
+    ngx_atomic_t             unavailable;
+    ngx_atomic_t             busy_rejected;
+    ngx_atomic_t             timeouts;
+    ngx_atomic_t             reconnects;
+    ngx_atomic_t             latency[PF_PG_LATENCY_BUCKETS + 1];
+    ngx_atomic_t             latency_sum_ms;
+    ngx_atomic_t             size[PF_PG_MAX_WORKERS];
+    ngx_atomic_t             connected[PF_PG_MAX_WORKERS];
+    ngx_atomic_t             in_use[PF_PG_MAX_WORKERS];
+    ngx_atomic_t             waiting[PF_PG_MAX_WORKERS];
+} pf_pg_metrics_t;
+
+
+extern const ngx_msec_t  pf_pg_latency_bounds[PF_PG_LATENCY_BUCKETS];
+
+
 char *pf_pg_conf_parse(ngx_conf_t *cf, pf_pg_conf_t *conf);
 const pf_pg_statement_t *pf_pg_statement_add(pf_pg_conf_t *conf,
     const char *name, const char *sql, ngx_uint_t nparams);
 ngx_int_t pf_pg_listen_add(ngx_conf_t *cf, pf_pg_conf_t *conf,
     const char *channel, pf_pg_notify_pt handler, void *data);
 
-pf_pg_pool_t *pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf);
+pf_pg_pool_t *pf_pg_pool_create(ngx_cycle_t *cycle, pf_pg_conf_t *conf,
+    pf_pg_metrics_t *metrics);
 void pf_pg_pool_destroy(pf_pg_pool_t *pool);
 void pf_pg_pool_stats(pf_pg_pool_t *pool, pf_pg_pool_stats_t *stats);
 

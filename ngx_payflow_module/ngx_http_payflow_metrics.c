@@ -1,0 +1,597 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * Metrics in one shared-memory block of atomic counters, so that every
+ * worker adds to them and any worker reports all of them: no lock is taken
+ * to count or to format.  Labels come from closed sets only (route
+ * templates, methods, a list of statuses, result codes): no tenant or
+ * object id ever becomes a label.
+ */
+
+
+#include "ngx_http_payflow_metrics.h"
+
+
+#define NGX_HTTP_PAYFLOW_M_AUTH  (NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + 14)
+
+
+typedef struct {
+    ngx_atomic_t                requests[NGX_HTTP_PAYFLOW_M_ROUTES]
+                                        [NGX_HTTP_PAYFLOW_M_METHODS]
+                                        [NGX_HTTP_PAYFLOW_M_STATUSES];
+    ngx_atomic_t                latency[NGX_HTTP_PAYFLOW_M_ROUTES]
+                                       [NGX_HTTP_PAYFLOW_M_BUCKETS];
+    ngx_atomic_t                latency_sum_ms[NGX_HTTP_PAYFLOW_M_ROUTES];
+    ngx_atomic_t                auth[NGX_HTTP_PAYFLOW_M_AUTH];
+    ngx_atomic_t                cache[4];
+    pf_pg_metrics_t             pg;
+} ngx_http_payflow_metrics_sh_t;
+
+
+typedef struct {
+    ngx_http_payflow_metrics_sh_t  *sh;
+} ngx_http_payflow_metrics_zone_t;
+
+
+static ngx_int_t ngx_http_payflow_metrics_init_zone(ngx_shm_zone_t *zone,
+    void *data);
+static ngx_http_payflow_metrics_sh_t *ngx_http_payflow_metrics_sh(
+    ngx_http_request_t *r);
+static void ngx_http_payflow_metrics_http(pf_prom_t *out,
+    ngx_http_payflow_metrics_sh_t *sh);
+static void ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
+    ngx_http_payflow_metrics_sh_t *sh);
+static void ngx_http_payflow_metrics_pg_out(pf_prom_t *out,
+    pf_pg_metrics_t *pg, ngx_uint_t workers);
+static void ngx_http_payflow_metrics_seconds(pf_prom_t *out,
+    const char *name, const char *labels, uint64_t ms);
+
+
+/* nginx's error-log handler for requests, which ours extends */
+ngx_http_log_handler_pt  ngx_http_payflow_log_next;
+
+
+static const ngx_uint_t  ngx_http_payflow_m_statuses[] = {
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 414, 422, 429,
+    499, 500, 502, 503, 504
+};
+
+static const char  *ngx_http_payflow_m_methods[] = {
+    "GET", "HEAD", "POST", "PATCH", "DELETE", "other"
+};
+
+/* request latency bucket bounds, ms; the last bucket is +Inf */
+static const ngx_msec_t  ngx_http_payflow_m_bounds[] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000
+};
+
+static const char  *ngx_http_payflow_m_refusals[] = {
+    "authorization_missing", "authorization_invalid", "api_key_invalid",
+    "api_key_revoked", "api_key_expired", "invalid_token", "token_expired",
+    "admin_key_invalid", "tenant_suspended", "database_busy",
+    "database_unavailable", "database_timeout", "database_error", "other"
+};
+
+static const char  *ngx_http_payflow_m_credentials[] = {
+    "api_key", "static_key", "jwt", "admin"
+};
+
+static const char  *ngx_http_payflow_m_cache[] = {
+    "hit", "negative", "miss", "static"
+};
+
+
+ngx_int_t
+ngx_http_payflow_metrics_init(ngx_conf_t *cf,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_str_t                         name = ngx_string("payflow_metrics");
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    mz = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_metrics_zone_t));
+    if (mz == NULL) {
+        return NGX_ERROR;
+    }
+
+    pmcf->metrics = ngx_shared_memory_add(cf, &name,
+                        ngx_align(sizeof(ngx_http_payflow_metrics_sh_t)
+                                  + 8 * ngx_pagesize, ngx_pagesize),
+                        &ngx_http_payflow_module);
+    if (pmcf->metrics == NULL) {
+        return NGX_ERROR;
+    }
+
+    pmcf->metrics->init = ngx_http_payflow_metrics_init_zone;
+    pmcf->metrics->data = mz;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_http_payflow_metrics_zone_t  *omz = data;
+
+    ngx_slab_pool_t                  *shpool;
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    mz = zone->data;
+
+    if (omz) {
+        /* reload: counting goes on */
+        mz->sh = omz->sh;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    if (zone->shm.exists) {
+        mz->sh = shpool->data;
+        return NGX_OK;
+    }
+
+    mz->sh = ngx_slab_alloc(shpool, sizeof(ngx_http_payflow_metrics_sh_t));
+    if (mz->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(mz->sh, sizeof(ngx_http_payflow_metrics_sh_t));
+    shpool->data = mz->sh;
+
+    return NGX_OK;
+}
+
+
+pf_pg_metrics_t *
+ngx_http_payflow_metrics_pg(ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    mz = pmcf->metrics->data;
+
+    return &mz->sh->pg;
+}
+
+
+static ngx_http_payflow_metrics_sh_t *
+ngx_http_payflow_metrics_sh(ngx_http_request_t *r)
+{
+    ngx_http_payflow_main_conf_t     *pmcf;
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    mz = pmcf->metrics->data;
+
+    return mz->sh;
+}
+
+
+/* the log phase: every response of a PayFlow location is counted */
+
+ngx_int_t
+ngx_http_payflow_metrics_log(ngx_http_request_t *r)
+{
+    ngx_int_t                       route;
+    ngx_uint_t                      m, s, b, status;
+    ngx_time_t                     *tp;
+    ngx_msec_int_t                  ms;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_loc_conf_t    *plcf;
+    ngx_http_payflow_metrics_sh_t  *sh;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_module);
+
+    if (plcf->kind == NGX_HTTP_PAYFLOW_NONE || r != r->main) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    route = ngx_http_payflow_route_index(r, ctx);
+
+    if (route < 0 || route >= NGX_HTTP_PAYFLOW_M_ROUTES) {
+        return NGX_OK;
+    }
+
+    switch (r->method) {
+    case NGX_HTTP_GET:
+        m = 0;
+        break;
+    case NGX_HTTP_HEAD:
+        m = 1;
+        break;
+    case NGX_HTTP_POST:
+        m = 2;
+        break;
+    case NGX_HTTP_PATCH:
+        m = 3;
+        break;
+    case NGX_HTTP_DELETE:
+        m = 4;
+        break;
+    default:
+        m = 5;
+    }
+
+    status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (r->connection->error && status == 0) {
+        status = NGX_HTTP_CLIENT_CLOSED_REQUEST;
+    }
+
+    for (s = 0; s < sizeof(ngx_http_payflow_m_statuses) / sizeof(ngx_uint_t);
+         s++)
+    {
+        if (ngx_http_payflow_m_statuses[s] == status) {
+            break;
+        }
+    }
+
+    /* as $request_time: start_msec is the milliseconds of start_sec */
+
+    tp = ngx_timeofday();
+
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+    ms = ngx_max(ms, 0);
+
+    for (b = 0; b < NGX_HTTP_PAYFLOW_M_BUCKETS - 1; b++) {
+        if ((ngx_msec_t) ms <= ngx_http_payflow_m_bounds[b]) {
+            break;
+        }
+    }
+
+    sh = ngx_http_payflow_metrics_sh(r);
+
+    (void) ngx_atomic_fetch_add(&sh->requests[route][m][s], 1);
+    (void) ngx_atomic_fetch_add(&sh->latency[route][b], 1);
+    (void) ngx_atomic_fetch_add(&sh->latency_sum_ms[route], ms);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_payflow_metrics_auth(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    ngx_uint_t                      i, n;
+    ngx_http_payflow_metrics_sh_t  *sh;
+
+    if (ctx->auth_rc == NGX_OK) {
+        i = ctx->auth.credential - NGX_HTTP_PAYFLOW_CRED_API_KEY;
+
+    } else {
+        n = sizeof(ngx_http_payflow_m_refusals) / sizeof(char *) - 1;
+
+        for (i = 0; i < n; i++) {
+            if (ctx->error
+                && ngx_strcmp(ctx->error->code,
+                              ngx_http_payflow_m_refusals[i]) == 0)
+            {
+                break;
+            }
+        }
+
+        i += NGX_HTTP_PAYFLOW_M_AUTH_REFUSED;
+    }
+
+    sh = ngx_http_payflow_metrics_sh(r);
+
+    (void) ngx_atomic_fetch_add(&sh->auth[i], 1);
+}
+
+
+void
+ngx_http_payflow_metrics_cache(ngx_http_request_t *r,
+    ngx_http_payflow_m_cache_e result)
+{
+    ngx_http_payflow_metrics_sh_t  *sh;
+
+    sh = ngx_http_payflow_metrics_sh(r);
+
+    (void) ngx_atomic_fetch_add(&sh->cache[result], 1);
+}
+
+
+ngx_int_t
+ngx_http_payflow_metrics_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                       rc;
+    pf_prom_t                       out;
+    ngx_core_conf_t                *ccf;
+    ngx_http_payflow_metrics_sh_t  *sh;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+    sh = ngx_http_payflow_metrics_sh(r);
+
+    pf_prom_init(&out, r->pool);
+
+    ngx_http_payflow_metrics_http(&out, sh);
+    ngx_http_payflow_metrics_auth_out(&out, sh);
+    ngx_http_payflow_metrics_pg_out(&out, &sh->pg,
+                                    ngx_min((ngx_uint_t)
+                                            ccf->worker_processes,
+                                            PF_PG_MAX_WORKERS));
+    ngx_http_payflow_ratelimit_metrics(&out);
+
+    if (out.failed) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = out.size;
+    ngx_str_set(&r->headers_out.content_type, PF_PROM_CONTENT_TYPE);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only
+        || out.first == NULL)
+    {
+        return rc;
+    }
+
+    *out.last = NULL;
+    out.buf->last_buf = 1;
+    out.buf->last_in_chain = 1;
+
+    return ngx_http_output_filter(r, out.first);
+}
+
+
+static void
+ngx_http_payflow_metrics_http(pf_prom_t *out,
+    ngx_http_payflow_metrics_sh_t *sh)
+{
+    u_char       label[128];
+    uint64_t     v, cum, buckets[NGX_HTTP_PAYFLOW_M_BUCKETS];
+    ngx_uint_t   i, m, s, b, len;
+    u_char       labels[256];
+
+    pf_prom_family(out, "payflow_http_requests_total", "counter",
+                   "Responses of PayFlow locations by route template, "
+                   "method and status.");
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_M_ROUTES; i++) {
+        len = ngx_http_payflow_route_label(i, label, sizeof(label));
+
+        if (len == 0) {
+            continue;
+        }
+
+        for (m = 0; m < NGX_HTTP_PAYFLOW_M_METHODS; m++) {
+            for (s = 0; s < NGX_HTTP_PAYFLOW_M_STATUSES; s++) {
+                v = sh->requests[i][m][s];
+
+                if (v == 0) {
+                    continue;
+                }
+
+                if (s < sizeof(ngx_http_payflow_m_statuses)
+                        / sizeof(ngx_uint_t))
+                {
+                    pf_prom_printf(out, "payflow_http_requests_total"
+                                   "{route=\"%*s\",method=\"%s\","
+                                   "status=\"%ui\"} %uL\n", len, label,
+                                   ngx_http_payflow_m_methods[m],
+                                   ngx_http_payflow_m_statuses[s], v);
+
+                } else {
+                    pf_prom_printf(out, "payflow_http_requests_total"
+                                   "{route=\"%*s\",method=\"%s\","
+                                   "status=\"other\"} %uL\n", len, label,
+                                   ngx_http_payflow_m_methods[m], v);
+                }
+            }
+        }
+    }
+
+    pf_prom_family(out, "payflow_http_request_duration_seconds",
+                   "histogram",
+                   "Time from the first request byte to the log phase, by "
+                   "route template.");
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_M_ROUTES; i++) {
+        len = ngx_http_payflow_route_label(i, label, sizeof(label));
+
+        if (len == 0) {
+            continue;
+        }
+
+        /* one read of each bucket: counts and buckets agree */
+
+        cum = 0;
+
+        for (b = 0; b < NGX_HTTP_PAYFLOW_M_BUCKETS; b++) {
+            buckets[b] = sh->latency[i][b];
+            cum += buckets[b];
+        }
+
+        if (cum == 0) {
+            continue;
+        }
+
+        cum = 0;
+
+        for (b = 0; b < NGX_HTTP_PAYFLOW_M_BUCKETS - 1; b++) {
+            cum += buckets[b];
+            pf_prom_printf(out, "payflow_http_request_duration_seconds_bucket"
+                           "{route=\"%*s\",le=\"%ui.%03ui\"} %uL\n", len,
+                           label, ngx_http_payflow_m_bounds[b] / 1000,
+                           ngx_http_payflow_m_bounds[b] % 1000, cum);
+        }
+
+        cum += buckets[b];
+
+        pf_prom_printf(out, "payflow_http_request_duration_seconds_bucket"
+                       "{route=\"%*s\",le=\"+Inf\"} %uL\n", len, label, cum);
+
+        *ngx_snprintf(labels, sizeof(labels) - 1, "{route=\"%*s\"}", len,
+                      label) = '\0';
+
+        ngx_http_payflow_metrics_seconds(out,
+            "payflow_http_request_duration_seconds_sum", (char *) labels,
+            sh->latency_sum_ms[i]);
+
+        pf_prom_printf(out, "payflow_http_request_duration_seconds_count"
+                       "%s %uL\n", labels, cum);
+    }
+}
+
+
+static void
+ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
+    ngx_http_payflow_metrics_sh_t *sh)
+{
+    ngx_uint_t  i;
+
+    pf_prom_family(out, "payflow_auth_total", "counter",
+                   "Authentication outcomes: the credential accepted, or "
+                   "the error code of the refusal.");
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_M_AUTH_REFUSED; i++) {
+        pf_prom_printf(out, "payflow_auth_total{result=\"ok\","
+                       "credential=\"%s\"} %uA\n",
+                       ngx_http_payflow_m_credentials[i], sh->auth[i]);
+    }
+
+    for (i = 0; i < sizeof(ngx_http_payflow_m_refusals) / sizeof(char *);
+         i++)
+    {
+        pf_prom_printf(out, "payflow_auth_total{result=\"%s\","
+                       "credential=\"none\"} %uA\n",
+                       ngx_http_payflow_m_refusals[i],
+                       sh->auth[NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + i]);
+    }
+
+    pf_prom_family(out, "payflow_key_cache_total", "counter",
+                   "API key lookups: found valid, found refused, not "
+                   "cached (a database round trip), static key.");
+
+    for (i = 0; i < 4; i++) {
+        pf_prom_printf(out, "payflow_key_cache_total{result=\"%s\"} %uA\n",
+                       ngx_http_payflow_m_cache[i], sh->cache[i]);
+    }
+}
+
+
+static void
+ngx_http_payflow_metrics_pg_out(pf_prom_t *out, pf_pg_metrics_t *pg,
+    ngx_uint_t workers)
+{
+    uint64_t    v, ok, cum, size, connected, in_use, waiting;
+    ngx_uint_t  i;
+
+    pf_prom_family(out, "payflow_pg_queries_total", "counter",
+                   "PostgreSQL queries by outcome (a transaction counts "
+                   "once).");
+
+    v = pg->queries;
+    ok = v - pg->sql_errors - pg->unavailable - pg->busy_rejected
+         - pg->timeouts;
+
+    pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"ok\"} %uL\n", ok);
+    pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"sql_error\"} "
+                   "%uA\n", pg->sql_errors);
+    pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"unavailable\"} "
+                   "%uA\n", pg->unavailable);
+    pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"busy\"} %uA\n",
+                   pg->busy_rejected);
+    pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"timeout\"} "
+                   "%uA\n", pg->timeouts);
+
+    pf_prom_family(out, "payflow_pg_query_duration_seconds", "histogram",
+                   "Round trip of queries the server answered.");
+
+    cum = 0;
+
+    for (i = 0; i < PF_PG_LATENCY_BUCKETS; i++) {
+        cum += pg->latency[i];
+        pf_prom_printf(out, "payflow_pg_query_duration_seconds_bucket"
+                       "{le=\"%ui.%03ui\"} %uL\n",
+                       pf_pg_latency_bounds[i] / 1000,
+                       pf_pg_latency_bounds[i] % 1000, cum);
+    }
+
+    cum += pg->latency[i];
+
+    pf_prom_printf(out, "payflow_pg_query_duration_seconds_bucket"
+                   "{le=\"+Inf\"} %uL\n", cum);
+    ngx_http_payflow_metrics_seconds(out,
+        "payflow_pg_query_duration_seconds_sum", "", pg->latency_sum_ms);
+    pf_prom_printf(out, "payflow_pg_query_duration_seconds_count %uL\n", cum);
+
+    size = connected = in_use = waiting = 0;
+
+    for (i = 0; i < workers; i++) {
+        size += pg->size[i];
+        connected += pg->connected[i];
+        in_use += pg->in_use[i];
+        waiting += pg->waiting[i];
+    }
+
+    pf_prom_family(out, "payflow_pg_pool_connections", "gauge",
+                   "PostgreSQL connections of all workers: configured, "
+                   "connected, running a query.");
+    pf_prom_printf(out, "payflow_pg_pool_connections{state=\"configured\"} "
+                   "%uL\n", size);
+    pf_prom_printf(out, "payflow_pg_pool_connections{state=\"connected\"} "
+                   "%uL\n", connected);
+    pf_prom_printf(out, "payflow_pg_pool_connections{state=\"in_use\"} "
+                   "%uL\n", in_use);
+
+    pf_prom_family(out, "payflow_pg_pool_waiting", "gauge",
+                   "Requests waiting for a free PostgreSQL connection.");
+    pf_prom_printf(out, "payflow_pg_pool_waiting %uL\n", waiting);
+
+    pf_prom_family(out, "payflow_pg_reconnects_total", "counter",
+                   "Connections re-established after a failure.");
+    pf_prom_printf(out, "payflow_pg_reconnects_total %uA\n",
+                   pg->reconnects);
+}
+
+
+static void
+ngx_http_payflow_metrics_seconds(pf_prom_t *out, const char *name,
+    const char *labels, uint64_t ms)
+{
+    pf_prom_printf(out, "%s%s %uL.%03uL\n", name, labels, ms / 1000,
+                   ms % 1000);
+}
+
+
+/*
+ * r->log_handler: nginx's error-log lines about a request end with its
+ * request id, so that they can be joined to the access log.
+ */
+
+u_char *
+ngx_http_payflow_log_error(ngx_http_request_t *r, ngx_http_request_t *sr,
+    u_char *buf, size_t len)
+{
+    u_char     *p;
+    ngx_str_t  *id;
+
+    /* nginx's own "client: ..., request: ..." first */
+    p = ngx_http_payflow_log_next ? ngx_http_payflow_log_next(r, sr, buf, len)
+                                  : buf;
+
+    len -= p - buf;
+
+    id = ngx_http_payflow_request_id(r);
+
+    return ngx_snprintf(p, len, ", request_id: %V", id);
+}
