@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_payflow_metrics.h"
+#include "pf_mask.h"
 
 
 #define NGX_HTTP_PAYFLOW_M_AUTH  (NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + 14)
@@ -575,7 +576,9 @@ ngx_http_payflow_metrics_seconds(pf_prom_t *out, const char *name,
 
 /*
  * r->log_handler: nginx's error-log lines about a request end with its
- * request id, so that they can be joined to the access log.
+ * request id, so that they can be joined to the access log, and what it
+ * quotes of the request (the request line may carry a query string) is
+ * masked.
  */
 
 u_char *
@@ -585,9 +588,11 @@ ngx_http_payflow_log_error(ngx_http_request_t *r, ngx_http_request_t *sr,
     u_char     *p;
     ngx_str_t  *id;
 
-    /* nginx's own "client: ..., request: ..." first */
+    /* nginx's own "client: ..., request: ..." first, then masked */
     p = ngx_http_payflow_log_next ? ngx_http_payflow_log_next(r, sr, buf, len)
                                   : buf;
+
+    pf_mask(buf, p);
 
     len -= p - buf;
 
