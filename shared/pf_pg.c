@@ -20,6 +20,7 @@
 
 #include "pf_pg.h"
 #include "pf_conf.h"
+#include "pf_event.h"
 
 #include <sys/stat.h>
 #include <openssl/ssl.h>
@@ -1416,30 +1417,7 @@ pf_pg_conn_unwatch(pf_pg_conn_t *conn)
         return;
     }
 
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-    } else {
-        if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-    }
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
+    pf_event_release(c);
     conn->c = NULL;
 }
 

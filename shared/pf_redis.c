@@ -14,6 +14,7 @@
 
 
 #include "pf_redis.h"
+#include "pf_event.h"
 
 
 #define PF_REDIS_BACKOFF_MIN  100
@@ -472,29 +473,6 @@ pf_redis_cleanup(void *privdata)
         return;
     }
 
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-    } else {
-        if (c->read->active) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-    }
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
+    pf_event_release(c);
     rd->c = NULL;
 }

@@ -1,0 +1,17 @@
+
+/*
+ * Copyright (C) PayFlow
+ */
+
+
+#ifndef _PF_EVENT_H_INCLUDED_
+#define _PF_EVENT_H_INCLUDED_
+
+
+#include "pf_common.h"
+
+
+void pf_event_release(ngx_connection_t *c);
+
+
+#endif /* _PF_EVENT_H_INCLUDED_ */
