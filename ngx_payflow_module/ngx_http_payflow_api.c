@@ -14,6 +14,7 @@
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
+#include "ngx_http_payflow_payments.h"
 
 
 #define NGX_HTTP_PAYFLOW_ECHO_MAX  128
@@ -78,6 +79,12 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
 
     { NGX_HTTP_POST, "/v1/api_keys/{}/roll", NGX_HTTP_PAYFLOW_PERM_MANAGE,
       ngx_http_payflow_keys_roll },
+
+    { NGX_HTTP_POST, "/v1/payments", NGX_HTTP_PAYFLOW_PERM_WRITE,
+      ngx_http_payflow_payments_create },
+
+    { NGX_HTTP_GET, "/v1/payments/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_payments_get },
 
     { 0, NULL, 0, NULL }
 };

@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_health.h"
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
+#include "ngx_http_payflow_payments.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -297,6 +298,25 @@ ngx_http_payflow_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ctx->envelope = 1;
 
     return pf_response_send(r, status, &body);
+}
+
+
+/* a whole envelope already built (and perhaps stored for replays) */
+
+ngx_int_t
+ngx_http_payflow_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->envelope = 1;
+
+    return pf_response_send(r, status, body);
 }
 
 
@@ -1022,7 +1042,8 @@ ngx_http_payflow_init(ngx_conf_t *cf)
     if (pmcf->db
         && (ngx_http_payflow_health_init(pmcf) != NGX_OK
             || ngx_http_payflow_auth_init(cf, pmcf) != NGX_OK
-            || ngx_http_payflow_keys_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_keys_init(pmcf) != NGX_OK
+            || ngx_http_payflow_payments_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }

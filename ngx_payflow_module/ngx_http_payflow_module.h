@@ -94,6 +94,14 @@ typedef struct {
     const pf_pg_statement_t    *key_roll_insert;
     const pf_pg_statement_t    *key_roll_update;
     const pf_pg_statement_t    *key_state;
+    const pf_pg_statement_t    *pay_insert;
+    const pf_pg_statement_t    *pay_insert_keyed;
+    const pf_pg_statement_t    *pay_process;
+    const pf_pg_statement_t    *pay_outcome;
+    const pf_pg_statement_t    *pay_called;
+    const pf_pg_statement_t    *pay_get;
+    const pf_pg_statement_t    *idem_get;
+    const pf_pg_statement_t    *idem_finish;
 } ngx_http_payflow_statements_t;
 
 
@@ -147,6 +155,9 @@ typedef struct {
     const void                 *route;
     ngx_str_t                   secret;        /* shown once, at creation */
     ngx_str_t                   secret_live;
+    ngx_str_t                   idem_key;      /* Idempotency-Key */
+    ngx_str_t                   payment_id;
+    ngx_str_t                   response;      /* envelope to store, send */
 
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;
@@ -161,6 +172,8 @@ ngx_int_t ngx_http_payflow_send_data(ngx_http_request_t *r,
     ngx_uint_t status, json_t *data);
 ngx_int_t ngx_http_payflow_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *data);
+ngx_int_t ngx_http_payflow_send_body(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *body);
 ngx_int_t ngx_http_payflow_send_error(ngx_http_request_t *r,
     pf_error_t *err);
 ngx_int_t ngx_http_payflow_send_db_error(ngx_http_request_t *r,
