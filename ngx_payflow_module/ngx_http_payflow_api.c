@@ -86,6 +86,21 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
     { NGX_HTTP_GET, "/v1/payments/{}", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_payments_get },
 
+    { NGX_HTTP_POST, "/v1/payments/{}/capture", NGX_HTTP_PAYFLOW_PERM_WRITE,
+      ngx_http_payflow_payments_capture },
+
+    { NGX_HTTP_POST, "/v1/payments/{}/cancel", NGX_HTTP_PAYFLOW_PERM_WRITE,
+      ngx_http_payflow_payments_cancel },
+
+    { NGX_HTTP_GET, "/v1/payments/{}/events", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_payments_events },
+
+    { NGX_HTTP_POST, "/v1/refunds", NGX_HTTP_PAYFLOW_PERM_WRITE,
+      ngx_http_payflow_refunds_create },
+
+    { NGX_HTTP_GET, "/v1/refunds/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_refunds_get },
+
     { 0, NULL, 0, NULL }
 };
 

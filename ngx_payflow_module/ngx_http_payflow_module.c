@@ -571,7 +571,9 @@ ngx_http_payflow_db_done(pf_pg_query_t *q)
 
     ctx->query = NULL;
 
-    if (q->status == PF_PG_OK) {
+    if (q->status == PF_PG_OK
+        || (q->status == PF_PG_SQL_ERROR && ctx->db_sql_ok))
+    {
         rc = ctx->db_ok(r, q);
 
     } else {

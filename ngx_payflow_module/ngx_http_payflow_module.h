@@ -102,6 +102,15 @@ typedef struct {
     const pf_pg_statement_t    *pay_get;
     const pf_pg_statement_t    *idem_get;
     const pf_pg_statement_t    *idem_finish;
+    const pf_pg_statement_t    *capture;
+    const pf_pg_statement_t    *capture_keyed;
+    const pf_pg_statement_t    *cancel;
+    const pf_pg_statement_t    *cancel_keyed;
+    const pf_pg_statement_t    *refund;
+    const pf_pg_statement_t    *refund_keyed;
+    const pf_pg_statement_t    *refund_succeed;
+    const pf_pg_statement_t    *refund_get;
+    const pf_pg_statement_t    *pay_events;
 } ngx_http_payflow_statements_t;
 
 
@@ -142,6 +151,7 @@ typedef struct {
     pf_error_t                 *error;         /* meaning of a bare status */
     pf_pg_query_t              *query;
     ngx_http_payflow_db_ok_pt   db_ok;         /* the query succeeded */
+    unsigned                    db_sql_ok:1;   /* db_ok judges SQL errors */
     const char                 *db_what;       /* for the error log */
 
     ngx_http_payflow_auth_t     auth;
@@ -158,6 +168,9 @@ typedef struct {
     ngx_str_t                   idem_key;      /* Idempotency-Key */
     ngx_str_t                   payment_id;
     ngx_str_t                   response;      /* envelope to store, send */
+    ngx_uint_t                  response_status;
+    const void                 *money;         /* the operation running */
+    ngx_str_t                   object_id;
 
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;

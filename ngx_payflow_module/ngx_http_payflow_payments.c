@@ -30,6 +30,22 @@ typedef struct {
 } ngx_http_payflow_currency_t;
 
 
+/*
+ * A money-moving operation on an existing object: its statements plain
+ * and with the idempotency key, an optional follow-up, how to read the
+ * object back, and how to answer from what happened.
+ */
+
+typedef struct {
+    const char                 *what;
+    const pf_pg_statement_t    *plain;
+    const pf_pg_statement_t    *keyed;
+    const pf_pg_statement_t    *follow;     /* takes values[0], or NULL */
+    const pf_pg_statement_t    *get;
+    ngx_http_payflow_db_ok_pt   answer;
+} ngx_http_payflow_money_t;
+
+
 /* what the sandbox does, chosen by the last two digits of the amount */
 
 typedef struct {
@@ -50,6 +66,32 @@ static ngx_int_t ngx_http_payflow_payments_resumed(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_idem_other(ngx_http_request_t *r,
+    PGresult *key, const pf_pg_statement_t *get);
+static ngx_int_t ngx_http_payflow_money_run(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_money_t *m,
+    const char **values, ngx_uint_t nvalues, const char *id);
+static ngx_int_t ngx_http_payflow_money_done(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_money_data(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_payflow_money_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message,
+    const char *param);
+static ngx_int_t ngx_http_payflow_capture_answer(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_cancel_answer(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_refund_answer(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_events_got(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_refunds_got(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_read_one(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, ngx_str_t *id,
+    ngx_http_payflow_db_ok_pt ok, const char *what);
 static ngx_int_t ngx_http_payflow_idem_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 static ngx_int_t ngx_http_payflow_fingerprint(ngx_http_request_t *r,
@@ -59,8 +101,15 @@ static ngx_int_t ngx_http_payflow_header(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_bad(ngx_http_request_t *r,
     const char *param, const char *code, const char *message);
 static char *ngx_http_payflow_text(ngx_http_request_t *r, json_t *v);
+static char *ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n);
 static ngx_http_payflow_outcome_t *ngx_http_payflow_sandbox(
     json_int_t amount, ngx_uint_t manual);
+
+
+static pf_error_t  ngx_http_payflow_no_refund = {
+    NGX_HTTP_NOT_FOUND, PF_ERROR_INVALID_REQUEST, "resource_missing",
+    "no such refund", "id", 0
+};
 
 
 static const char  *ngx_http_payflow_payment_fields[] = {
@@ -155,7 +204,8 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     st->idem_get = pf_pg_statement_add(pmcf->db, "payflow_idem_get",
         "SELECT encode(fingerprint, 'hex'), phase, "
         "coalesce(locked_until > now(), false), response_status, "
-        "response_body, payment_id FROM idempotency_keys "
+        "response_body, payment_id, request_id, object_id "
+        "FROM idempotency_keys "
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3", 3);
 
     st->idem_finish = pf_pg_statement_add(pmcf->db, "payflow_idem_finish",
@@ -163,6 +213,87 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "response_status = $4::int, response_body = $5, locked_until = NULL "
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3 "
         "AND phase <> 'finished'", 5);
+
+#define NGX_HTTP_PAYFLOW_KEY_CTE(t, l, k, f, path, rid, pay, obj)            \
+    "WITH k AS (INSERT INTO idempotency_keys (tenant_id, livemode, key, "    \
+    "fingerprint, method, path, phase, locked_until, payment_id, "          \
+    "request_id, object_id) VALUES (" t ", " l "::boolean, " k ", "         \
+    "decode(" f ", 'hex'), 'POST', " path ", 'provider_called', "           \
+    "now() + interval '30 seconds', " pay ", " rid ", " obj ") "             \
+    "ON CONFLICT DO NOTHING RETURNING 1) "
+
+#define NGX_HTTP_PAYFLOW_CAPTURE                                              \
+    "UPDATE payments p SET status = 'succeeded', "                           \
+    "amount_captured = coalesce($2::bigint, p.amount_capturable), "          \
+    "amount_capturable = 0 "
+
+#define NGX_HTTP_PAYFLOW_CAPTURE_WHERE                                        \
+    "p.id = $1 AND p.status = 'requires_capture' "                           \
+    "AND coalesce($2::bigint, p.amount_capturable) "                         \
+    "BETWEEN 1 AND p.amount_capturable RETURNING p.id"
+
+    st->capture = pf_pg_statement_add(pmcf->db, "payflow_capture",
+        NGX_HTTP_PAYFLOW_CAPTURE "WHERE " NGX_HTTP_PAYFLOW_CAPTURE_WHERE, 2);
+
+    st->capture_keyed = pf_pg_statement_add(pmcf->db, "payflow_capture_k",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$3", "$4", "$5", "$6", "$7", "$8", "$1",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_CAPTURE "FROM k WHERE "
+        NGX_HTTP_PAYFLOW_CAPTURE_WHERE, 8);
+
+#define NGX_HTTP_PAYFLOW_CANCEL                                               \
+    "UPDATE payments p SET status = 'canceled', amount_capturable = 0 "
+
+#define NGX_HTTP_PAYFLOW_CANCEL_WHERE                                         \
+    "p.id = $1 AND p.status IN ('pending', 'requires_action', "              \
+    "'requires_capture') RETURNING p.id"
+
+    st->cancel = pf_pg_statement_add(pmcf->db, "payflow_cancel",
+        NGX_HTTP_PAYFLOW_CANCEL "WHERE " NGX_HTTP_PAYFLOW_CANCEL_WHERE, 1);
+
+    st->cancel_keyed = pf_pg_statement_add(pmcf->db, "payflow_cancel_k",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$2", "$3", "$4", "$5", "$6", "$7", "$1",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_CANCEL "FROM k WHERE "
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE, 7);
+
+#define NGX_HTTP_PAYFLOW_REFUND                                               \
+    "INSERT INTO refunds (id, tenant_id, livemode, payment_id, amount, "     \
+    "currency, reason) SELECT $1, p.tenant_id, p.livemode, p.id, "           \
+    "coalesce($3::bigint, p.amount_captured - p.amount_refunded), "          \
+    "p.currency, $4 FROM payments p"
+
+    st->refund = pf_pg_statement_add(pmcf->db, "payflow_refund",
+        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 RETURNING id", 4);
+
+    st->refund_keyed = pf_pg_statement_add(pmcf->db, "payflow_refund_k",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 RETURNING id", 10);
+
+    /* the sandbox refunds at once */
+    st->refund_succeed = pf_pg_statement_add(pmcf->db,
+        "payflow_refund_succeed",
+        "UPDATE refunds SET status = 'succeeded', provider_reference = id "
+        "WHERE id = $1 AND status = 'pending'", 1);
+
+    st->refund_get = pf_pg_statement_add(pmcf->db, "payflow_refund_get",
+        "SELECT payflow_refund_json(f)::text FROM refunds f WHERE id = $1",
+        1);
+
+    st->pay_events = pf_pg_statement_add(pmcf->db, "payflow_pay_events",
+        "SELECT coalesce(jsonb_agg(payflow_event_json(e) "
+        "ORDER BY e.created_at, e.id), '[]')::text "
+        "FROM payment_events e WHERE e.payment_id = $1", 1);
+
+    if (st->capture == NULL || st->capture_keyed == NULL
+        || st->cancel == NULL || st->cancel_keyed == NULL
+        || st->refund == NULL || st->refund_keyed == NULL
+        || st->refund_succeed == NULL || st->refund_get == NULL
+        || st->pay_events == NULL)
+    {
+        return NGX_ERROR;
+    }
 
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
         || st->pay_process == NULL || st->pay_outcome == NULL
@@ -541,13 +672,10 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    char                           *fp, *phase, *locked, *payment;
-    u_char                          hex[2 * 32 + 1];
+    char                           *payment;
     PGresult                       *pay, *key;
-    ngx_str_t                       data, stored;
-    ngx_uint_t                      n, status;
-    pf_pg_query_t                  *q2;
-    const char                    **values;
+    ngx_str_t                       data;
+    ngx_uint_t                      n;
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_main_conf_t   *pmcf;
 
@@ -576,9 +704,6 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    fp = PQgetvalue(key, 0, 0);
-    phase = PQgetvalue(key, 0, 1);
-    locked = PQgetvalue(key, 0, 2);
     payment = PQgetvalue(key, 0, 5);
 
     if (PQntuples(pay) == 1
@@ -592,87 +717,26 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         return ngx_http_payflow_payments_finish(r, &data);
     }
 
-    if (ngx_http_payflow_fingerprint(r, hex) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_strcmp(fp, hex) != 0) {
-        return ngx_http_payflow_idem_error(r, 422, "idempotency_key_reused",
-                   "this Idempotency-Key was used with a different "
-                   "request");
-    }
-
-    if (ngx_strcmp(phase, "finished") == 0) {
-        status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
-                          PQgetlength(key, 0, 3));
-
-        stored.len = PQgetlength(key, 0, 4);
-        stored.data = ngx_pnalloc(r->pool, stored.len);
-        if (stored.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_memcpy(stored.data, PQgetvalue(key, 0, 4), stored.len);
-
-        ngx_str_set(&data, "true");
-
-        if (pf_response_add_header(r, "Idempotent-Replayed", &data)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_payflow_send_body(r, status, &stored);
-    }
-
-    if (locked[0] == 't') {
-        return ngx_http_payflow_idem_error(r, NGX_HTTP_CONFLICT,
-                   "idempotency_key_in_use",
-                   "a request with this Idempotency-Key is in progress");
-    }
-
-    /* its request died after the payment was made: answer with it */
-
-    q2 = ngx_http_payflow_db_query(r, 1, 1);
-    values = ngx_pcalloc(r->pool, sizeof(char *));
-
-    if (q2 == NULL || values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->payment_id.len = PQgetlength(key, 0, 5);
-    ctx->payment_id.data = (u_char *) ngx_http_payflow_db_str(r->pool,
-                                        &(ngx_str_t) { ctx->payment_id.len,
-                                                       (u_char *) payment });
-    values[0] = (char *) ctx->payment_id.data;
-
-    if (values[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_stmt(q2, 0)->statement = pmcf->st.pay_get;
-    ngx_http_payflow_db_stmt(q2, 0)->nparams = 1;
-    ngx_http_payflow_db_stmt(q2, 0)->values = values;
-
-    return ngx_http_payflow_db_run(r, q2, "resuming an idempotent request",
-                                   ngx_http_payflow_payments_resumed);
+    return ngx_http_payflow_idem_other(r, key, pmcf->st.pay_get);
 }
 
+
+/* the object an earlier request made, read back for its retry */
 
 static ngx_int_t
 ngx_http_payflow_payments_resumed(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult   *pay;
+    PGresult   *res;
     ngx_str_t   data;
 
-    pay = ngx_http_payflow_db_result(q, 0);
+    res = ngx_http_payflow_db_result(q, 0);
 
-    if (PQntuples(pay) != 1) {
+    if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    data.data = (u_char *) PQgetvalue(pay, 0, 0);
-    data.len = PQgetlength(pay, 0, 0);
+    data.data = (u_char *) PQgetvalue(res, 0, 0);
+    data.len = PQgetlength(res, 0, 0);
 
     return ngx_http_payflow_payments_finish(r, &data);
 }
@@ -686,13 +750,9 @@ ngx_http_payflow_payments_resumed(ngx_http_request_t *r, pf_pg_query_t *q)
 static ngx_int_t
 ngx_http_payflow_payments_finish(ngx_http_request_t *r, ngx_str_t *data)
 {
-    pf_pg_query_t                  *q;
-    const char                    **values;
-    ngx_http_payflow_ctx_t         *ctx;
-    ngx_http_payflow_main_conf_t   *pmcf;
+    ngx_http_payflow_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     if (pf_response_data_body(r->pool, data, ngx_http_payflow_request_id(r),
                               &ctx->response)
@@ -701,17 +761,40 @@ ngx_http_payflow_payments_finish(ngx_http_request_t *r, ngx_str_t *data)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ctx->response_status = NGX_HTTP_OK;
+
+    return ngx_http_payflow_idem_store(r);
+}
+
+
+/* ctx->response goes on the key, then to the client */
+
+static ngx_int_t
+ngx_http_payflow_idem_store(ngx_http_request_t *r)
+{
+    u_char                         *p;
+    pf_pg_query_t                  *q;
+    const char                    **values;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
     q = ngx_http_payflow_db_query(r, 1, 1);
     values = ngx_pcalloc(r->pool, 5 * sizeof(char *));
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
-    if (q == NULL || values == NULL) {
+    if (q == NULL || values == NULL || p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
 
     values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
     values[1] = ctx->auth.livemode ? "true" : "false";
     values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
-    values[3] = "200";
+    values[3] = (char *) p;
     values[4] = ngx_http_payflow_db_str(r->pool, &ctx->response);
 
     if (values[0] == NULL || values[2] == NULL || values[4] == NULL) {
@@ -721,6 +804,8 @@ ngx_http_payflow_payments_finish(ngx_http_request_t *r, ngx_str_t *data)
     ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_finish;
     ngx_http_payflow_db_stmt(q, 0)->nparams = 5;
     ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    ctx->db_sql_ok = 0;
 
     return ngx_http_payflow_db_run(r, q, "storing an idempotent response",
                                    ngx_http_payflow_payments_stored);
@@ -736,7 +821,8 @@ ngx_http_payflow_payments_stored(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
-    return ngx_http_payflow_send_body(r, NGX_HTTP_OK, &ctx->response);
+    return ngx_http_payflow_send_body(r, ctx->response_status,
+                                      &ctx->response);
 }
 
 
@@ -920,6 +1006,26 @@ ngx_http_payflow_bad(ngx_http_request_t *r, const char *param,
 }
 
 
+/* a query parameter for an integer (jansson dumps only containers) */
+
+static char *
+ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_sprintf(p, "%L", (int64_t) n) = '\0';
+
+    return (char *) p;
+}
+
+
+/* the JSON text of an object or array, as a query parameter */
+
 static char *
 ngx_http_payflow_text(ngx_http_request_t *r, json_t *v)
 {
@@ -958,4 +1064,729 @@ ngx_http_payflow_sandbox(json_int_t amount, ngx_uint_t manual)
     default:
         return &ngx_http_payflow_outcomes[manual ? 1 : 0];
     }
+}
+
+
+/*
+ * The key belongs to another request: a different request is refused,
+ * a finished one replayed byte for byte, a running one is a 409, and one
+ * whose request died after its transaction committed is finished from the
+ * object it made.
+ */
+
+static ngx_int_t
+ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key,
+    const pf_pg_statement_t *get)
+{
+    u_char                  hex[2 * 32 + 1];
+    ngx_str_t               stored, value, id;
+    ngx_uint_t              status;
+    ngx_http_payflow_ctx_t *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (ngx_http_payflow_fingerprint(r, hex) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_strcmp(PQgetvalue(key, 0, 0), hex) != 0) {
+        return ngx_http_payflow_idem_error(r, 422, "idempotency_key_reused",
+                   "this Idempotency-Key was used with a different "
+                   "request");
+    }
+
+    if (ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0) {
+        status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
+                          PQgetlength(key, 0, 3));
+
+        stored.len = PQgetlength(key, 0, 4);
+        stored.data = ngx_pnalloc(r->pool, stored.len);
+        if (stored.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(stored.data, PQgetvalue(key, 0, 4), stored.len);
+
+        ngx_str_set(&value, "true");
+
+        if (pf_response_add_header(r, "Idempotent-Replayed", &value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_payflow_send_body(r, status, &stored);
+    }
+
+    if (PQgetvalue(key, 0, 2)[0] == 't') {
+        return ngx_http_payflow_idem_error(r, NGX_HTTP_CONFLICT,
+                   "idempotency_key_in_use",
+                   "a request with this Idempotency-Key is in progress");
+    }
+
+    /* the object id: the operation's own, else the payment created */
+
+    if (!PQgetisnull(key, 0, 7)) {
+        id.data = (u_char *) PQgetvalue(key, 0, 7);
+        id.len = PQgetlength(key, 0, 7);
+
+    } else {
+        id.data = (u_char *) PQgetvalue(key, 0, 5);
+        id.len = PQgetlength(key, 0, 5);
+    }
+
+    ctx->db_sql_ok = 0;
+
+    return ngx_http_payflow_read_one(r, get, &id,
+                                     ngx_http_payflow_payments_resumed,
+                                     "resuming an idempotent request");
+}
+
+
+/*
+ * values[0 .. nvalues - 1] are the operation's own parameters; with an
+ * Idempotency-Key the key's follow: tenant, mode, key, fingerprint, path,
+ * request id.  id is the object to read back.
+ */
+
+static ngx_int_t
+ngx_http_payflow_money_run(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_money_t *m,
+    const char **values, ngx_uint_t nvalues, const char *id)
+{
+    u_char                         *hex;
+    ngx_int_t                       rc;
+    ngx_uint_t                      keyed, i, n;
+    pf_pg_query_t                  *q;
+    const char                    **v;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
+
+    if (rc == NGX_OK
+        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255))
+    {
+        return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
+                   "idempotency_key_invalid",
+                   "Idempotency-Key must be 1 to 255 characters");
+    }
+
+    keyed = (rc == NGX_OK);
+
+    n = 2 + (m->follow ? 1 : 0) + (keyed ? 1 : 0);
+
+    q = ngx_http_payflow_db_query(r, n, 1);
+    v = ngx_pcalloc(r->pool, (nvalues + 6) * sizeof(char *));
+    hex = ngx_pnalloc(r->pool, 2 * 32 + 1);
+
+    if (q == NULL || v == NULL || hex == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < nvalues; i++) {
+        v[i] = values[i];
+    }
+
+    i = 0;
+
+    ngx_http_payflow_db_stmt(q, i)->statement = keyed ? m->keyed : m->plain;
+    ngx_http_payflow_db_stmt(q, i)->nparams = nvalues + (keyed ? 6 : 0);
+    ngx_http_payflow_db_stmt(q, i++)->values = v;
+
+    if (keyed) {
+        if (ngx_http_payflow_fingerprint(r, hex) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        v[nvalues] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
+        v[nvalues + 1] = ctx->auth.livemode ? "true" : "false";
+        v[nvalues + 2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+        v[nvalues + 3] = (char *) hex;
+        v[nvalues + 4] = ngx_http_payflow_db_str(r->pool, &r->uri);
+        v[nvalues + 5] = ngx_http_payflow_db_str(r->pool,
+                                          ngx_http_payflow_request_id(r));
+
+        if (v[nvalues] == NULL || v[nvalues + 2] == NULL
+            || v[nvalues + 4] == NULL || v[nvalues + 5] == NULL)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (m->follow) {
+        ngx_http_payflow_db_stmt(q, i)->statement = m->follow;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
+        ngx_http_payflow_db_stmt(q, i++)->values = v;
+    }
+
+    ngx_http_payflow_db_stmt(q, i)->statement = m->get;
+    ngx_http_payflow_db_stmt(q, i)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, i)->values = ngx_pcalloc(r->pool,
+                                                         sizeof(char *));
+    if (ngx_http_payflow_db_stmt(q, i)->values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, i++)->values[0] = id;
+
+    if (keyed) {
+        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 3;
+        ngx_http_payflow_db_stmt(q, i)->values = &v[nvalues];
+    }
+
+    ctx->money = m;
+    ctx->db_sql_ok = 1;
+
+    return ngx_http_payflow_db_run(r, q, m->what,
+                                   ngx_http_payflow_money_done);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    ngx_int_t                  rc;
+    PGresult                  *key;
+    const char                *state;
+    ngx_http_payflow_ctx_t    *ctx;
+    ngx_http_payflow_money_t  *m;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    m = (ngx_http_payflow_money_t *) ctx->money;
+
+    if (q->status == PF_PG_SQL_ERROR) {
+
+        /* what the database refused for the request's own sake */
+
+        state = pf_pg_query_sqlstate(q);
+
+        if (state && ngx_strcmp(state, "PF002") == 0) {
+            return ngx_http_payflow_bad(r, "amount", "amount_too_large",
+                       "the amount exceeds what is left to refund");
+        }
+
+        if (state && ngx_strcmp(state, "PF005") == 0) {
+            /* nothing ran: answered, not stored with the key */
+            rc = ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
+                       "payment_not_refundable",
+                       "only a succeeded or partially refunded payment can "
+                       "be refunded", "payment");
+
+            return rc != NGX_OK ? rc
+                   : ngx_http_payflow_send_body(r, ctx->response_status,
+                                                &ctx->response);
+        }
+
+        if (state && ngx_strcmp(state, "23514") == 0) {
+            return ngx_http_payflow_bad(r, "amount", "amount_invalid",
+                       "nothing is left to refund");
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow: %s failed: %s (%s)", m->what,
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY), state);
+
+        return ngx_http_payflow_send_db_error(r, q);
+    }
+
+    if (ctx->idem_key.len) {
+        key = ngx_http_payflow_db_result(q, q->nstmts - 4);
+
+        if (PQntuples(key) != 1) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (PQgetisnull(key, 0, 6)
+            || ngx_strcmp(PQgetvalue(key, 0, 6),
+                          (char *) ngx_http_payflow_db_str(r->pool,
+                                      ngx_http_payflow_request_id(r)))
+               != 0)
+        {
+            return ngx_http_payflow_idem_other(r, key, m->get);
+        }
+    }
+
+    rc = m->answer(r, q);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ctx->idem_key.len) {
+        return ngx_http_payflow_idem_store(r);
+    }
+
+    return ngx_http_payflow_send_body(r, ctx->response_status,
+                                      &ctx->response);
+}
+
+
+/* the answer is the object read back */
+
+static ngx_int_t
+ngx_http_payflow_money_data(ngx_http_request_t *r, PGresult *res)
+{
+    ngx_str_t                data;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    data.data = (u_char *) PQgetvalue(res, 0, 0);
+    data.len = PQgetlength(res, 0, 0);
+
+    ctx->response_status = NGX_HTTP_OK;
+
+    return pf_response_data_body(r->pool, &data,
+                                 ngx_http_payflow_request_id(r),
+                                 &ctx->response) == NGX_OK
+           ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* an outcome of execution: stored with the key like a success */
+
+static ngx_int_t
+ngx_http_payflow_money_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, const char *param)
+{
+    pf_error_t               err;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = status;
+    err.type = PF_ERROR_INVALID_REQUEST;
+    err.code = code;
+    err.message = message;
+    err.param = param;
+
+    ctx->response_status = status;
+
+    return pf_response_error_body(r->pool, &err,
+                                  ngx_http_payflow_request_id(r),
+                                  &ctx->response) == NGX_OK
+           ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* POST /v1/payments/{id}/capture {"amount": n} (permission write) */
+
+static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
+
+static const char  *ngx_http_payflow_capture_fields[] = { "amount", NULL };
+static const char  *ngx_http_payflow_refund_fields[] = {
+    "payment", "amount", "reason", NULL
+};
+
+
+ngx_int_t
+ngx_http_payflow_payments_capture(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    json_t                         *v;
+    ngx_int_t                       rc;
+    pf_error_t                      err;
+    const char                    **values;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    rc = pf_json_check_fields(r->pool, ctx->body,
+                              ngx_http_payflow_capture_fields, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
+    }
+
+    values = ngx_pcalloc(r->pool, 2 * sizeof(char *));
+    if (values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+
+    v = json_object_get(ctx->body, "amount");
+
+    if (v) {
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            return ngx_http_payflow_bad(r, "amount", "amount_invalid",
+                                        "amount must be a positive integer");
+        }
+
+        values[1] = ngx_http_payflow_integer(r, json_integer_value(v));
+    }
+
+    if (values[0] == NULL || (v && values[1] == NULL)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_capture_op.what = "capturing a payment";
+    ngx_http_payflow_capture_op.plain = pmcf->st.capture;
+    ngx_http_payflow_capture_op.keyed = pmcf->st.capture_keyed;
+    ngx_http_payflow_capture_op.follow = NULL;
+    ngx_http_payflow_capture_op.get = pmcf->st.pay_get;
+    ngx_http_payflow_capture_op.answer = ngx_http_payflow_capture_answer;
+
+    return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_capture_op,
+                                      values, 2, values[0]);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_capture_answer(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    char      *status;
+    PGresult  *op, *pay;
+
+    op = ngx_http_payflow_db_result(q, 0);
+    pay = ngx_http_payflow_db_result(q, 1);
+
+    if (PQntuples(pay) != 1) {
+        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
+                                            "resource_missing",
+                                            "no such payment", "id");
+    }
+
+    if (PQntuples(op) == 1) {
+        return ngx_http_payflow_money_data(r, pay);
+    }
+
+    /* jsonb's text form; an escaped metadata value cannot look like it */
+    status = ngx_strstr(PQgetvalue(pay, 0, 0),
+                        "\"status\": \"requires_capture\"");
+
+    if (status) {
+        return ngx_http_payflow_money_error(r, NGX_HTTP_BAD_REQUEST,
+                   "amount_invalid",
+                   "amount exceeds the capturable amount", "amount");
+    }
+
+    return ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
+               "payment_not_capturable",
+               "only a payment that requires capture can be captured",
+               NULL);
+}
+
+
+/* POST /v1/payments/{id}/cancel (permission write) */
+
+ngx_int_t
+ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    ngx_int_t                       rc;
+    pf_error_t                      err;
+    const char                    **values;
+    ngx_http_payflow_main_conf_t   *pmcf;
+    static const char              *none[] = { NULL };
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    rc = pf_json_check_fields(r->pool, ctx->body, none, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
+    }
+
+    values = ngx_pcalloc(r->pool, sizeof(char *));
+    if (values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_cancel_op.what = "canceling a payment";
+    ngx_http_payflow_cancel_op.plain = pmcf->st.cancel;
+    ngx_http_payflow_cancel_op.keyed = pmcf->st.cancel_keyed;
+    ngx_http_payflow_cancel_op.follow = NULL;
+    ngx_http_payflow_cancel_op.get = pmcf->st.pay_get;
+    ngx_http_payflow_cancel_op.answer = ngx_http_payflow_cancel_answer;
+
+    return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_cancel_op,
+                                      values, 1, values[0]);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult  *op, *pay;
+
+    op = ngx_http_payflow_db_result(q, 0);
+    pay = ngx_http_payflow_db_result(q, 1);
+
+    if (PQntuples(pay) != 1) {
+        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
+                                            "resource_missing",
+                                            "no such payment", "id");
+    }
+
+    if (PQntuples(op) == 1) {
+        return ngx_http_payflow_money_data(r, pay);
+    }
+
+    return ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
+               "payment_not_cancelable",
+               "only a pending payment, or one that requires action or "
+               "capture, can be canceled", NULL);
+}
+
+
+/* POST /v1/refunds {"payment", "amount", "reason"} (permission write) */
+
+ngx_int_t
+ngx_http_payflow_refunds_create(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    json_t                         *v;
+    ngx_int_t                       rc;
+    ngx_str_t                       id;
+    pf_error_t                      err;
+    const char                    **values;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    rc = pf_json_check_fields(r->pool, ctx->body,
+                              ngx_http_payflow_refund_fields, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
+    }
+
+    values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
+    if (values == NULL || pf_id_generate(r->pool, "re_", &id) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &id);
+
+    v = json_object_get(ctx->body, "payment");
+
+    if (v == NULL || !json_is_string(v) || json_string_length(v) == 0
+        || json_string_length(v) > 64)
+    {
+        return ngx_http_payflow_bad(r, "payment",
+                                    v ? "parameter_invalid"
+                                      : "parameter_missing",
+                                    "payment must be a payment id");
+    }
+
+    values[1] = json_string_value(v);
+
+    v = json_object_get(ctx->body, "amount");
+
+    if (v) {
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            return ngx_http_payflow_bad(r, "amount", "amount_invalid",
+                                        "amount must be a positive integer");
+        }
+
+        values[2] = ngx_http_payflow_integer(r, json_integer_value(v));
+        if (values[2] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    v = json_object_get(ctx->body, "reason");
+
+    if (v) {
+        if (!json_is_string(v)
+            || (ngx_strcmp(json_string_value(v), "duplicate") != 0
+                && ngx_strcmp(json_string_value(v), "fraudulent") != 0
+                && ngx_strcmp(json_string_value(v),
+                              "requested_by_customer") != 0))
+        {
+            return ngx_http_payflow_bad(r, "reason", "parameter_invalid",
+                       "reason must be duplicate, fraudulent or "
+                       "requested_by_customer");
+        }
+
+        values[3] = json_string_value(v);
+    }
+
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_refund_op.what = "refunding a payment";
+    ngx_http_payflow_refund_op.plain = pmcf->st.refund;
+    ngx_http_payflow_refund_op.keyed = pmcf->st.refund_keyed;
+    ngx_http_payflow_refund_op.follow = pmcf->st.refund_succeed;
+    ngx_http_payflow_refund_op.get = pmcf->st.refund_get;
+    ngx_http_payflow_refund_op.answer = ngx_http_payflow_refund_answer;
+
+    return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_refund_op,
+                                      values, 4, values[0]);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_refund_answer(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult  *op, *refund;
+
+    op = ngx_http_payflow_db_result(q, 0);
+    refund = ngx_http_payflow_db_result(q, 2);
+
+    if (PQntuples(op) != 1 || PQntuples(refund) != 1) {
+        /* another tenant's payment is as absent as a missing one */
+        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
+                                            "resource_missing",
+                                            "no such payment", "payment");
+    }
+
+    return ngx_http_payflow_money_data(r, refund);
+}
+
+
+/* GET /v1/refunds/{id} */
+
+ngx_int_t
+ngx_http_payflow_refunds_get(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    return ngx_http_payflow_read_one(r, pmcf->st.refund_get, &ctx->params[0],
+                                     ngx_http_payflow_refunds_got,
+                                     "reading a refund");
+}
+
+
+static ngx_int_t
+ngx_http_payflow_refunds_got(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult    *res;
+    ngx_str_t    data;
+
+    res = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(res) != 1) {
+        return ngx_http_payflow_send_error(r, &ngx_http_payflow_no_refund);
+    }
+
+    data.data = (u_char *) PQgetvalue(res, 0, 0);
+    data.len = PQgetlength(res, 0, 0);
+
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+}
+
+
+/* GET /v1/payments/{id}/events: the append-only log, oldest first */
+
+ngx_int_t
+ngx_http_payflow_payments_events(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    pf_pg_query_t                  *q;
+    const char                    **values;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    q = ngx_http_payflow_db_query(r, 2, 1);
+    values = ngx_pcalloc(r->pool, sizeof(char *));
+
+    if (q == NULL || values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_get;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.pay_events;
+    ngx_http_payflow_db_stmt(q, 1)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, 1)->values = values;
+
+    return ngx_http_payflow_db_run(r, q, "reading payment events",
+                                   ngx_http_payflow_events_got);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_events_got(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    u_char         *p;
+    PGresult       *pay, *events;
+    ngx_str_t       data;
+    pf_error_t      err;
+
+    pay = ngx_http_payflow_db_result(q, 0);
+    events = ngx_http_payflow_db_result(q, 1);
+
+    if (PQntuples(pay) != 1) {
+        ngx_memzero(&err, sizeof(pf_error_t));
+        err.status = NGX_HTTP_NOT_FOUND;
+        err.type = PF_ERROR_INVALID_REQUEST;
+        err.code = "resource_missing";
+        err.message = "no such payment";
+        err.param = "id";
+
+        return ngx_http_payflow_send_error(r, &err);
+    }
+
+    data.len = sizeof("{\"object\":\"list\",\"has_more\":false,\"data\":}") - 1
+               + PQgetlength(events, 0, 0);
+
+    p = ngx_pnalloc(r->pool, data.len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    data.data = p;
+    p = ngx_sprintf(p, "{\"object\":\"list\",\"has_more\":false,\"data\":");
+    p = ngx_cpymem(p, PQgetvalue(events, 0, 0), PQgetlength(events, 0, 0));
+    *p++ = '}';
+
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+}
+
+
+/* one object by id, through a statement returning its JSON */
+
+static ngx_int_t
+ngx_http_payflow_read_one(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, ngx_str_t *id,
+    ngx_http_payflow_db_ok_pt ok, const char *what)
+{
+    pf_pg_query_t   *q;
+    const char     **values;
+
+    q = ngx_http_payflow_db_query(r, 1, 1);
+    values = ngx_pcalloc(r->pool, sizeof(char *));
+
+    if (q == NULL || values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, id);
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = statement;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    return ngx_http_payflow_db_run(r, q, what, ok);
 }

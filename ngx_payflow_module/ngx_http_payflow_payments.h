@@ -16,6 +16,16 @@ ngx_int_t ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_payments_get(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_payments_capture(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_payments_events(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_refunds_create(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_refunds_get(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
 
 
 #endif /* _NGX_HTTP_PAYFLOW_PAYMENTS_H_INCLUDED_ */
