@@ -14,6 +14,7 @@
 #include "ngx_http_payflow_api.h"
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_health.h"
+#include "ngx_http_payflow_jobs.h"
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
@@ -96,6 +97,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       ngx_http_payflow_jwt,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("payflow_jobs_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, jobs_interval),
       NULL },
 
     { ngx_string("payflow_health"),
@@ -911,6 +919,7 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->cache_ttl = NGX_CONF_UNSET;
     pmcf->negative_ttl = NGX_CONF_UNSET;
     pmcf->negative_max = NGX_CONF_UNSET_UINT;
+    pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
 
     if (ngx_array_init(&pmcf->static_keys, cf->pool, 2,
                        sizeof(ngx_http_payflow_static_key_t))
@@ -937,6 +946,14 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"payflow_static_key\" and \"payflow_admin_key\" "
                            "require \"payflow_key_pepper\"");
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(pmcf->jobs_interval, 10000);
+
+    if (pmcf->jobs_interval < 100) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_jobs_interval\" must be at least 100ms");
         return NGX_CONF_ERROR;
     }
 
@@ -1045,7 +1062,8 @@ ngx_http_payflow_init(ngx_conf_t *cf)
         && (ngx_http_payflow_health_init(pmcf) != NGX_OK
             || ngx_http_payflow_auth_init(cf, pmcf) != NGX_OK
             || ngx_http_payflow_keys_init(pmcf) != NGX_OK
-            || ngx_http_payflow_payments_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_payments_init(pmcf) != NGX_OK
+            || ngx_http_payflow_jobs_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -1109,6 +1127,10 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -1126,6 +1148,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
     }
 
     if (pmcf->pool) {
+        ngx_http_payflow_jobs_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }

@@ -111,6 +111,7 @@ typedef struct {
     const pf_pg_statement_t    *refund_succeed;
     const pf_pg_statement_t    *refund_get;
     const pf_pg_statement_t    *pay_events;
+    const pf_pg_statement_t    *jobs;
 } ngx_http_payflow_statements_t;
 
 
@@ -134,6 +135,8 @@ typedef struct {
     pf_jwt_conf_t               jwt;
 
     ngx_shm_zone_t             *metrics;
+
+    ngx_msec_t                  jobs_interval;
 } ngx_http_payflow_main_conf_t;
 
 

@@ -1,0 +1,147 @@
+#!/usr/bin/perl
+
+# The background jobs every worker runs: expired idempotency keys are
+# purged, and a key left half-done by a request that died (its operation
+# committed, its answer never stored) is completed with the object's state
+# once its lock expires, so that the client's retry gets an answer instead
+# of a key stuck "in progress".  Keys whose lock still holds, or with no
+# object to answer with, are left alone.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use PayFlow::Test;
+
+my $t = PayFlow::Test->new->has_module->has_pg->plan(14);
+
+my $conf = <<'EOF';
+
+%%TEST_GLOBALS%%
+
+events {
+}
+
+http {
+    %%TEST_GLOBALS_HTTP%%
+
+    payflow_db "%%PG_CONNINFO%%" password_file=%%PG_PASSWORD_FILE%%
+               pool=2;
+    payflow_key_pepper file=%%PEPPER_FILE%%;
+    payflow_jobs_interval %%INTERVAL%%;
+    %%ADMIN_KEY%%
+
+    server {
+        listen       127.0.0.1:%%PORT_8080%%;
+        server_name  localhost;
+
+        location /v1/admin/ { payflow_admin; }
+        location /          { payflow_api; }
+    }
+}
+
+EOF
+
+(my $bad = $conf) =~ s/%%INTERVAL%%/10ms/;
+$t->write_file_expand('nginx.conf', $bad);
+my ($rc, $out) = $t->test_config;
+like($out, qr/"payflow_jobs_interval" must be at least 100ms/,
+	'an interval below 100ms is refused');
+
+$conf =~ s/%%INTERVAL%%/200ms/;
+$t->write_file_expand('nginx.conf', $conf);
+$t->run;
+
+my $r = $t->admin_api('POST', '/v1/admin/tenants', { name => 'jobs' });
+my $tenant = $r->{json}{data}{id};
+$r = $t->admin_api('POST', "/v1/admin/tenants/$tenant/api_keys",
+	{ role => 'developer' });
+my $key = $r->{json}{data}{secret};
+
+sub call { bearer($key, @_) }
+sub key_sql { my $k = shift; "SELECT $_[0] FROM idempotency_keys "
+	. "WHERE tenant_id = '$tenant' AND key = '$k'" }
+
+# a payment and a refund made with keys: their rows are the templates
+my %pay = (amount => 4200, currency => 'usd');
+my $p = call('POST', '/v1/payments', \%pay,
+	headers => ['Idempotency-Key: pay-1'])->{json}{data};
+my %ref = (payment => $p->{id}, amount => 1000);
+my $f = call('POST', '/v1/refunds', \%ref,
+	headers => ['Idempotency-Key: ref-1'])->{json}{data};
+is("$p->{status} $f->{status}", 'succeeded succeeded', 'made with keys');
+
+# what a worker killed between its commit and storing the answer leaves:
+# the same request's key, not finished, its lock about to expire
+sub stuck {
+	my ($from, $as, $object, $lock) = @_;
+	$t->psql("INSERT INTO idempotency_keys (tenant_id, livemode, key, "
+		. "fingerprint, method, path, phase, locked_until, payment_id, "
+		. "object_id, request_id) "
+		. "SELECT tenant_id, livemode, '$as', fingerprint, method, path, "
+		. "'provider_called', now() + interval '$lock', "
+		. ($object ? "payment_id, object_id" : "NULL, NULL")
+		. ", 'req_dead' FROM idempotency_keys WHERE tenant_id = '$tenant' "
+		. "AND key = '$from'");
+}
+
+stuck('pay-1', 'pay-2', 1, '1 second');
+stuck('ref-1', 'ref-2', 1, '1 second');
+stuck('pay-1', 'pay-held', 1, '1 hour');
+stuck('pay-1', 'pay-none', 0, '-1 second');
+
+is(call('POST', '/v1/payments', \%pay,
+	headers => ['Idempotency-Key: pay-2'])->{json}{error}{code},
+	'idempotency_key_in_use', 'while the lock holds, a retry is told 409');
+
+# and a key past its retention
+$t->psql("INSERT INTO idempotency_keys (tenant_id, livemode, key, "
+	. "fingerprint, method, path, phase, response_status, response_body, "
+	. "created_at, expires_at) SELECT tenant_id, livemode, 'pay-old', "
+	. "fingerprint, method, path, 'finished', 200, '{}', "
+	. "now() - interval '25 hours', now() - interval '1 hour' "
+	. "FROM idempotency_keys WHERE tenant_id = '$tenant' AND key = 'pay-1'");
+
+ok($t->poll(10, sub {
+	$t->psql(key_sql('pay-2', 'phase')) eq 'finished'
+	&& $t->psql(key_sql('ref-2', 'phase')) eq 'finished' }),
+	'the abandoned keys are completed once their locks expire');
+ok($t->poll(10, sub { $t->psql(key_sql('pay-old', 'count(*)')) eq '0' }),
+	'the expired key is purged');
+is($t->psql(key_sql('pay-held', 'phase')), 'provider_called',
+	'a key whose lock holds is left to its request');
+is($t->psql(key_sql('pay-none', 'phase')), 'provider_called',
+	'a key with no object to answer with is left alone');
+
+# the client's retry now gets the object
+$r = call('POST', '/v1/payments', \%pay,
+	headers => ['Idempotency-Key: pay-2']);
+is("$r->{status} " . ($r->{headers}{'idempotent-replayed'} // '-'),
+	'200 true', 'the retry of the payment is a replay');
+is($r->{json}{data}{id} . ' ' . $r->{json}{data}{amount_refunded},
+	"$p->{id} 1000", 'of the payment as it stands');
+is($r->{json}{meta}{request_id}, 'req_dead',
+	'under the request id of the request that died');
+
+$r = call('POST', '/v1/refunds', \%ref,
+	headers => ['Idempotency-Key: ref-2']);
+is("$r->{status} $r->{json}{data}{id} $r->{json}{data}{object}",
+	"200 $f->{id} refund", 'the retry of the refund answers the refund');
+
+# and the key's replay stays byte-identical
+is(call('POST', '/v1/refunds', \%ref,
+	headers => ['Idempotency-Key: ref-2'])->{body}, $r->{body},
+	'again: the same bytes');
+
+is($t->psql("SELECT count(*) FROM payments WHERE tenant_id = '$tenant'")
+	. ' ' . $t->psql("SELECT count(*) FROM refunds r JOIN payments p "
+	. "ON p.id = r.payment_id WHERE p.tenant_id = '$tenant'"),
+	'1 1', 'no payment or refund made twice');
+
+$t->stop;
+is($t->alert_lines, 0, 'no alerts');
+
+###############################################################################
