@@ -15,6 +15,7 @@
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_lists.h"
 
 
 #define NGX_HTTP_PAYFLOW_ECHO_MAX  128
@@ -80,6 +81,9 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
     { NGX_HTTP_POST, "/v1/api_keys/{}/roll", NGX_HTTP_PAYFLOW_PERM_MANAGE,
       ngx_http_payflow_keys_roll },
 
+    { NGX_HTTP_GET, "/v1/payments", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_payments_list },
+
     { NGX_HTTP_POST, "/v1/payments", NGX_HTTP_PAYFLOW_PERM_WRITE,
       ngx_http_payflow_payments_create },
 
@@ -95,11 +99,20 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
     { NGX_HTTP_GET, "/v1/payments/{}/events", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_payments_events },
 
+    { NGX_HTTP_GET, "/v1/refunds", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_refunds_list },
+
     { NGX_HTTP_POST, "/v1/refunds", NGX_HTTP_PAYFLOW_PERM_WRITE,
       ngx_http_payflow_refunds_create },
 
     { NGX_HTTP_GET, "/v1/refunds/{}", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_refunds_get },
+
+    { NGX_HTTP_GET, "/v1/ledger/entries", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_ledger_entries },
+
+    { NGX_HTTP_GET, "/v1/balance", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_balance },
 
     { 0, NULL, 0, NULL }
 };

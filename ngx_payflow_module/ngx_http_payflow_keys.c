@@ -32,13 +32,6 @@
 #define NGX_HTTP_PAYFLOW_MAX_LIFETIME  (10 * 366 * 86400)
 
 
-typedef struct {
-    ngx_uint_t                  limit;
-    ngx_str_t                   after;
-    ngx_str_t                   before;
-} ngx_http_payflow_list_t;
-
-
 static ngx_int_t ngx_http_payflow_keys_secret(ngx_http_request_t *r,
     ngx_uint_t livemode, ngx_str_t *secret, char **hash, char **last4);
 static json_t *ngx_http_payflow_key_secret_json(ngx_http_request_t *r,
@@ -63,8 +56,6 @@ static json_t *ngx_http_payflow_tenant_json(PGresult *res, int row);
 static json_t *ngx_http_payflow_list_json(PGresult *res,
     const ngx_http_payflow_list_t *l,
     json_t *(*row)(PGresult *res, int row));
-static ngx_int_t ngx_http_payflow_list_args(ngx_http_request_t *r,
-    ngx_http_payflow_list_t *l, pf_error_t *err);
 static ngx_int_t ngx_http_payflow_send_row(ngx_http_request_t *r,
     PGresult *res, json_t *(*row)(PGresult *res, int row),
     const char *missing);
@@ -72,8 +63,6 @@ static ngx_int_t ngx_http_payflow_not_found(ngx_http_request_t *r,
     const char *message);
 static const char **ngx_http_payflow_values(ngx_http_request_t *r,
     pf_pg_stmt_t *st, const pf_pg_statement_t *statement, int n);
-static char *ngx_http_payflow_nullable(ngx_http_request_t *r, ngx_str_t *s);
-static char *ngx_http_payflow_int(ngx_http_request_t *r, ngx_int_t n);
 static json_t *ngx_http_payflow_col_str(PGresult *res, int row, int col);
 static json_t *ngx_http_payflow_col_int(PGresult *res, int row, int col);
 
@@ -1063,67 +1052,6 @@ ngx_http_payflow_list_json(PGresult *res, const ngx_http_payflow_list_t *l,
 }
 
 
-static ngx_int_t
-ngx_http_payflow_list_args(ngx_http_request_t *r, ngx_http_payflow_list_t *l,
-    pf_error_t *err)
-{
-    ngx_int_t    n;
-    ngx_str_t    v, *cursor;
-    ngx_uint_t   i, k;
-
-    static const char  *names[] = { "starting_after", "ending_before" };
-
-    l->limit = 10;
-    ngx_str_null(&l->after);
-    ngx_str_null(&l->before);
-
-    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
-        n = ngx_atoi(v.data, v.len);
-
-        if (n < 1 || n > 100) {
-            pf_json_param_error(err, "limit", "parameter_invalid",
-                                "limit must be an integer from 1 to 100");
-            return NGX_DECLINED;
-        }
-
-        l->limit = n;
-    }
-
-    for (k = 0; k < 2; k++) {
-        cursor = k ? &l->before : &l->after;
-
-        if (ngx_http_arg(r, (u_char *) names[k], ngx_strlen(names[k]), &v)
-            != NGX_OK)
-        {
-            continue;
-        }
-
-        for (i = 0; i < v.len; i++) {
-            if (!(isalnum(v.data[i]) || v.data[i] == '_')) {
-                break;
-            }
-        }
-
-        if (v.len == 0 || v.len > 64 || i < v.len) {
-            pf_json_param_error(err, names[k], "parameter_invalid",
-                                "the cursor must be an object id");
-            return NGX_DECLINED;
-        }
-
-        *cursor = v;
-    }
-
-    if (l->after.len && l->before.len) {
-        pf_json_param_error(err, "ending_before", "parameter_invalid",
-                            "starting_after and ending_before cannot be "
-                            "used together");
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
 /* the one row a statement found, or a 404 */
 
 static ngx_int_t
@@ -1164,29 +1092,6 @@ ngx_http_payflow_values(ngx_http_request_t *r, pf_pg_stmt_t *st,
     st->values = ngx_pcalloc(r->pool, n * sizeof(char *));
 
     return st->values;
-}
-
-
-static char *
-ngx_http_payflow_nullable(ngx_http_request_t *r, ngx_str_t *s)
-{
-    return s->len ? ngx_http_payflow_db_str(r->pool, s) : NULL;
-}
-
-
-static char *
-ngx_http_payflow_int(ngx_http_request_t *r, ngx_int_t n)
-{
-    u_char  *p;
-
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    *ngx_sprintf(p, "%i", n) = '\0';
-
-    return (char *) p;
 }
 
 

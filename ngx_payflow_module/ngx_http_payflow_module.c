@@ -15,6 +15,7 @@
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_health.h"
 #include "ngx_http_payflow_jobs.h"
+#include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
@@ -495,6 +496,95 @@ ngx_http_payflow_db_query(ngx_http_request_t *r, ngx_uint_t n,
     st[n + 2].sql = "COMMIT";
 
     return q;
+}
+
+
+/*
+ * The list parameters of DESIGN.md section 3: limit (1-100, default 10)
+ * and one of the cursors starting_after and ending_before, object ids.
+ */
+
+ngx_int_t
+ngx_http_payflow_list_args(ngx_http_request_t *r, ngx_http_payflow_list_t *l,
+    pf_error_t *err)
+{
+    ngx_int_t    n;
+    ngx_str_t    v, *cursor;
+    ngx_uint_t   i, k;
+
+    static const char  *names[] = { "starting_after", "ending_before" };
+
+    l->limit = 10;
+    ngx_str_null(&l->after);
+    ngx_str_null(&l->before);
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
+        n = ngx_atoi(v.data, v.len);
+
+        if (n < 1 || n > 100) {
+            pf_json_param_error(err, "limit", "parameter_invalid",
+                                "limit must be an integer from 1 to 100");
+            return NGX_DECLINED;
+        }
+
+        l->limit = n;
+    }
+
+    for (k = 0; k < 2; k++) {
+        cursor = k ? &l->before : &l->after;
+
+        if (ngx_http_arg(r, (u_char *) names[k], ngx_strlen(names[k]), &v)
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        for (i = 0; i < v.len; i++) {
+            if (!(isalnum(v.data[i]) || v.data[i] == '_')) {
+                break;
+            }
+        }
+
+        if (v.len == 0 || v.len > 64 || i < v.len) {
+            pf_json_param_error(err, names[k], "parameter_invalid",
+                                "the cursor must be an object id");
+            return NGX_DECLINED;
+        }
+
+        *cursor = v;
+    }
+
+    if (l->after.len && l->before.len) {
+        pf_json_param_error(err, "ending_before", "parameter_invalid",
+                            "starting_after and ending_before cannot be "
+                            "used together");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_payflow_nullable(ngx_http_request_t *r, ngx_str_t *s)
+{
+    return s->len ? ngx_http_payflow_db_str(r->pool, s) : NULL;
+}
+
+
+char *
+ngx_http_payflow_int(ngx_http_request_t *r, ngx_int_t n)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_sprintf(p, "%i", n) = '\0';
+
+    return (char *) p;
 }
 
 
@@ -1063,6 +1153,7 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_auth_init(cf, pmcf) != NGX_OK
             || ngx_http_payflow_keys_init(pmcf) != NGX_OK
             || ngx_http_payflow_payments_init(pmcf) != NGX_OK
+            || ngx_http_payflow_lists_init(pmcf) != NGX_OK
             || ngx_http_payflow_jobs_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;

@@ -57,6 +57,15 @@ typedef enum {
 } ngx_http_payflow_cred_e;
 
 
+/* the cursor parameters of a list */
+
+typedef struct {
+    ngx_uint_t                  limit;
+    ngx_str_t                   after;
+    ngx_str_t                   before;
+} ngx_http_payflow_list_t;
+
+
 /* who is calling, as established by the access phase */
 
 typedef struct {
@@ -112,6 +121,10 @@ typedef struct {
     const pf_pg_statement_t    *refund_get;
     const pf_pg_statement_t    *pay_events;
     const pf_pg_statement_t    *jobs;
+    const pf_pg_statement_t    *pay_list;
+    const pf_pg_statement_t    *refund_list;
+    const pf_pg_statement_t    *ledger_list;
+    const pf_pg_statement_t    *balance;
 } ngx_http_payflow_statements_t;
 
 
@@ -200,6 +213,10 @@ void ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc);
 pf_pg_query_t *ngx_http_payflow_db_query(ngx_http_request_t *r,
     ngx_uint_t n, ngx_uint_t scoped);
 char *ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s);
+char *ngx_http_payflow_nullable(ngx_http_request_t *r, ngx_str_t *s);
+char *ngx_http_payflow_int(ngx_http_request_t *r, ngx_int_t n);
+ngx_int_t ngx_http_payflow_list_args(ngx_http_request_t *r,
+    ngx_http_payflow_list_t *l, pf_error_t *err);
 pf_pg_stmt_t *ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i);
 PGresult *ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i);
 ngx_int_t ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,

@@ -1,0 +1,25 @@
+
+/*
+ * Copyright (C) PayFlow
+ */
+
+
+#ifndef _NGX_HTTP_PAYFLOW_LISTS_H_INCLUDED_
+#define _NGX_HTTP_PAYFLOW_LISTS_H_INCLUDED_
+
+
+#include "ngx_http_payflow_module.h"
+
+
+ngx_int_t ngx_http_payflow_lists_init(ngx_http_payflow_main_conf_t *pmcf);
+ngx_int_t ngx_http_payflow_payments_list(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_refunds_list(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_ledger_entries(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_balance(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+
+
+#endif /* _NGX_HTTP_PAYFLOW_LISTS_H_INCLUDED_ */
