@@ -40,6 +40,8 @@ static char *ngx_http_payflow_handler(ngx_conf_t *cf, ngx_command_t *cmd,
 
 static void *ngx_http_payflow_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_payflow_max_amount(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static void *ngx_http_payflow_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -97,6 +99,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_payflow_jwt,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_max_amount"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_payflow_max_amount,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -1051,6 +1060,36 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
 }
 
 
+/* payflow_max_amount <minor units>: what one payment may be at most */
+
+static char *
+ngx_http_payflow_max_amount(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_loc_conf_t *plcf = conf;
+
+    ngx_str_t  *value;
+
+    if (plcf->max_amount != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    plcf->max_amount = ngx_atoof(value[1].data, value[1].len);
+
+    if (plcf->max_amount < 1
+        || plcf->max_amount > NGX_HTTP_PAYFLOW_MAX_AMOUNT)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_max_amount\" must be an integer from "
+                           "1 to %O", (off_t) NGX_HTTP_PAYFLOW_MAX_AMOUNT);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_payflow_create_loc_conf(ngx_conf_t *cf)
 {
@@ -1067,6 +1106,8 @@ ngx_http_payflow_create_loc_conf(ngx_conf_t *cf)
      *     plcf->kind = NGX_HTTP_PAYFLOW_NONE;
      */
 
+    plcf->max_amount = NGX_CONF_UNSET;
+
     return plcf;
 }
 
@@ -1074,13 +1115,15 @@ ngx_http_payflow_create_loc_conf(ngx_conf_t *cf)
 static char *
 ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
+    ngx_http_payflow_loc_conf_t *prev = parent;
     ngx_http_payflow_loc_conf_t *conf = child;
 
     ngx_http_payflow_main_conf_t  *pmcf;
 
-    /* the handler kind belongs to its location and is not inherited */
+    ngx_conf_merge_off_value(conf->max_amount, prev->max_amount,
+                             NGX_HTTP_PAYFLOW_MAX_AMOUNT);
 
-    (void) parent;
+    /* the handler kind belongs to its location and is not inherited */
 
     if (conf->kind < NGX_HTTP_PAYFLOW_READY
         || conf->kind == NGX_HTTP_PAYFLOW_METRICS)

@@ -153,8 +153,12 @@ typedef struct {
 } ngx_http_payflow_main_conf_t;
 
 
+#define NGX_HTTP_PAYFLOW_MAX_AMOUNT  99999999999LL
+
+
 typedef struct {
     ngx_http_payflow_kind_e     kind;
+    off_t                       max_amount;
 } ngx_http_payflow_loc_conf_t;
 
 

@@ -21,9 +21,6 @@
 #include <openssl/evp.h>
 
 
-#define NGX_HTTP_PAYFLOW_MAX_AMOUNT  99999999999LL
-
-
 typedef struct {
     const char                 *code;
     ngx_uint_t                  exponent;
@@ -313,7 +310,7 @@ ngx_int_t
 ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    u_char                         *p, hex[2 * 32 + 1];
+    u_char                         *p, *msg, hex[2 * 32 + 1];
     char                           *currency, *customer, *metadata;
     json_t                         *v, *item, *body;
     size_t                          len;
@@ -325,9 +322,11 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     pf_pg_query_t                  *q;
     ngx_http_payflow_outcome_t     *outcome;
     ngx_http_payflow_currency_t    *c;
+    ngx_http_payflow_loc_conf_t    *plcf;
     ngx_http_payflow_main_conf_t   *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_module);
     body = ctx->body;
 
     rc = pf_json_check_fields(r->pool, body,
@@ -346,10 +345,18 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     amount = json_is_integer(v) ? json_integer_value(v) : 0;
 
-    if (amount <= 0 || amount > NGX_HTTP_PAYFLOW_MAX_AMOUNT) {
+    if (amount <= 0 || amount > plcf->max_amount) {
+        msg = ngx_pnalloc(r->pool, 128);
+        if (msg == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        *ngx_snprintf(msg, 127, "amount must be a positive integer in the "
+                      "currency's minor unit, at most %O",
+                      plcf->max_amount) = '\0';
+
         return ngx_http_payflow_bad(r, "amount", "amount_invalid",
-                   "amount must be a positive integer in the currency's "
-                   "minor unit, at most 99999999999");
+                                    (char *) msg);
     }
 
     v = json_object_get(body, "currency");

@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(33);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(34);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -35,6 +35,8 @@ http {
     server {
         listen       127.0.0.1:%%PORT_8080%%;
         server_name  localhost;
+
+        payflow_max_amount 100000000;
 
         location /v1/admin/ { payflow_admin; }
         location /          { payflow_api; }
@@ -125,6 +127,11 @@ is(err(pay({ amount => 10.5, currency => 'usd' })),
 	'400 amount_invalid amount', 'a non-integer amount');
 is(err(pay({ amount => '100', currency => 'usd' })),
 	'400 amount_invalid amount', 'an amount as a string');
+my $big = pay({ amount => 100000001, currency => 'usd' });
+is(err($big) . ' ' . $big->{json}{error}{message},
+	'400 amount_invalid amount amount must be a positive integer in the '
+	. "currency's minor unit, at most 100000000",
+	'more than payflow_max_amount');
 is(err(pay({ amount => 100, currency => 'usx' })),
 	'400 currency_invalid currency', 'an unknown currency');
 is(err(pay({ amount => 100, currency => 'usd', colour => 'red' })),
