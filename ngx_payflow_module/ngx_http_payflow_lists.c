@@ -22,6 +22,8 @@ typedef struct {
 } ngx_http_payflow_arg_name_t;
 
 
+static ngx_int_t ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char *what);
 static ngx_int_t ngx_http_payflow_list_run(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char **values,
     ngx_uint_t nvalues, const char *what);
@@ -177,36 +179,12 @@ ngx_int_t
 ngx_http_payflow_refunds_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    ngx_int_t                      rc;
-    pf_error_t                     err;
-    const char                   **values;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    ngx_memzero(&err, sizeof(pf_error_t));
-
-    values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    if (values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_payflow_list_cursor(r, values, &err);
-
-    if (rc == NGX_OK) {
-        rc = ngx_http_payflow_list_id(r, "payment", "pay_", &values[3], &err);
-    }
-
-    if (rc == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (rc != NGX_OK) {
-        return ngx_http_payflow_send_error(r, &err);
-    }
-
-    return ngx_http_payflow_list_run(r, pmcf->st.refund_list, values, 4,
-                                     "listing refunds");
+    return ngx_http_payflow_list_by_payment(r, pmcf->st.refund_list,
+                                            "listing refunds");
 }
 
 
@@ -216,12 +194,24 @@ ngx_int_t
 ngx_http_payflow_ledger_entries(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    ngx_int_t                      rc;
-    pf_error_t                     err;
-    const char                   **values;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    return ngx_http_payflow_list_by_payment(r, pmcf->st.ledger_list,
+                                            "listing ledger entries");
+}
+
+
+/* a list whose one filter is an optional payment id */
+
+static ngx_int_t
+ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char *what)
+{
+    ngx_int_t     rc;
+    pf_error_t    err;
+    const char  **values;
 
     ngx_memzero(&err, sizeof(pf_error_t));
 
@@ -244,8 +234,7 @@ ngx_http_payflow_ledger_entries(ngx_http_request_t *r,
         return ngx_http_payflow_send_error(r, &err);
     }
 
-    return ngx_http_payflow_list_run(r, pmcf->st.ledger_list, values, 4,
-                                     "listing ledger entries");
+    return ngx_http_payflow_list_run(r, statement, values, 4, what);
 }
 
 
