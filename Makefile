@@ -6,7 +6,7 @@
 #   make test       install what is missing, build, run the test suite
 #                   (one file: make test T=t/002-health.t)
 #   make bench      benchmarks (wrk): return 200 vs /v1/me vs /readyz,
-#                   and the rate limiter
+#                   the rate limiter, POST /v1/payments vs pgbench
 #   make static     build a static nginx with --add-module=. (needs sources)
 #   make key ARGS="test --tenant ten_... --role developer"
 #                   mint a static key with the development pepper
@@ -74,6 +74,7 @@ test: deps build
 bench: deps build
 	@bench/run
 	@bench/ratelimit
+	@bench/payments
 
 static:
 	@scripts/static-build
