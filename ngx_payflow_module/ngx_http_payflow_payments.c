@@ -64,6 +64,10 @@ static ngx_int_t ngx_http_payflow_payments_resumed(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_idem_restored(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_idem_replay(ngx_http_request_t *r,
+    PGresult *key);
 static ngx_int_t ngx_http_payflow_idem_other(ngx_http_request_t *r,
     PGresult *key, const pf_pg_statement_t *get);
 static ngx_int_t ngx_http_payflow_money_run(ngx_http_request_t *r,
@@ -819,14 +823,67 @@ ngx_http_payflow_idem_store(ngx_http_request_t *r)
 }
 
 
+/*
+ * The key was finished by this request, or meanwhile by another (a retry
+ * resuming it too, the completer, or the first request outliving its
+ * lock): then what the key holds is the answer, so that every answer the
+ * key ever gives is the same.
+ */
+
 static ngx_int_t
 ngx_http_payflow_payments_stored(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    ngx_http_payflow_ctx_t  *ctx;
-
-    (void) q;
+    char                          *n;
+    const char                   **values;
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_main_conf_t  *pmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    n = PQcmdTuples(ngx_http_payflow_db_result(q, 0));
+
+    if (n[0] != '0') {
+        return ngx_http_payflow_send_body(r, ctx->response_status,
+                                          &ctx->response);
+    }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    /* tenant, mode and key, as idem_finish had them */
+    values = ngx_http_payflow_db_stmt(q, 0)->values;
+
+    /* a new query: its snapshot sees the other's commit */
+
+    q = ngx_http_payflow_db_query(r, 1, 1);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_get;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 3;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    return ngx_http_payflow_db_run(r, q, "reading an idempotent response",
+                                   ngx_http_payflow_idem_restored);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_idem_restored(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                *key;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    key = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(key) == 1
+        && ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0)
+    {
+        return ngx_http_payflow_idem_replay(r, key);
+    }
+
+    /* purged in between: nothing else will ever be answered */
 
     return ngx_http_payflow_send_body(r, ctx->response_status,
                                       &ctx->response);
@@ -1074,6 +1131,35 @@ ngx_http_payflow_sandbox(json_int_t amount, ngx_uint_t manual)
 }
 
 
+/* a finished key (an idem_get row): its stored response, byte for byte */
+
+static ngx_int_t
+ngx_http_payflow_idem_replay(ngx_http_request_t *r, PGresult *key)
+{
+    ngx_str_t   stored, value;
+    ngx_uint_t  status;
+
+    status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
+                      PQgetlength(key, 0, 3));
+
+    stored.len = PQgetlength(key, 0, 4);
+    stored.data = ngx_pnalloc(r->pool, stored.len);
+    if (stored.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(stored.data, PQgetvalue(key, 0, 4), stored.len);
+
+    ngx_str_set(&value, "true");
+
+    if (pf_response_add_header(r, "Idempotent-Replayed", &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_send_body(r, status, &stored);
+}
+
+
 /*
  * The key belongs to another request: a different request is refused,
  * a finished one replayed byte for byte, a running one is a 409, and one
@@ -1086,8 +1172,7 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key,
     const pf_pg_statement_t *get)
 {
     u_char                  hex[2 * 32 + 1];
-    ngx_str_t               stored, value, id;
-    ngx_uint_t              status;
+    ngx_str_t               id;
     ngx_http_payflow_ctx_t *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
@@ -1103,26 +1188,7 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key,
     }
 
     if (ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0) {
-        status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
-                          PQgetlength(key, 0, 3));
-
-        stored.len = PQgetlength(key, 0, 4);
-        stored.data = ngx_pnalloc(r->pool, stored.len);
-        if (stored.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_memcpy(stored.data, PQgetvalue(key, 0, 4), stored.len);
-
-        ngx_str_set(&value, "true");
-
-        if (pf_response_add_header(r, "Idempotent-Replayed", &value)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_payflow_send_body(r, status, &stored);
+        return ngx_http_payflow_idem_replay(r, key);
     }
 
     if (PQgetvalue(key, 0, 2)[0] == 't') {

@@ -16,7 +16,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(14);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(15);
 
 my $conf = <<'EOF';
 
@@ -140,6 +140,23 @@ is($t->psql("SELECT count(*) FROM payments WHERE tenant_id = '$tenant'")
 	. ' ' . $t->psql("SELECT count(*) FROM refunds r JOIN payments p "
 	. "ON p.id = r.payment_id WHERE p.tenant_id = '$tenant'"),
 	'1 1', 'no payment or refund made twice');
+
+# retries racing each other (and the completer) over a key whose lock has
+# just expired: one of them stores its answer, all of them send that one
+stuck('pay-1', 'pay-race', 1, '-1 second');
+my $json = '{"amount":4200,"currency":"usd"}';
+my $raw = "POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n"
+	. "Authorization: Bearer $key\r\nIdempotency-Key: pay-race\r\n"
+	. "Content-Type: application/json\r\n"
+	. 'Content-Length: ' . length($json) . "\r\nConnection: close\r\n\r\n"
+	. $json;
+my @race = http_many(5, '/v1/payments', request => $raw);
+my $stored = call('POST', '/v1/payments', \%pay,
+	headers => ['Idempotency-Key: pay-race']);
+is(join(' ', map { $_->{status} // 'none' } @race) . ' '
+	. scalar(grep { $_->{body} ne $stored->{body} } @race),
+	'200 200 200 200 200 0',
+	'five retries at once all answer what the key replays');
 
 $t->stop;
 is($t->alert_lines, 0, 'no alerts');
