@@ -3,21 +3,19 @@
 --
 -- The statements are those ngx_payflow_module/ngx_http_payflow_payments.c
 -- prepares (payflow_pay_insert_keyed, _pay_process, _pay_outcome,
--- _pay_called, _pay_get, _idem_get, _idem_finish) and the RLS scope of
--- ngx_http_payflow_keys.c (payflow_scope), sent the way
--- ngx_http_payflow_db_query() and pf_pg.c send them: each query is
--- BEGIN, the scope, the statements, COMMIT, pipelined with one Sync.
--- A keyed payment is two such round trips, as in the C code: the
--- payment, then the response stored on the key.
+-- _pay_finish, _idem_get) and the RLS scope of ngx_http_payflow_keys.c
+-- (payflow_scope), sent the way ngx_http_payflow_db_query() and pf_pg.c
+-- send them: BEGIN, the scope, the statements, COMMIT, pipelined with one
+-- Sync.  A keyed payment is one round trip: the key, the payment, its
+-- ledger and the answer stored on the key commit together.
 --
 -- $n parameters become pgbench variables (-D, see bench/payments); the
 -- ids the C code generates are built from a per-run prefix, the client
 -- and a per-client counter: pay_<run><client, counter>, 24 characters.
 -- Absent optional fields (description, customer, metadata, return_url,
 -- failure code and message) are NULL parameters in C, literals here.
--- The response stored on the key is C's own (the envelope around the
--- payment read back), taken from a real POST by bench/payments, as :body:
--- pgbench cannot \gset in a pipeline.
+-- The envelope's head and tail around the payment (:head, :tail) are
+-- C's own, cut from a real POST by bench/payments.
 
 \set seq :seq + 1
 \set u :client_id * 10000000000 + :seq
@@ -61,36 +59,23 @@ UPDATE payments SET status = :outcome,
        provider_reference = id
  WHERE id = 'pay_' || :run || lpad(:u::text, 14, '0')
    AND status = 'processing';
-UPDATE idempotency_keys SET phase = 'provider_called'
+UPDATE idempotency_keys SET phase = 'finished',
+       response_status = 200, locked_until = NULL,
+       response_body = :head || (SELECT payflow_payment_json(p)::text
+                                   FROM payments p
+                                  WHERE p.id = 'pay_' || :run
+                                               || lpad(:u::text, 14, '0'))
+                       || :tail
  WHERE tenant_id = :tenant AND livemode = :livemode::boolean
    AND key = :run || '-' || :u
    AND payment_id = 'pay_' || :run || lpad(:u::text, 14, '0')
-   AND phase = 'payment_created';
-SELECT payflow_payment_json(p)::text FROM payments p
- WHERE id = 'pay_' || :run || lpad(:u::text, 14, '0');
+   AND phase = 'payment_created'
+RETURNING response_body;
 SELECT encode(fingerprint, 'hex'), phase,
        coalesce(locked_until > now(), false), response_status,
        response_body, payment_id, request_id, object_id
   FROM idempotency_keys
  WHERE tenant_id = :tenant AND livemode = :livemode::boolean
    AND key = :run || '-' || :u;
-COMMIT;
-\endpipeline
-
-\startpipeline
-BEGIN;
-SELECT set_config('payflow.tenant_id', :tenant, true),
-       set_config('payflow.livemode', :mode, true),
-       set_config('payflow.admin', 'off', true),
-       set_config('payflow.actor_type', 'api_key', true),
-       set_config('payflow.actor_id', :key_id, true),
-       set_config('payflow.ip', :ip, true),
-       set_config('payflow.request_id',
-                  'req_' || :run || lpad(:u::text, 14, '0'), true);
-UPDATE idempotency_keys SET phase = 'finished',
-       response_status = 200::int, response_body = :body,
-       locked_until = NULL
- WHERE tenant_id = :tenant AND livemode = :livemode::boolean
-   AND key = :run || '-' || :u AND phase <> 'finished';
 COMMIT;
 \endpipeline

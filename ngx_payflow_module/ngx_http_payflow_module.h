@@ -107,7 +107,7 @@ typedef struct {
     const pf_pg_statement_t    *pay_insert_keyed;
     const pf_pg_statement_t    *pay_process;
     const pf_pg_statement_t    *pay_outcome;
-    const pf_pg_statement_t    *pay_called;
+    const pf_pg_statement_t    *pay_finish;
     const pf_pg_statement_t    *pay_get;
     const pf_pg_statement_t    *idem_get;
     const pf_pg_statement_t    *idem_finish;

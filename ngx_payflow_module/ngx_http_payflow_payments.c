@@ -64,6 +64,8 @@ static ngx_int_t ngx_http_payflow_payments_resumed(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_envelope(ngx_http_request_t *r,
+    const char **head, const char **tail);
 static ngx_int_t ngx_http_payflow_idem_restored(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_idem_replay(ngx_http_request_t *r,
@@ -193,10 +195,19 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "provider_reference = id "
         "WHERE id = $1 AND status = 'processing'", 5);
 
-    st->pay_called = pf_pg_statement_add(pmcf->db, "payflow_pay_called",
-        "UPDATE idempotency_keys SET phase = 'provider_called' "
+    /*
+     * A keyed payment's answer is stored in its own transaction: $5 and $6
+     * are the envelope around the payment's JSON, built by C as for any
+     * answer; the client is sent what the key now holds.
+     */
+    st->pay_finish = pf_pg_statement_add(pmcf->db, "payflow_pay_finish",
+        "UPDATE idempotency_keys SET phase = 'finished', "
+        "response_status = 200, locked_until = NULL, response_body = $5 || "
+        "(SELECT payflow_payment_json(p)::text FROM payments p "
+        "WHERE p.id = $4) || $6 "
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3 "
-        "AND payment_id = $4 AND phase = 'payment_created'", 4);
+        "AND payment_id = $4 AND phase = 'payment_created' "
+        "RETURNING response_body", 6);
 
     st->pay_get = pf_pg_statement_add(pmcf->db, "payflow_pay_get",
         "SELECT payflow_payment_json(p)::text FROM payments p "
@@ -298,7 +309,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
         || st->pay_process == NULL || st->pay_outcome == NULL
-        || st->pay_called == NULL || st->pay_get == NULL
+        || st->pay_finish == NULL || st->pay_get == NULL
         || st->idem_get == NULL || st->idem_finish == NULL)
     {
         return NGX_ERROR;
@@ -322,7 +333,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_uint_t                      i, manual, n, keyed;
     pf_error_t                      err;
     json_int_t                      amount;
-    const char                     *key, **values, *provider;
+    const char                     *key, **values, **finish, *provider;
     pf_pg_query_t                  *q;
     ngx_http_payflow_outcome_t     *outcome;
     ngx_http_payflow_currency_t    *c;
@@ -569,11 +580,11 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     outcome = ngx_http_payflow_sandbox(amount, manual);
 
     /*
-     * keyed:   insert_keyed, process, [outcome], called, get, idem_get
+     * keyed:   insert_keyed, process, [outcome], finish, idem_get
      * unkeyed: insert, process, [outcome], get
      */
 
-    n = 3 + (outcome->status ? 1 : 0) + (keyed ? 2 : 0);
+    n = 3 + (outcome->status ? 1 : 0) + (keyed ? 1 : 0);
 
     q = ngx_http_payflow_db_query(r, n, 1);
     if (q == NULL) {
@@ -648,32 +659,36 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     values = ngx_http_payflow_db_stmt(q, 0)->values;
 
-    if (keyed) {
-        /* tenant, livemode, key, payment */
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_called;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 4;
-        ngx_http_payflow_db_stmt(q, i)->values = ngx_pcalloc(r->pool,
-                                                       4 * sizeof(char *));
-        if (ngx_http_payflow_db_stmt(q, i)->values == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (!keyed) {
+        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_get;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
+        ngx_http_payflow_db_stmt(q, i)->values = values;
 
-        ngx_http_payflow_db_stmt(q, i)->values[0] = values[1];
-        ngx_http_payflow_db_stmt(q, i)->values[1] = values[2];
-        ngx_http_payflow_db_stmt(q, i)->values[2] = values[11];
-        ngx_http_payflow_db_stmt(q, i++)->values[3] = values[0];
+        return ngx_http_payflow_db_run(r, q, "creating a payment",
+                                       ngx_http_payflow_payments_created);
     }
 
-    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_get;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, i++)->values = values;
+    /* tenant, livemode, key, payment, envelope head and tail */
 
-    if (keyed) {
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 3;
-        ngx_http_payflow_db_stmt(q, i)->values =
-                    ngx_http_payflow_db_stmt(q, i - 2)->values;
+    finish = ngx_pcalloc(r->pool, 6 * sizeof(char *));
+    if (finish == NULL
+        || ngx_http_payflow_envelope(r, &finish[4], &finish[5]) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    finish[0] = values[1];
+    finish[1] = values[2];
+    finish[2] = values[11];
+    finish[3] = values[0];
+
+    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_finish;
+    ngx_http_payflow_db_stmt(q, i)->nparams = 6;
+    ngx_http_payflow_db_stmt(q, i++)->values = finish;
+
+    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
+    ngx_http_payflow_db_stmt(q, i)->nparams = 3;
+    ngx_http_payflow_db_stmt(q, i)->values = finish;
 
     return ngx_http_payflow_db_run(r, q, "creating a payment",
                                    ngx_http_payflow_payments_created);
@@ -683,8 +698,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    char                           *payment;
-    PGresult                       *pay, *key;
+    PGresult                       *pay, *key, *done;
     ngx_str_t                       data;
     ngx_uint_t                      n;
     ngx_http_payflow_ctx_t         *ctx;
@@ -708,24 +722,19 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
     }
 
-    pay = ngx_http_payflow_db_result(q, n - 2);
+    done = ngx_http_payflow_db_result(q, n - 2);
     key = ngx_http_payflow_db_result(q, n - 1);
+
+    if (PQntuples(done) == 1) {
+        /* this request made the payment and stored its answer */
+        ctx->response.data = (u_char *) PQgetvalue(done, 0, 0);
+        ctx->response.len = PQgetlength(done, 0, 0);
+
+        return ngx_http_payflow_send_body(r, NGX_HTTP_OK, &ctx->response);
+    }
 
     if (PQntuples(key) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    payment = PQgetvalue(key, 0, 5);
-
-    if (PQntuples(pay) == 1
-        && ngx_strncmp(payment, ctx->payment_id.data, ctx->payment_id.len)
-           == 0)
-    {
-        /* this request made the payment */
-        data.data = (u_char *) PQgetvalue(pay, 0, 0);
-        data.len = PQgetlength(pay, 0, 0);
-
-        return ngx_http_payflow_payments_finish(r, &data);
     }
 
     return ngx_http_payflow_idem_other(r, key, pmcf->st.pay_get);
@@ -775,6 +784,47 @@ ngx_http_payflow_payments_finish(ngx_http_request_t *r, ngx_str_t *data)
     ctx->response_status = NGX_HTTP_OK;
 
     return ngx_http_payflow_idem_store(r);
+}
+
+
+/*
+ * The success envelope of this request split around its data, as
+ * NUL-terminated strings: what pf_response_data_body() writes, so that an
+ * answer assembled by the database is byte for byte the one C would send.
+ */
+
+static ngx_int_t
+ngx_http_payflow_envelope(ngx_http_request_t *r, const char **head,
+    const char **tail)
+{
+    u_char     *p;
+    ngx_str_t   body, part;
+
+    static ngx_str_t  zero = ngx_string("0");
+
+    if (pf_response_data_body(r->pool, &zero, ngx_http_payflow_request_id(r),
+                              &body)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = ngx_strnstr(body.data, "\"data\":0", body.len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    part.data = body.data;
+    part.len = p + sizeof("\"data\":") - 1 - body.data;
+
+    *head = ngx_http_payflow_db_str(r->pool, &part);
+
+    part.data = p + sizeof("\"data\":0") - 1;
+    part.len = body.data + body.len - part.data;
+
+    *tail = ngx_http_payflow_db_str(r->pool, &part);
+
+    return (*head && *tail) ? NGX_OK : NGX_ERROR;
 }
 
 
