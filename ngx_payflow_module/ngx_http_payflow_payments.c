@@ -2,16 +2,18 @@
 /*
  * Copyright (C) PayFlow
  *
- * POST /v1/payments and GET /v1/payments/{id}.
+ * POST /v1/payments, GET /v1/payments/{id}, capture, cancel, refunds and
+ * the event log.
  *
  * A payment is created and confirmed in one call.  With the built-in
  * sandbox provider the whole creation is one pipelined transaction: the
  * idempotency key (when given) is inserted first and gates the payment
  * insert, the outcome's transitions follow (triggers write the events and
- * the ledger), and the payment and the key row are read back.  A second
- * round trip stores the response on the key; a replay sends those very
- * bytes.  A key left locked by a request that died is resumed from its
- * payment once the lock has expired.
+ * the ledger), and the answer is stored on the key and read back in the
+ * same transaction; a replay sends those very bytes.  Capture, cancel and
+ * refund store their answer in a second round trip; a key left locked by
+ * a request that died before that is resumed from its object once the
+ * lock has expired (or completed by the background jobs).
  */
 
 
