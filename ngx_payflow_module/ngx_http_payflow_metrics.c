@@ -12,6 +12,7 @@
 
 #include "ngx_http_payflow_metrics.h"
 #include "pf_mask.h"
+#include "ngx_http_payflow_payments.h"
 
 
 #define NGX_HTTP_PAYFLOW_M_AUTH  (NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + 14)
@@ -26,6 +27,7 @@ typedef struct {
     ngx_atomic_t                latency_sum_ms[NGX_HTTP_PAYFLOW_M_ROUTES];
     ngx_atomic_t                auth[NGX_HTTP_PAYFLOW_M_AUTH];
     ngx_atomic_t                cache[4];
+    ngx_atomic_t                idem[5];       /* ngx_http_payflow_idem_e */
     pf_pg_metrics_t             pg;
 } ngx_http_payflow_metrics_sh_t;
 
@@ -249,6 +251,10 @@ ngx_http_payflow_metrics_log(ngx_http_request_t *r)
     (void) ngx_atomic_fetch_add(&sh->requests[route][m][s], 1);
     (void) ngx_atomic_fetch_add(&sh->latency[route][b], 1);
     (void) ngx_atomic_fetch_add(&sh->latency_sum_ms[route], ms);
+
+    if (ctx && ctx->idem != NGX_HTTP_PAYFLOW_IDEM_NONE) {
+        (void) ngx_atomic_fetch_add(&sh->idem[ctx->idem], 1);
+    }
 
     return NGX_OK;
 }
@@ -485,6 +491,20 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
     for (i = 0; i < 4; i++) {
         pf_prom_printf(out, "payflow_key_cache_total{result=\"%s\"} %uA\n",
                        ngx_http_payflow_m_cache[i], sh->cache[i]);
+    }
+
+    pf_prom_family(out, "payflow_idempotency_total", "counter",
+                   "Requests with an Idempotency-Key: run and stored "
+                   "(new), answered from the key (replayed), refused "
+                   "while another holds it (in_use), or with another "
+                   "request's key (reused).");
+
+    for (i = NGX_HTTP_PAYFLOW_IDEM_NEW; i <= NGX_HTTP_PAYFLOW_IDEM_REUSED;
+         i++)
+    {
+        pf_prom_printf(out, "payflow_idempotency_total{result=\"%s\"} "
+                       "%uA\n", ngx_http_payflow_idem_names[i],
+                       sh->idem[i]);
     }
 }
 

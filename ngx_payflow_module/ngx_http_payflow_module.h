@@ -162,6 +162,17 @@ typedef struct {
 } ngx_http_payflow_loc_conf_t;
 
 
+/* what an Idempotency-Key did for a request ($payflow_idempotency) */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_IDEM_NONE = 0,
+    NGX_HTTP_PAYFLOW_IDEM_NEW,        /* ran, its answer stored */
+    NGX_HTTP_PAYFLOW_IDEM_REPLAYED,   /* the stored answer sent */
+    NGX_HTTP_PAYFLOW_IDEM_IN_USE,     /* 409: another request holds it */
+    NGX_HTTP_PAYFLOW_IDEM_REUSED      /* 422: another request's key */
+} ngx_http_payflow_idem_e;
+
+
 typedef ngx_int_t (*ngx_http_payflow_db_ok_pt)(ngx_http_request_t *r,
     pf_pg_query_t *q);
 
@@ -192,6 +203,7 @@ typedef struct {
     const void                 *money;         /* the operation running */
     ngx_str_t                   object_id;
 
+    unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;
     unsigned                    auth_done:1;

@@ -111,6 +111,11 @@ static ngx_http_payflow_outcome_t *ngx_http_payflow_sandbox(
     json_int_t amount, ngx_uint_t manual);
 
 
+const char  *ngx_http_payflow_idem_names[] = {
+    "", "new", "replayed", "in_use", "reused"
+};
+
+
 static pf_error_t  ngx_http_payflow_no_refund = {
     NGX_HTTP_NOT_FOUND, PF_ERROR_INVALID_REQUEST, "resource_missing",
     "no such refund", "id", 0
@@ -729,6 +734,7 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 
     if (PQntuples(done) == 1) {
         /* this request made the payment and stored its answer */
+        ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
         ctx->response.data = (u_char *) PQgetvalue(done, 0, 0);
         ctx->response.len = PQgetlength(done, 0, 0);
 
@@ -895,6 +901,8 @@ ngx_http_payflow_payments_stored(ngx_http_request_t *r, pf_pg_query_t *q)
     n = PQcmdTuples(ngx_http_payflow_db_result(q, 0));
 
     if (n[0] != '0') {
+        ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
+
         return ngx_http_payflow_send_body(r, ctx->response_status,
                                           &ctx->response);
     }
@@ -1007,7 +1015,13 @@ static ngx_int_t
 ngx_http_payflow_idem_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message)
 {
-    pf_error_t  err;
+    pf_error_t               err;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    ctx->idem = (status == NGX_HTTP_CONFLICT) ? NGX_HTTP_PAYFLOW_IDEM_IN_USE
+                                              : NGX_HTTP_PAYFLOW_IDEM_REUSED;
+    ctx->payment_id.len = 0;
 
     ngx_memzero(&err, sizeof(pf_error_t));
 
@@ -1188,8 +1202,28 @@ ngx_http_payflow_sandbox(json_int_t amount, ngx_uint_t manual)
 static ngx_int_t
 ngx_http_payflow_idem_replay(ngx_http_request_t *r, PGresult *key)
 {
-    ngx_str_t   stored, value;
-    ngx_uint_t  status;
+    ngx_str_t                stored, value;
+    ngx_uint_t               status;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    ctx->idem = NGX_HTTP_PAYFLOW_IDEM_REPLAYED;
+
+    /* $payflow_payment_id: the key's payment, not one this request made */
+
+    ctx->payment_id.len = 0;
+
+    if (!PQgetisnull(key, 0, 5)) {
+        value.data = (u_char *) PQgetvalue(key, 0, 5);
+        value.len = PQgetlength(key, 0, 5);
+
+        ctx->payment_id.data = ngx_pstrdup(r->pool, &value);
+        if (ctx->payment_id.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->payment_id.len = value.len;
+    }
 
     status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
                       PQgetlength(key, 0, 3));
@@ -1914,4 +1948,50 @@ ngx_http_payflow_read_one(ngx_http_request_t *r,
     ngx_http_payflow_db_stmt(q, 0)->values = values;
 
     return ngx_http_payflow_db_run(r, q, what, ok);
+}
+
+
+/*
+ * $payflow_payment_id: the payment the request made or names in its path;
+ * $payflow_idempotency: what its Idempotency-Key did (new, replayed,
+ * in_use, reused).
+ */
+
+ngx_int_t
+ngx_http_payflow_payment_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                s;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_payflow_module);
+
+    ngx_str_null(&s);
+
+    if (ctx && data == 0) {
+        s = ctx->payment_id;
+
+        if (s.len == 0 && ctx->params[0].len > 4
+            && ngx_strncmp(ctx->params[0].data, "pay_", 4) == 0)
+        {
+            s = ctx->params[0];
+        }
+
+    } else if (ctx && ctx->idem != NGX_HTTP_PAYFLOW_IDEM_NONE) {
+        s.data = (u_char *) ngx_http_payflow_idem_names[ctx->idem];
+        s.len = ngx_strlen(s.data);
+    }
+
+    if (s.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = s.data;
+    v->len = s.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
 }

@@ -26,6 +26,11 @@ ngx_int_t ngx_http_payflow_refunds_create(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_refunds_get(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_payment_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+extern const char  *ngx_http_payflow_idem_names[];
 
 
 #endif /* _NGX_HTTP_PAYFLOW_PAYMENTS_H_INCLUDED_ */

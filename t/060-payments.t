@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(34);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(38);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -32,12 +32,17 @@ http {
     payflow_key_pepper file=%%PEPPER_FILE%%;
     %%ADMIN_KEY%%
 
+    log_format  pay  '$payflow_idempotency $payflow_payment_id $status';
+
     server {
         listen       127.0.0.1:%%PORT_8080%%;
         server_name  localhost;
 
         payflow_max_amount 100000000;
 
+        access_log  %%TESTDIR%%/pay.log pay;
+
+        location = /metrics { payflow_metrics; }
         location /v1/admin/ { payflow_admin; }
         location /          { payflow_api; }
     }
@@ -184,5 +189,21 @@ is($t->psql("SELECT count(*) FROM idempotency_keys k JOIN payments p "
 	. $t->psql("SELECT count(*) FROM payments WHERE amount = 3100"),
 	'1/1', '50 concurrent requests with one key: exactly one payment');
 is(scalar(keys %bodies), 1, 'every 200 among them has the same bytes');
+
+###############################################################################
+# what keys did: $payflow_idempotency, $payflow_payment_id, the metric
+
+my $pid = $first->{json}{data}{id};
+my $log = $t->read_file('pay.log');
+like($log, qr/^new \Q$pid\E 200\n(?:.*\n)*?replayed \Q$pid\E 200$/m,
+	'the access log says new, then replayed, with the payment id');
+like($log, qr/^reused - 422$/m, 'and reused for the 422');
+
+my %m = map { /result="(\w+)"\} (\d+)/ ? ($1 => $2) : () }
+	grep { /^payflow_idempotency_total/ }
+	split /\n/, http_parse(http_get('/metrics'))->{body};
+is($m{reused}, 1, 'payflow_idempotency_total counts the reused key');
+is($m{new} + $m{replayed} + $m{in_use}, 2 + scalar(@r),
+	'and every keyed payment request');
 
 ###############################################################################
