@@ -152,7 +152,7 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
         {
             ngx_log_error(NGX_LOG_INFO, jobs->log, 0,
                           "payflow jobs: purged %s expired idempotency "
-                          "keys, completed %s abandoned ones",
+                          "keys, settled %s abandoned ones",
                           PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
         }
 

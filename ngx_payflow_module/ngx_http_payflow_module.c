@@ -1257,6 +1257,14 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    /* not in the cache manager and loader: they serve no requests */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
     if (ngx_http_payflow_auth_init_process(cycle, pmcf) != NGX_OK) {
         return NGX_ERROR;
     }

@@ -111,6 +111,7 @@ typedef struct {
     const pf_pg_statement_t    *pay_get;
     const pf_pg_statement_t    *idem_get;
     const pf_pg_statement_t    *idem_finish;
+    const pf_pg_statement_t    *idem_settle;
     const pf_pg_statement_t    *capture;
     const pf_pg_statement_t    *capture_keyed;
     const pf_pg_statement_t    *cancel;

@@ -57,11 +57,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_payments_finish(ngx_http_request_t *r,
-    ngx_str_t *data);
 static ngx_int_t ngx_http_payflow_payments_stored(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_payments_resumed(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
@@ -73,7 +69,9 @@ static ngx_int_t ngx_http_payflow_idem_restored(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_idem_replay(ngx_http_request_t *r,
     PGresult *key);
 static ngx_int_t ngx_http_payflow_idem_other(ngx_http_request_t *r,
-    PGresult *key, const pf_pg_statement_t *get);
+    PGresult *key);
+static ngx_int_t ngx_http_payflow_idem_settled(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_money_run(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_money_t *m,
     const char **values, ngx_uint_t nvalues, const char *id);
@@ -223,9 +221,15 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     st->idem_get = pf_pg_statement_add(pmcf->db, "payflow_idem_get",
         "SELECT encode(fingerprint, 'hex'), phase, "
         "coalesce(locked_until > now(), false), response_status, "
-        "response_body, payment_id, request_id, object_id "
+        "response_body, payment_id, request_id, object_id, "
+        "coalesce(xmin = pg_current_xact_id_if_assigned()::xid, false) "
         "FROM idempotency_keys "
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3", 3);
+
+    /* a key whose lock expired without an answer, settled for its retry */
+    st->idem_settle = pf_pg_statement_add(pmcf->db, "payflow_idem_settle",
+        "SELECT payflow_complete_idempotency_keys(1, $1, $2::boolean, $3)",
+        3);
 
     st->idem_finish = pf_pg_statement_add(pmcf->db, "payflow_idem_finish",
         "UPDATE idempotency_keys SET phase = 'finished', "
@@ -317,7 +321,8 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
         || st->pay_process == NULL || st->pay_outcome == NULL
         || st->pay_finish == NULL || st->pay_get == NULL
-        || st->idem_get == NULL || st->idem_finish == NULL)
+        || st->idem_get == NULL || st->idem_finish == NULL
+        || st->idem_settle == NULL)
     {
         return NGX_ERROR;
     }
@@ -705,14 +710,12 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult                       *pay, *key, *done;
-    ngx_str_t                       data;
-    ngx_uint_t                      n;
-    ngx_http_payflow_ctx_t         *ctx;
-    ngx_http_payflow_main_conf_t   *pmcf;
+    PGresult                *pay, *key, *done;
+    ngx_str_t                data;
+    ngx_uint_t               n;
+    ngx_http_payflow_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     n = q->nstmts - 3;
 
@@ -745,53 +748,7 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_idem_other(r, key, pmcf->st.pay_get);
-}
-
-
-/* the object an earlier request made, read back for its retry */
-
-static ngx_int_t
-ngx_http_payflow_payments_resumed(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult   *res;
-    ngx_str_t   data;
-
-    res = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(res) != 1) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    data.data = (u_char *) PQgetvalue(res, 0, 0);
-    data.len = PQgetlength(res, 0, 0);
-
-    return ngx_http_payflow_payments_finish(r, &data);
-}
-
-
-/*
- * The response is stored on the key before it is sent: whoever retries
- * gets these very bytes.
- */
-
-static ngx_int_t
-ngx_http_payflow_payments_finish(ngx_http_request_t *r, ngx_str_t *data)
-{
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    if (pf_response_data_body(r->pool, data, ngx_http_payflow_request_id(r),
-                              &ctx->response)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->response_status = NGX_HTTP_OK;
-
-    return ngx_http_payflow_idem_store(r);
+    return ngx_http_payflow_idem_other(r, key);
 }
 
 
@@ -1254,12 +1211,13 @@ ngx_http_payflow_idem_replay(ngx_http_request_t *r, PGresult *key)
  */
 
 static ngx_int_t
-ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key,
-    const pf_pg_statement_t *get)
+ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key)
 {
-    u_char                  hex[2 * 32 + 1];
-    ngx_str_t               id;
-    ngx_http_payflow_ctx_t *ctx;
+    u_char                         hex[2 * 32 + 1];
+    const char                   **values;
+    pf_pg_query_t                 *q;
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_main_conf_t  *pmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
@@ -1283,22 +1241,63 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key,
                    "a request with this Idempotency-Key is in progress");
     }
 
-    /* the object id: the operation's own, else the payment created */
+    /*
+     * The lock expired without an answer: the completer settles this key
+     * now (finished from the object if its operation ran, deleted if it
+     * did not), then the key is read again.
+     */
 
-    if (!PQgetisnull(key, 0, 7)) {
-        id.data = (u_char *) PQgetvalue(key, 0, 7);
-        id.len = PQgetlength(key, 0, 7);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    } else {
-        id.data = (u_char *) PQgetvalue(key, 0, 5);
-        id.len = PQgetlength(key, 0, 5);
+    q = ngx_http_payflow_db_query(r, 2, 1);
+    values = ngx_palloc(r->pool, 3 * sizeof(char *));
+
+    if (q == NULL || values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
+    values[1] = ctx->auth.livemode ? "true" : "false";
+    values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+
+    if (values[0] == NULL || values[2] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_settle;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 3;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
+    ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
+    ngx_http_payflow_db_stmt(q, 1)->values = values;
 
     ctx->db_sql_ok = 0;
 
-    return ngx_http_payflow_read_one(r, get, &id,
-                                     ngx_http_payflow_payments_resumed,
-                                     "resuming an idempotent request");
+    return ngx_http_payflow_db_run(r, q, "resuming an idempotent request",
+                                   ngx_http_payflow_idem_settled);
+}
+
+
+/* a replay if the key was finished; otherwise the retry runs afresh */
+
+static ngx_int_t
+ngx_http_payflow_idem_settled(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult  *key;
+
+    key = ngx_http_payflow_db_result(q, 1);
+
+    if (PQntuples(key) == 1
+        && ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0)
+    {
+        return ngx_http_payflow_idem_replay(r, key);
+    }
+
+    return ngx_http_payflow_idem_error(r, NGX_HTTP_CONFLICT,
+               "idempotency_key_in_use",
+               "a request with this Idempotency-Key is being settled; "
+               "retry");
 }
 
 
@@ -1459,13 +1458,13 @@ ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (PQgetisnull(key, 0, 6)
-            || ngx_strcmp(PQgetvalue(key, 0, 6),
-                          (char *) ngx_http_payflow_db_str(r->pool,
-                                      ngx_http_payflow_request_id(r)))
-               != 0)
-        {
-            return ngx_http_payflow_idem_other(r, key, m->get);
+        /*
+         * Whose key: inserted by this very transaction (its xmin), not
+         * judged by the request id, which a client may choose and repeat.
+         */
+
+        if (PQgetvalue(key, 0, 8)[0] != 't') {
+            return ngx_http_payflow_idem_other(r, key);
         }
     }
 

@@ -4,8 +4,9 @@
 # purged, and a key left half-done by a request that died (its operation
 # committed, its answer never stored) is completed with the object's state
 # once its lock expires, so that the client's retry gets an answer instead
-# of a key stuck "in progress".  Keys whose lock still holds, or with no
-# object to answer with, are left alone.
+# of a key stuck "in progress".  A key whose lock still holds is left to
+# its request; a key whose operation never ran (nothing to answer with)
+# is deleted, so that a retry runs afresh.
 
 use warnings;
 use strict;
@@ -16,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(15);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(17);
 
 my $conf = <<'EOF';
 
@@ -93,6 +94,19 @@ stuck('ref-1', 'ref-2', 1, '1 second');
 stuck('pay-1', 'pay-held', 1, '1 hour');
 stuck('pay-1', 'pay-none', 0, '-1 second');
 
+# another tenant's key naming this tenant's payment in a capture that
+# matched nothing (its client gone before the answer was stored): the
+# completer must not answer it with this tenant's payment
+$r = $t->admin_api('POST', '/v1/admin/tenants', { name => 'other' });
+my $other = $r->{json}{data}{id};
+$t->psql("INSERT INTO idempotency_keys (tenant_id, livemode, key, "
+	. "fingerprint, method, path, phase, locked_until, payment_id, "
+	. "object_id, request_id) SELECT '$other', false, 'cap-x', fingerprint, "
+	. "method, '/v1/payments/' || payment_id || '/capture', "
+	. "'provider_called', now() - interval '1 second', payment_id, "
+	. "payment_id, 'req_other' FROM idempotency_keys "
+	. "WHERE tenant_id = '$tenant' AND key = 'pay-1'");
+
 is(call('POST', '/v1/payments', \%pay,
 	headers => ['Idempotency-Key: pay-2'])->{json}{error}{code},
 	'idempotency_key_in_use', 'while the lock holds, a retry is told 409');
@@ -111,10 +125,12 @@ ok($t->poll(10, sub {
 	'the abandoned keys are completed once their locks expire');
 ok($t->poll(10, sub { $t->psql(key_sql('pay-old', 'count(*)')) eq '0' }),
 	'the expired key is purged');
+is($t->psql("SELECT count(*) FROM idempotency_keys WHERE key = 'cap-x'"),
+	0, 'another tenant\'s key never gets this tenant\'s payment');
 is($t->psql(key_sql('pay-held', 'phase')), 'provider_called',
 	'a key whose lock holds is left to its request');
-is($t->psql(key_sql('pay-none', 'phase')), 'provider_called',
-	'a key with no object to answer with is left alone');
+is($t->psql(key_sql('pay-none', 'count(*)')), 0,
+	'a key whose operation never ran is deleted: a retry runs afresh');
 
 # the client's retry now gets the object
 $r = call('POST', '/v1/payments', \%pay,
@@ -153,10 +169,14 @@ my $raw = "POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n"
 my @race = http_many(5, '/v1/payments', request => $raw);
 my $stored = call('POST', '/v1/payments', \%pay,
 	headers => ['Idempotency-Key: pay-race']);
-is(join(' ', map { $_->{status} // 'none' } @race) . ' '
-	. scalar(grep { $_->{body} ne $stored->{body} } @race),
-	'200 200 200 200 200 0',
-	'five retries at once all answer what the key replays');
+my @answered = grep { ($_->{status} // 0) == 200 } @race;
+my @waiting = grep { ($_->{json}{error}{code} // '') eq
+	'idempotency_key_in_use' } @race;
+is(scalar(@answered) + scalar(@waiting), 5,
+	'five retries at once: answered, or told to retry (409)');
+is(scalar(grep { $_->{body} ne $stored->{body} } @answered) . ' '
+	. ($stored->{headers}{'idempotent-replayed'} // '-'), '0 true',
+	'every answer is what the key replays');
 
 $t->stop;
 is($t->alert_lines, 0, 'no alerts');
