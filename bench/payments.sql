@@ -73,7 +73,8 @@ UPDATE idempotency_keys SET phase = 'finished',
 RETURNING response_body;
 SELECT encode(fingerprint, 'hex'), phase,
        coalesce(locked_until > now(), false), response_status,
-       response_body, payment_id, request_id, object_id
+       response_body, payment_id, request_id, object_id,
+       coalesce(xmin = pg_current_xact_id_if_assigned()::xid, false)
   FROM idempotency_keys
  WHERE tenant_id = :tenant AND livemode = :livemode::boolean
    AND key = :run || '-' || :u;
