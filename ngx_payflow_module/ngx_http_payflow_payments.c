@@ -913,30 +913,13 @@ ngx_int_t
 ngx_http_payflow_payments_get(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    pf_pg_query_t                  *q;
-    const char                    **values;
-    ngx_http_payflow_main_conf_t   *pmcf;
+    ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    q = ngx_http_payflow_db_query(r, 1, 1);
-    values = ngx_pcalloc(r->pool, sizeof(char *));
-
-    if (q == NULL || values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
-    if (values[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_get;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
-
-    return ngx_http_payflow_db_run(r, q, "reading a payment",
-                                   ngx_http_payflow_payments_got);
+    return ngx_http_payflow_read_one(r, pmcf->st.pay_get, &ctx->params[0],
+                                     ngx_http_payflow_payments_got,
+                                     "reading a payment");
 }
 
 
