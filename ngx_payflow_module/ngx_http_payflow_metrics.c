@@ -28,6 +28,7 @@ typedef struct {
     ngx_atomic_t                auth[NGX_HTTP_PAYFLOW_M_AUTH];
     ngx_atomic_t                cache[4];
     ngx_atomic_t                idem[5];       /* ngx_http_payflow_idem_e */
+    ngx_atomic_t                created[5];    /* m_created[] */
     pf_pg_metrics_t             pg;
 } ngx_http_payflow_metrics_sh_t;
 
@@ -79,6 +80,13 @@ static const char  *ngx_http_payflow_m_refusals[] = {
 static const char  *ngx_http_payflow_m_credentials[] = {
     "api_key", "static_key", "jwt", "admin"
 };
+
+/* what a new payment can be when its creation returns */
+static const char  *ngx_http_payflow_m_created[] = {
+    "succeeded", "requires_capture", "requires_action", "processing",
+    "failed"
+};
+
 
 static const char  *ngx_http_payflow_m_cache[] = {
     "hit", "negative", "miss", "static"
@@ -254,6 +262,20 @@ ngx_http_payflow_metrics_log(ngx_http_request_t *r)
 
     if (ctx && ctx->idem != NGX_HTTP_PAYFLOW_IDEM_NONE) {
         (void) ngx_atomic_fetch_add(&sh->idem[ctx->idem], 1);
+    }
+
+    if (ctx && ctx->created) {
+
+        /* the last, failed, also takes what is not listed */
+
+        for (b = 0; b < 4; b++) {
+            if (ngx_strcmp(ctx->outcome, ngx_http_payflow_m_created[b]) == 0)
+            {
+                break;
+            }
+        }
+
+        (void) ngx_atomic_fetch_add(&sh->created[b], 1);
     }
 
     return NGX_OK;
@@ -505,6 +527,16 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
         pf_prom_printf(out, "payflow_idempotency_total{result=\"%s\"} "
                        "%uA\n", ngx_http_payflow_idem_names[i],
                        sh->idem[i]);
+    }
+
+    pf_prom_family(out, "payflow_payments_created_total", "counter",
+                   "Payments created, by their status when the creating "
+                   "request returned.");
+
+    for (i = 0; i < 5; i++) {
+        pf_prom_printf(out, "payflow_payments_created_total{status=\"%s\"} "
+                       "%uA\n", ngx_http_payflow_m_created[i],
+                       sh->created[i]);
     }
 }
 

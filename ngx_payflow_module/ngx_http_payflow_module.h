@@ -203,8 +203,10 @@ typedef struct {
     ngx_uint_t                  response_status;
     const void                 *money;         /* the operation running */
     ngx_str_t                   object_id;
+    const char                 *outcome;       /* a new payment's status */
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
+    unsigned                    created:1;     /* made a payment: outcome */
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;
     unsigned                    auth_done:1;

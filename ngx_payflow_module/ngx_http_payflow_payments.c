@@ -590,6 +590,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     outcome = ngx_http_payflow_sandbox(amount, manual);
+    ctx->outcome = outcome->status ? outcome->status : "processing";
 
     /*
      * keyed:   insert_keyed, process, [outcome], finish, idem_get
@@ -729,6 +730,8 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         data.data = (u_char *) PQgetvalue(pay, 0, 0);
         data.len = PQgetlength(pay, 0, 0);
 
+        ctx->created = 1;
+
         return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
     }
 
@@ -738,6 +741,7 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
     if (PQntuples(done) == 1) {
         /* this request made the payment and stored its answer */
         ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
+        ctx->created = 1;
         ctx->response.data = (u_char *) PQgetvalue(done, 0, 0);
         ctx->response.len = PQgetlength(done, 0, 0);
 

@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(38);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(39);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -51,6 +51,9 @@ http {
 EOF
 
 $t->run;
+
+# the suite shares one database: this file's payments are those made since
+my $since = $t->psql('SELECT now()');
 
 sub tenant_key {
 	my ($mode) = @_;
@@ -199,11 +202,27 @@ like($log, qr/^new \Q$pid\E 200\n(?:.*\n)*?replayed \Q$pid\E 200$/m,
 	'the access log says new, then replayed, with the payment id');
 like($log, qr/^reused - 422$/m, 'and reused for the 422');
 
+my @metrics = split /\n/, http_parse(http_get('/metrics'))->{body};
 my %m = map { /result="(\w+)"\} (\d+)/ ? ($1 => $2) : () }
-	grep { /^payflow_idempotency_total/ }
-	split /\n/, http_parse(http_get('/metrics'))->{body};
+	grep { /^payflow_idempotency_total/ } @metrics;
+
 is($m{reused}, 1, 'payflow_idempotency_total counts the reused key');
 is($m{new} + $m{replayed} + $m{in_use}, 2 + scalar(@r),
 	'and every keyed payment request');
+# (a request is counted as it is logged, just after its answer is sent)
+my $want = $t->psql("SELECT count(*) || ' ' || "
+	. "count(*) FILTER (WHERE status = 'failed') FROM payments "
+	. "WHERE created_at >= '$since'");
+my $got = $t->poll(5, sub {
+	my %n = map { /status="(\w+)"\} (\d+)/ ? ($1 => $2) : () }
+		grep { /^payflow_payments_created_total/ }
+		split /\n/, http_parse(http_get('/metrics'))->{body};
+	my $sum = 0;
+	$sum += $_ for values %n;
+	my $v = "$sum $n{failed}";
+	$v eq $want ? $v : (diag("metrics say $v, payments $want"), undef)[1];
+}) // 'never';
+is($got, $want,
+	'payflow_payments_created_total: every payment, by its outcome');
 
 ###############################################################################
