@@ -62,6 +62,8 @@ static ngx_int_t ngx_http_payflow_payments_stored(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
+static const char **ngx_http_payflow_idem_values(ngx_http_request_t *r,
+    ngx_uint_t n);
 static ngx_int_t ngx_http_payflow_envelope(ngx_http_request_t *r,
     const char **head, const char **tail);
 static ngx_int_t ngx_http_payflow_idem_restored(ngx_http_request_t *r,
@@ -797,6 +799,29 @@ ngx_http_payflow_envelope(ngx_http_request_t *r, const char **head,
 }
 
 
+/* n statement parameters, the first three naming the key: tenant, mode, key */
+
+static const char **
+ngx_http_payflow_idem_values(ngx_http_request_t *r, ngx_uint_t n)
+{
+    const char              **values;
+    ngx_http_payflow_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    values = ngx_pcalloc(r->pool, n * sizeof(char *));
+    if (values == NULL) {
+        return NULL;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
+    values[1] = ctx->auth.livemode ? "true" : "false";
+    values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+
+    return (values[0] && values[2]) ? values : NULL;
+}
+
+
 /* ctx->response goes on the key, then to the client */
 
 static ngx_int_t
@@ -812,7 +837,7 @@ ngx_http_payflow_idem_store(ngx_http_request_t *r)
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     q = ngx_http_payflow_db_query(r, 1, 1);
-    values = ngx_pcalloc(r->pool, 5 * sizeof(char *));
+    values = ngx_http_payflow_idem_values(r, 5);
     p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
     if (q == NULL || values == NULL || p == NULL) {
@@ -821,13 +846,10 @@ ngx_http_payflow_idem_store(ngx_http_request_t *r)
 
     *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
 
-    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
-    values[1] = ctx->auth.livemode ? "true" : "false";
-    values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
     values[3] = (char *) p;
     values[4] = ngx_http_payflow_db_str(r->pool, &ctx->response);
 
-    if (values[0] == NULL || values[2] == NULL || values[4] == NULL) {
+    if (values[4] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1237,17 +1259,9 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key)
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     q = ngx_http_payflow_db_query(r, 2, 1);
-    values = ngx_palloc(r->pool, 3 * sizeof(char *));
+    values = ngx_http_payflow_idem_values(r, 3);
 
     if (q == NULL || values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
-    values[1] = ctx->auth.livemode ? "true" : "false";
-    values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
-
-    if (values[0] == NULL || values[2] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
