@@ -2,8 +2,8 @@
 -- Idempotency-Key, sandbox provider, automatic capture (bench/payments).
 --
 -- The statements are those ngx_payflow_module/ngx_http_payflow_payments.c
--- prepares (payflow_pay_insert_keyed, _pay_process, _pay_outcome,
--- _pay_finish, _idem_get) and the RLS scope of ngx_http_payflow_keys.c
+-- prepares (payflow_pay_insert_keyed, _pay_outcome, _pay_finish,
+-- _idem_get) and the RLS scope of ngx_http_payflow_keys.c
 -- (payflow_scope), sent the way ngx_http_payflow_db_query() and pf_pg.c
 -- send them: BEGIN, the scope, the statements, COMMIT, pipelined with one
 -- Sync.  A keyed payment is one round trip: the key, the payment, its
@@ -39,13 +39,11 @@ WITH k AS (INSERT INTO idempotency_keys (tenant_id, livemode, key,
            ON CONFLICT DO NOTHING RETURNING 1)
 INSERT INTO payments (id, tenant_id, livemode, amount, currency,
                       capture_method, provider, description, customer,
-                      metadata, return_url)
+                      metadata, return_url, status)
 SELECT 'pay_' || :run || lpad(:u::text, 14, '0'), :tenant,
        :livemode::boolean, :amount::bigint, :currency, :capture, :provider,
-       NULL, NULL::jsonb, coalesce(NULL::jsonb, '{}'), NULL FROM k;
-UPDATE payments SET status = 'processing'
- WHERE id = 'pay_' || :run || lpad(:u::text, 14, '0')
-   AND status = 'pending';
+       NULL, NULL::jsonb, coalesce(NULL::jsonb, '{}'), NULL, 'processing'
+  FROM k;
 UPDATE payments SET status = :outcome,
        amount_captured = CASE WHEN :outcome = 'succeeded'
                               THEN amount ELSE 0 END,

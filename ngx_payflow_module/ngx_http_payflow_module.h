@@ -105,7 +105,6 @@ typedef struct {
     const pf_pg_statement_t    *key_state;
     const pf_pg_statement_t    *pay_insert;
     const pf_pg_statement_t    *pay_insert_keyed;
-    const pf_pg_statement_t    *pay_process;
     const pf_pg_statement_t    *pay_outcome;
     const pf_pg_statement_t    *pay_finish;
     const pf_pg_statement_t    *pay_get;

@@ -163,13 +163,19 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
     st = &pmcf->st;
 
+    /*
+     * The provider is called in the same transaction, so the payment goes
+     * in as processing; the event trigger logs payment.created and then
+     * payment.processing.
+     */
+
 #define NGX_HTTP_PAYFLOW_PAY_COLS                                             \
     "id, tenant_id, livemode, amount, currency, capture_method, provider, "  \
-    "description, customer, metadata, return_url"
+    "description, customer, metadata, return_url, status"
 
 #define NGX_HTTP_PAYFLOW_PAY_VALUES                                           \
     "$1, $2, $3::boolean, $4::bigint, $5, $6, $7, $8, $9::jsonb, "           \
-    "coalesce($10::jsonb, '{}'), $11"
+    "coalesce($10::jsonb, '{}'), $11, 'processing'"
 
     st->pay_insert = pf_pg_statement_add(pmcf->db, "payflow_pay_insert",
         "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") VALUES ("
@@ -185,10 +191,6 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "$1) ON CONFLICT DO NOTHING RETURNING 1) "
         "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") SELECT "
         NGX_HTTP_PAYFLOW_PAY_VALUES " FROM k", 13);
-
-    st->pay_process = pf_pg_statement_add(pmcf->db, "payflow_pay_process",
-        "UPDATE payments SET status = 'processing' "
-        "WHERE id = $1 AND status = 'pending'", 1);
 
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "
@@ -321,7 +323,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     }
 
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
-        || st->pay_process == NULL || st->pay_outcome == NULL
+        || st->pay_outcome == NULL
         || st->pay_finish == NULL || st->pay_get == NULL
         || st->idem_get == NULL || st->idem_finish == NULL
         || st->idem_settle == NULL)
@@ -595,11 +597,11 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ctx->outcome = outcome->status ? outcome->status : "processing";
 
     /*
-     * keyed:   insert_keyed, process, [outcome], finish, idem_get
-     * unkeyed: insert, process, [outcome], get
+     * keyed:   insert_keyed, [outcome], finish, idem_get
+     * unkeyed: insert, [outcome], get
      */
 
-    n = 3 + (outcome->status ? 1 : 0) + (keyed ? 1 : 0);
+    n = 2 + (outcome->status ? 1 : 0) + (keyed ? 1 : 0);
 
     q = ngx_http_payflow_db_query(r, n, 1);
     if (q == NULL) {
@@ -649,10 +651,6 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         ngx_http_payflow_db_stmt(q, i)->nparams = 11;
     }
 
-    ngx_http_payflow_db_stmt(q, i++)->values = values;
-
-    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_process;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 1;
     ngx_http_payflow_db_stmt(q, i++)->values = values;
 
     if (outcome->status) {

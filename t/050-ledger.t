@@ -17,7 +17,7 @@ use Test::More;
 use Time::HiRes qw/sleep/;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_pg->plan(26);
+my $t = PayFlow::Test->new->has_pg->plan(29);
 
 my $A = 'ten_' . ('A' x 20) . sprintf('%04d', $$ % 10000);
 my $B = 'ten_' . ('B' x 20) . sprintf('%04d', $$ % 10000);
@@ -100,6 +100,31 @@ is($out, "partially_refunded|400\n", 'the payment is partially refunded');
 is($out, "payment.created payment.processing payment.succeeded "
 	. "refund.created refund.succeeded payment.partially_refunded\n",
 	'every transition appended its event');
+
+(undef, $out) = app($A, "SELECT count(*) FILTER (WHERE id !~ "
+	. "'^evt_[0-9A-Za-z]{24}\$'), count(DISTINCT id) FROM payment_events "
+	. "WHERE payment_id = '$p'; SELECT count(*) FILTER (WHERE id !~ "
+	. "'^le_[0-9A-Za-z]{24}\$' OR transaction_id !~ "
+	. "'^ltx_[0-9A-Za-z]{24}\$') FROM ledger_entries "
+	. "WHERE payment_id = '$p';");
+is($out, "0|6\n0\n", 'event and ledger ids: prefix and 24 base62 '
+	. 'characters, all different');
+
+# inserted straight into processing (the provider is called in the same
+# transaction): the log still shows both steps
+my $q = id('pay');
+($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, livemode, "
+	. "amount, currency, provider, status) VALUES ('$q', '$A', false, 7, "
+	. "'USD', 'sandbox', 'processing'); SELECT string_agg(type || ' ' "
+	. "|| coalesce(from_status, '-') || ' ' || to_status, ', ' "
+	. "ORDER BY created_at) FROM payment_events WHERE payment_id = '$q';");
+is($out, "payment.created - pending, payment.processing pending "
+	. "processing\n", 'a payment inserted processing logs created, then '
+	. 'processing') or diag($out);
+($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, livemode, "
+	. "amount, currency, provider, status) VALUES ('" . id('pay')
+	. "', '$A', false, 7, 'USD', 'sandbox', 'succeeded');");
+like($out, qr/PF001/, 'a payment cannot be inserted succeeded (PF001)');
 
 (undef, $out) = app($A, "SELECT string_agg(account || ' ' || direction "
 	. "|| ' ' || amount, ', ' ORDER BY seq) FROM ledger_entries "
