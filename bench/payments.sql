@@ -50,11 +50,10 @@ UPDATE payments SET status = :outcome,
        amount_capturable = CASE WHEN :outcome = 'requires_capture'
                                 THEN amount ELSE 0 END,
        failure_code = NULL, failure_message = NULL,
-       next_action = CASE WHEN :action THEN jsonb_build_object('type',
-           'redirect_to_url', 'redirect_url',
-           'https://sandbox.payflow.invalid/authenticate/' || id,
-           'return_url', return_url) END,
-       provider_reference = id
+       next_action = CASE WHEN NULL::text IS NOT NULL THEN
+           jsonb_build_object('type', 'redirect_to_url', 'redirect_url',
+                              NULL::text, 'return_url', return_url) END,
+       provider_reference = coalesce(NULL, id)
  WHERE id = 'pay_' || :run || lpad(:u::text, 14, '0')
    AND status = 'processing';
 UPDATE idempotency_keys SET phase = 'finished',

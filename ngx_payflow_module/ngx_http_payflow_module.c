@@ -19,6 +19,7 @@
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_providers.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -106,6 +107,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_payflow_max_amount,
       NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_provider"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_payflow_provider,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -1275,6 +1283,11 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    pmcf->curl = pf_curl_create(cycle);
+    if (pmcf->curl == NULL) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1300,6 +1313,9 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }
+
+    pf_curl_destroy(pmcf->curl);
+    pmcf->curl = NULL;
 
     ngx_http_payflow_auth_exit_process(pmcf);
 }

@@ -13,6 +13,7 @@
 #include "pf_common.h"
 #include "pf_conf.h"
 #include "pf_crypto.h"
+#include "pf_curl.h"
 #include "pf_id.h"
 #include "pf_json.h"
 #include "pf_jwt.h"
@@ -150,6 +151,9 @@ typedef struct {
     ngx_shm_zone_t             *metrics;
 
     ngx_msec_t                  jobs_interval;
+
+    ngx_array_t                 providers;     /* provider_t */
+    pf_curl_t                  *curl;          /* this worker's */
 } ngx_http_payflow_main_conf_t;
 
 
@@ -175,6 +179,8 @@ typedef enum {
 
 typedef ngx_int_t (*ngx_http_payflow_db_ok_pt)(ngx_http_request_t *r,
     pf_pg_query_t *q);
+typedef ngx_int_t (*ngx_http_payflow_provider_ok_pt)(ngx_http_request_t *r,
+    pf_curl_call_t *call);
 
 
 typedef struct {
@@ -203,6 +209,10 @@ typedef struct {
     const void                 *money;         /* the operation running */
     ngx_str_t                   object_id;
     const char                 *outcome;       /* a new payment's status */
+    const void                 *provider;      /* the payment's provider */
+    void                       *charge;
+    pf_curl_call_t             *call;          /* to the provider */
+    ngx_http_payflow_provider_ok_pt  provider_ok;
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    created:1;     /* made a payment: outcome */

@@ -19,6 +19,7 @@
 
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_auth.h"
+#include "ngx_http_payflow_providers.h"
 
 #include <openssl/evp.h>
 
@@ -45,6 +46,10 @@ typedef struct {
 } ngx_http_payflow_money_t;
 
 
+#define NGX_HTTP_PAYFLOW_SANDBOX_ACTION                                       \
+    "https://sandbox.payflow.invalid/authenticate/"
+
+
 /* what the sandbox does, chosen by the last two digits of the amount */
 
 typedef struct {
@@ -57,6 +62,13 @@ typedef struct {
 
 static ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
     pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_payments_settle(ngx_http_request_t *r,
+    pf_pg_query_t *q, ngx_uint_t i,
+    ngx_http_payflow_provider_result_t *res);
+static ngx_int_t ngx_http_payflow_payments_started(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_payments_charged(ngx_http_request_t *r,
+    pf_curl_call_t *call);
 static ngx_int_t ngx_http_payflow_payments_stored(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
@@ -124,7 +136,7 @@ static pf_error_t  ngx_http_payflow_no_refund = {
 
 static const char  *ngx_http_payflow_payment_fields[] = {
     "amount", "currency", "description", "customer", "metadata",
-    "capture_method", "provider", "return_url", NULL
+    "capture_method", "provider", "payment_method", "return_url", NULL
 };
 
 static const char  *ngx_http_payflow_customer_fields[] = {
@@ -198,11 +210,11 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "amount_capturable = CASE WHEN $2 = 'requires_capture' "
         "THEN amount ELSE 0 END, "
         "failure_code = $3, failure_message = $4, "
-        "next_action = CASE WHEN $5 THEN jsonb_build_object('type', "
-        "'redirect_to_url', 'redirect_url', 'https://sandbox.payflow.invalid"
-        "/authenticate/' || id, 'return_url', return_url) END, "
-        "provider_reference = id "
-        "WHERE id = $1 AND status = 'processing'", 5);
+        "next_action = CASE WHEN $5::text IS NOT NULL THEN "
+        "jsonb_build_object('type', 'redirect_to_url', 'redirect_url', $5, "
+        "'return_url', return_url) END, "
+        "provider_reference = coalesce($6, id) "
+        "WHERE id = $1 AND status = 'processing'", 6);
 
     /*
      * A keyed payment's answer is stored in its own transaction: $5 and $6
@@ -349,9 +361,14 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_uint_t                      i, manual, n, keyed;
     pf_error_t                      err;
     json_int_t                      amount;
+    ngx_str_t                       name;
     const char                     *key, **values, **finish, *provider;
+    const char                     *method;
     pf_pg_query_t                  *q;
     ngx_http_payflow_outcome_t     *outcome;
+    ngx_http_payflow_charge_t      *charge;
+    ngx_http_payflow_provider_t    *pv;
+    ngx_http_payflow_provider_result_t  res;
     ngx_http_payflow_currency_t    *c;
     ngx_http_payflow_loc_conf_t    *plcf;
     ngx_http_payflow_main_conf_t   *pmcf;
@@ -446,20 +463,57 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         }
     }
 
-    provider = "sandbox";
+    pv = NULL;
     v = json_object_get(body, "provider");
 
-    if (v && (!json_is_string(v)
-              || ngx_strcmp(json_string_value(v), "sandbox") != 0))
-    {
-        return ngx_http_payflow_bad(r, "provider", "provider_unavailable",
-                   "the only provider configured is \"sandbox\"");
+    if (v && !json_is_string(v)) {
+        return ngx_http_payflow_bad(r, "provider", "parameter_invalid",
+                                    "provider must be a string");
     }
 
-    if (ctx->auth.livemode) {
+    if (v && ngx_strcmp(json_string_value(v), "sandbox") != 0) {
+        name.data = (u_char *) json_string_value(v);
+        name.len = json_string_length(v);
+
+        pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+        if (pv == NULL) {
+            return ngx_http_payflow_bad(r, "provider", "provider_unavailable",
+                       ctx->auth.livemode
+                       ? "no such provider is configured for live mode"
+                       : "no such provider is configured for test mode");
+        }
+
+    } else if (v == NULL && ctx->auth.livemode) {
+        pv = ngx_http_payflow_provider_default(pmcf, 1);
+    }
+
+    if (pv == NULL && ctx->auth.livemode) {
         /* the sandbox never moves real money */
         return ngx_http_payflow_bad(r, "provider", "provider_unavailable",
                    "no provider is configured for live mode");
+    }
+
+    provider = pv ? (const char *) pv->name.data : "sandbox";
+
+    method = NULL;
+    v = json_object_get(body, "payment_method");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || json_string_length(v) == 0
+            || json_string_length(v) > 255)
+        {
+            return ngx_http_payflow_bad(r, "payment_method",
+                       "parameter_invalid",
+                       "payment_method must be a provider's payment method "
+                       "id of 1 to 255 characters");
+        }
+
+        method = json_string_value(v);
+    }
+
+    if (pv && pv->adapter->needs_payment_method && method == NULL) {
+        return ngx_http_payflow_bad(r, "payment_method", "parameter_missing",
+                   "payment_method is required for this provider");
     }
 
     v = json_object_get(body, "description");
@@ -593,21 +647,6 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    outcome = ngx_http_payflow_sandbox(amount, manual);
-    ctx->outcome = outcome->status ? outcome->status : "processing";
-
-    /*
-     * keyed:   insert_keyed, [outcome], finish, idem_get
-     * unkeyed: insert, [outcome], get
-     */
-
-    n = 2 + (outcome->status ? 1 : 0) + (keyed ? 1 : 0);
-
-    q = ngx_http_payflow_db_query(r, n, 1);
-    if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     values = ngx_pcalloc(r->pool, 13 * sizeof(char *));
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -633,8 +672,6 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     *ngx_sprintf((u_char *) values[3], "%L", (int64_t) amount) = '\0';
 
-    i = 0;
-
     if (keyed) {
         values[11] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
         values[12] = (char *) ngx_pstrdup(r->pool, &(ngx_str_t)
@@ -642,58 +679,177 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         if (values[11] == NULL || values[12] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_insert_keyed;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 13;
-
-    } else {
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_insert;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 11;
     }
 
-    ngx_http_payflow_db_stmt(q, i++)->values = values;
+    if (pv) {
+        /*
+         * A provider over the network: the payment (and key) commit first,
+         * so that a crash during the call leaves a processing payment to
+         * verify, never a charge nobody knows of.
+         */
 
-    if (outcome->status) {
-        values = ngx_pcalloc(r->pool, 5 * sizeof(char *));
-        if (values == NULL) {
+        charge = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_charge_t));
+        if (charge == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        values[0] = ngx_http_payflow_db_stmt(q, 0)->values[0];
-        values[1] = outcome->status;
-        values[2] = outcome->code;
-        values[3] = outcome->message;
-        values[4] = outcome->action ? "true" : "false";
+        charge->payment_id = ctx->payment_id;
+        charge->amount = amount;
+        charge->currency = currency;
+        charge->payment_method = method;
+        charge->description = values[7];
+        charge->return_url = values[10];
+        charge->manual = manual;
 
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_outcome;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 5;
-        ngx_http_payflow_db_stmt(q, i++)->values = values;
-    }
+        v = json_object_get(json_object_get(body, "customer"), "email");
+        charge->email = json_is_string(v) ? json_string_value(v) : NULL;
 
-    values = ngx_http_payflow_db_stmt(q, 0)->values;
+        ctx->provider = pv;
+        ctx->charge = charge;
+        ctx->outcome = "processing";
 
-    if (!keyed) {
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_get;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
-        ngx_http_payflow_db_stmt(q, i)->values = values;
+        q = ngx_http_payflow_db_query(r, keyed ? 2 : 1, 1);
+        if (q == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_payflow_db_stmt(q, 0)->statement =
+                        keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
+        ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 13 : 11;
+        ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+        if (keyed) {
+            finish = ngx_palloc(r->pool, 3 * sizeof(char *));
+            if (finish == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            finish[0] = values[1];
+            finish[1] = values[2];
+            finish[2] = values[11];
+
+            ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
+            ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
+            ngx_http_payflow_db_stmt(q, 1)->values = finish;
+        }
 
         return ngx_http_payflow_db_run(r, q, "creating a payment",
-                                       ngx_http_payflow_payments_created);
+                                       ngx_http_payflow_payments_started);
     }
+
+    outcome = ngx_http_payflow_sandbox(amount, manual);
+
+    ngx_memzero(&res, sizeof(ngx_http_payflow_provider_result_t));
+    res.status = outcome->status;
+    res.code = outcome->code;
+    res.message = outcome->message;
+
+    if (outcome->action) {
+        res.redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION) - 1
+                               + ctx->payment_id.len;
+        res.redirect_url.data = ngx_pnalloc(r->pool, res.redirect_url.len);
+        if (res.redirect_url.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        (void) ngx_sprintf(res.redirect_url.data,
+                           NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V",
+                           &ctx->payment_id);
+    }
+
+    /*
+     * The sandbox is in-process: one transaction does it all.
+     * keyed:   insert_keyed, [outcome], finish, idem_get
+     * unkeyed: insert, [outcome], get
+     */
+
+    n = 1 + (res.status ? 1 : 0) + (keyed ? 2 : 1);
+
+    q = ngx_http_payflow_db_query(r, n, 1);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement =
+                        keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 13 : 11;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    if (ngx_http_payflow_payments_settle(r, q, 1, &res) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_db_run(r, q, "creating a payment",
+                                   ngx_http_payflow_payments_created);
+}
+
+
+/*
+ * Statements from i on that record a new payment's outcome and read its
+ * answer: [outcome], then finish and idem_get with a key, or get.
+ */
+
+static ngx_int_t
+ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
+    ngx_uint_t i, ngx_http_payflow_provider_result_t *res)
+{
+    const char                    **values, **finish;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    ctx->outcome = res->status ? res->status : "processing";
 
     /* tenant, livemode, key, payment, envelope head and tail */
 
     finish = ngx_pcalloc(r->pool, 6 * sizeof(char *));
-    if (finish == NULL
-        || ngx_http_payflow_envelope(r, &finish[4], &finish[5]) != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (finish == NULL) {
+        return NGX_ERROR;
     }
 
-    finish[0] = values[1];
-    finish[1] = values[2];
-    finish[2] = values[11];
-    finish[3] = values[0];
+    finish[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
+    finish[1] = ctx->auth.livemode ? "true" : "false";
+    finish[3] = ngx_http_payflow_db_str(r->pool, &ctx->payment_id);
+
+    if (finish[0] == NULL || finish[3] == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (res->status) {
+        values = ngx_pcalloc(r->pool, 6 * sizeof(char *));
+        if (values == NULL) {
+            return NGX_ERROR;
+        }
+
+        values[0] = finish[3];
+        values[1] = res->status;
+        values[2] = res->code;
+        values[3] = res->message;
+        values[4] = ngx_http_payflow_nullable(r, &res->redirect_url);
+        values[5] = ngx_http_payflow_nullable(r, &res->reference);
+
+        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_outcome;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 6;
+        ngx_http_payflow_db_stmt(q, i++)->values = values;
+    }
+
+    if (ctx->idem_key.len == 0) {
+        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_get;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
+        ngx_http_payflow_db_stmt(q, i)->values = &finish[3];
+
+        return NGX_OK;
+    }
+
+    finish[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+
+    if (finish[2] == NULL
+        || ngx_http_payflow_envelope(r, &finish[4], &finish[5]) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_finish;
     ngx_http_payflow_db_stmt(q, i)->nparams = 6;
@@ -703,7 +859,82 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_http_payflow_db_stmt(q, i)->nparams = 3;
     ngx_http_payflow_db_stmt(q, i)->values = finish;
 
-    return ngx_http_payflow_db_run(r, q, "creating a payment",
+    return NGX_OK;
+}
+
+
+/* the payment (and its key) committed: now the provider */
+
+static ngx_int_t
+ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                     *key;
+    pf_curl_call_t               *call;
+    ngx_http_payflow_ctx_t       *ctx;
+    ngx_http_payflow_provider_t  *pv;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pv = (ngx_http_payflow_provider_t *) ctx->provider;
+
+    if (ctx->idem_key.len) {
+        key = ngx_http_payflow_db_result(q, 1);
+
+        if (PQntuples(key) != 1) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (PQgetvalue(key, 0, 8)[0] != 't') {
+            /* another request's key: it made the payment, not this one */
+            return ngx_http_payflow_idem_other(r, key);
+        }
+    }
+
+    ctx->created = 1;
+
+    call = ngx_http_payflow_provider_call(r, pv);
+    if (call == NULL
+        || pv->adapter->charge(pv, ctx->charge, call) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_provider_run(r, call,
+                                         ngx_http_payflow_payments_charged);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_payments_charged(ngx_http_request_t *r,
+    pf_curl_call_t *call)
+{
+    ngx_uint_t                           n;
+    pf_pg_query_t                       *q;
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_provider_t         *pv;
+    ngx_http_payflow_provider_result_t   res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pv = (ngx_http_payflow_provider_t *) ctx->provider;
+
+    pv->adapter->charged(pv, call, &res);
+
+    if (res.status == NULL) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "payflow provider: payment %V at \"%V\" is undecided "
+                      "(%s), it stays processing until verified",
+                      &ctx->payment_id, &pv->name, res.code);
+    }
+
+    n = (res.status ? 1 : 0) + (ctx->idem_key.len ? 2 : 1);
+
+    q = ngx_http_payflow_db_query(r, n, 1);
+    if (q == NULL
+        || ngx_http_payflow_payments_settle(r, q, 0, &res) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_db_run(r, q, "recording a provider's answer",
                                    ngx_http_payflow_payments_created);
 }
 

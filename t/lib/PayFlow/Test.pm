@@ -113,6 +113,24 @@ sub has_pg {
 	return $self;
 }
 
+# Debian's lua-nginx-module (libnginx-mod-http-lua), for the provider
+# emulators in t/emulators
+my @LUA_MODULES = ('/usr/lib/nginx/modules/ndk_http_module.so',
+	'/usr/lib/nginx/modules/ngx_http_lua_module.so');
+
+sub has_lua {
+	my ($self) = @_;
+	for my $m (@LUA_MODULES) {
+		push @{$self->{skip}}, "$m not found (libnginx-mod-http-lua)"
+			unless -f $m;
+	}
+	return $self;
+}
+
+sub lua_modules {
+	return join '', map { "load_module $_;\n" } @LUA_MODULES;
+}
+
 sub has_ssl {
 	my ($self) = @_;
 	push @{$self->{skip}}, 'IO::Socket::SSL not installed'
@@ -233,6 +251,8 @@ sub expand {
 	$text =~ s/%%PG_CONNINFO%%/pg_conninfo()/ge;
 	$text =~ s/%%PG_PASSWORD_FILE%%/$ENV{PAYFLOW_PG_PASSWORD_FILE} \/\/ ''/ge;
 	$text =~ s/%%TESTDIR%%/$self->{dir}/g;
+	$text =~ s/%%LUA_MODULES%%/lua_modules()/ge;
+	$text =~ s/%%EMULATORS%%/$FindBin::Bin\/emulators/g;
 	$text =~ s/%%PEPPER_FILE%%/$self->pepper_file/ge;
 	$text =~ s/%%REDIS_PORT%%/$ENV{PAYFLOW_REDIS_PORT} \/\/ ''/ge;
 	$text =~ s/%%ADMIN_KEY%%/'payflow_admin_key ' . $self->admin_hash . ';'/ge;

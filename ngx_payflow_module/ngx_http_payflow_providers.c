@@ -1,0 +1,425 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * Payment providers: the "payflow_provider" directive, finding a payment's
+ * provider, and calls to providers from a request.
+ *
+ * A provider call suspends the request as a database query does and
+ * resumes it from curl's completion.  A client that disconnects meanwhile
+ * does not cancel the call: the request lives on until the provider's
+ * answer is in the database, since that answer may be money moved.
+ */
+
+
+#include "ngx_http_payflow_providers.h"
+
+
+static void ngx_http_payflow_provider_done(pf_curl_call_t *call);
+
+
+static const ngx_http_payflow_adapter_t  *ngx_http_payflow_adapters[] = {
+    &ngx_http_payflow_stripe_adapter,
+    NULL
+};
+
+
+/*
+ * payflow_provider <name> type=<stripe> [mode=test|live] [base_url=<url>]
+ *     [secret_file=<path> | secret_env=<NAME>] [connect_timeout=<time>]
+ *     [timeout=<time>] [ca_file=<path>];
+ */
+
+char *
+ngx_http_payflow_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    u_char                               *p;
+    ngx_str_t                            *value, spec, s;
+    ngx_int_t                             ms;
+    ngx_uint_t                            i;
+    ngx_http_payflow_provider_t          *pv, *other;
+    const ngx_http_payflow_adapter_t    **a;
+
+    value = cf->args->elts;
+
+    if (pmcf->providers.elts == NULL
+        && ngx_array_init(&pmcf->providers, cf->pool, 4,
+                          sizeof(ngx_http_payflow_provider_t))
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    pv = ngx_array_push(&pmcf->providers);
+    if (pv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(pv, sizeof(ngx_http_payflow_provider_t));
+
+    pv->name = value[1];
+    pv->connect_timeout = 2000;
+    pv->timeout = 10000;
+
+    if (pv->name.len == 0 || pv->name.len > 32
+        || ngx_strcmp(pv->name.data, "sandbox") == 0)
+    {
+        goto invalid_name;
+    }
+
+    for (p = pv->name.data; p < pv->name.data + pv->name.len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')
+              || *p == '_'))
+        {
+            goto invalid_name;
+        }
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "type=", 5) == 0) {
+            for (a = ngx_http_payflow_adapters; *a; a++) {
+                if (ngx_strcmp(value[i].data + 5, (*a)->type) == 0) {
+                    pv->adapter = *a;
+                    break;
+                }
+            }
+
+            if (pv->adapter == NULL) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "payflow_provider: unknown type \"%s\", "
+                                   "expected \"stripe\"", value[i].data + 5);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "mode=test") == 0) {
+            pv->livemode = 0;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "mode=live") == 0) {
+            pv->livemode = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "base_url=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            while (s.len && s.data[s.len - 1] == '/') {
+                s.len--;
+            }
+
+            if (ngx_strncmp(s.data, "https://", 8) != 0
+                && ngx_strncmp(s.data, "http://", 7) != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "payflow_provider: base_url \"%V\" is "
+                                   "not an http(s) URL", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            pv->base_url = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "secret_file=", 12) == 0
+            || ngx_strncmp(value[i].data, "secret_env=", 11) == 0)
+        {
+            /* pf_conf_secret() reads "file=..." and "env=..." */
+            spec.data = value[i].data + sizeof("secret_") - 1;
+            spec.len = value[i].len - (sizeof("secret_") - 1);
+
+            if (pf_conf_secret(cf, "payflow_provider", &spec, 1,
+                               &pv->secret)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0
+            || ngx_strncmp(value[i].data, "timeout=", 8) == 0)
+        {
+            s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "payflow_provider: invalid \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (value[i].data[0] == 'c') {
+                pv->connect_timeout = (ngx_msec_t) ms;
+
+            } else {
+                pv->timeout = (ngx_msec_t) ms;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "ca_file=", 8) == 0) {
+            pv->ca_file.data = value[i].data + 8;
+            pv->ca_file.len = value[i].len - 8;
+
+            if (ngx_conf_full_name(cf->cycle, &pv->ca_file, 1) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_provider: invalid parameter \"%V\"",
+                           &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (pv->adapter == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_provider \"%V\": \"type=\" is required",
+                           &pv->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (pv->secret.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_provider \"%V\": \"secret_file=\" or "
+                           "\"secret_env=\" is required", &pv->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (pv->base_url.len == 0) {
+        pv->base_url = pv->adapter->default_url;
+    }
+
+    other = pmcf->providers.elts;
+
+    for (i = 0; i + 1 < pmcf->providers.nelts; i++) {
+        if (other[i].name.len == pv->name.len
+            && ngx_strcmp(other[i].name.data, pv->name.data) == 0
+            && other[i].livemode == pv->livemode)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "payflow_provider \"%V\" is duplicate for "
+                               "%s mode", &pv->name,
+                               pv->livemode ? "live" : "test");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+
+invalid_name:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "payflow_provider: invalid name \"%V\": 1 to 32 of "
+                       "a-z, 0-9 and _, and not \"sandbox\"", &value[1]);
+    return NGX_CONF_ERROR;
+}
+
+
+ngx_http_payflow_provider_t *
+ngx_http_payflow_provider_find(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_str_t *name, ngx_uint_t livemode)
+{
+    ngx_uint_t                    i;
+    ngx_http_payflow_provider_t  *pv;
+
+    pv = pmcf->providers.elts;
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        if (pv[i].livemode == livemode && pv[i].name.len == name->len
+            && ngx_strncmp(pv[i].name.data, name->data, name->len) == 0)
+        {
+            return &pv[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the first provider configured for the mode */
+
+ngx_http_payflow_provider_t *
+ngx_http_payflow_provider_default(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_uint_t livemode)
+{
+    ngx_uint_t                    i;
+    ngx_http_payflow_provider_t  *pv;
+
+    pv = pmcf->providers.elts;
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        if (pv[i].livemode == livemode) {
+            return &pv[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+pf_curl_call_t *
+ngx_http_payflow_provider_call(ngx_http_request_t *r,
+    ngx_http_payflow_provider_t *p)
+{
+    ngx_str_t       *id;
+    pf_curl_call_t  *call;
+
+    call = ngx_pcalloc(r->pool, sizeof(pf_curl_call_t));
+    if (call == NULL) {
+        return NULL;
+    }
+
+    call->pool = r->pool;
+    call->log = r->connection->log;
+    call->connect_timeout = p->connect_timeout;
+    call->timeout = p->timeout;
+    call->ca_file = p->ca_file;
+    call->max_response = 256 * 1024;
+
+    /* the request id travels, so the provider's logs can be matched */
+
+    id = ngx_http_payflow_request_id(r);
+
+    if (id && pf_curl_header(call, "X-Request-Id", id) != NGX_OK) {
+        return NULL;
+    }
+
+    return call;
+}
+
+
+ngx_int_t
+ngx_http_payflow_provider_run(ngx_http_request_t *r, pf_curl_call_t *call,
+    ngx_http_payflow_provider_ok_pt ok)
+{
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    call->handler = ngx_http_payflow_provider_done;
+    call->data = r;
+
+    if (pf_curl_start(pmcf->curl, call) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "payflow provider: could not start a call to %V",
+                      &call->url);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->call = call;
+    ctx->provider_ok = ok;
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_payflow_provider_done(pf_curl_call_t *call)
+{
+    ngx_int_t                rc;
+    ngx_http_request_t      *r;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    r = call->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ctx->call = NULL;
+
+    if (call->result != PF_CURL_OK) {
+        /* the URL holds no secret: credentials travel in headers */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "payflow provider: %s %V failed after %M ms: %s",
+                      call->method, &call->url, call->elapsed,
+                      call->error ? call->error : "response too large");
+    }
+
+    rc = ctx->provider_ok(r, call);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+/* a call that got no HTTP answer, in PayFlow's terms */
+
+void
+ngx_http_payflow_provider_transport(pf_curl_call_t *call,
+    ngx_http_payflow_provider_result_t *res)
+{
+    ngx_memzero(res, sizeof(ngx_http_payflow_provider_result_t));
+
+    if (call->result == PF_CURL_NOT_SENT) {
+        /* nothing reached the provider: no money can have moved */
+        res->status = "failed";
+        res->code = "provider_unavailable";
+        res->message = "the provider could not be reached";
+        res->not_taken = 1;
+        res->retry = 1;
+        return;
+    }
+
+    /* sent, and then silence: only the provider knows; stays processing */
+    res->status = NULL;
+    res->code = "provider_timeout";
+    res->message = "the provider did not answer in time; the payment is "
+                   "being verified with the provider";
+}
+
+
+/* appends name=value, form-encoded, to form */
+
+ngx_int_t
+ngx_http_payflow_form_add(ngx_pool_t *pool, ngx_str_t *form,
+    const char *name, const char *value, size_t len)
+{
+    u_char  *start, *p;
+    size_t   nlen;
+
+    nlen = ngx_strlen(name);
+
+    start = ngx_pnalloc(pool, form->len + 1 + 3 * nlen + 1 + 3 * len);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = start;
+
+    if (form->len) {
+        p = ngx_cpymem(p, form->data, form->len);
+        *p++ = '&';
+    }
+
+    p = (u_char *) ngx_escape_uri(p, (u_char *) name, nlen,
+                                  NGX_ESCAPE_URI_COMPONENT);
+    *p++ = '=';
+    p = (u_char *) ngx_escape_uri(p, (u_char *) value, len,
+                                  NGX_ESCAPE_URI_COMPONENT);
+
+    form->data = start;
+    form->len = p - start;
+
+    return NGX_OK;
+}
