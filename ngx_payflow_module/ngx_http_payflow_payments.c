@@ -93,6 +93,7 @@ static ngx_int_t ngx_http_payflow_money_done(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_money_data(ngx_http_request_t *r,
     PGresult *res);
+static ngx_int_t ngx_http_payflow_money_unsupported(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_money_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
@@ -267,7 +268,8 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     "amount_capturable = 0 "
 
 #define NGX_HTTP_PAYFLOW_CAPTURE_WHERE                                        \
-    "p.id = $1 AND p.status = 'requires_capture' "                           \
+    "p.id = $1 AND payflow_operable(p.provider) "                            \
+    "AND p.status = 'requires_capture' "                                     \
     "AND coalesce($2::bigint, p.amount_capturable) "                         \
     "BETWEEN 1 AND p.amount_capturable RETURNING p.id"
 
@@ -284,8 +286,9 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     "UPDATE payments p SET status = 'canceled', amount_capturable = 0 "
 
 #define NGX_HTTP_PAYFLOW_CANCEL_WHERE                                         \
-    "p.id = $1 AND p.status IN ('pending', 'requires_action', "              \
-    "'requires_capture') RETURNING p.id"
+    "p.id = $1 AND payflow_operable(p.provider) "                            \
+    "AND p.status IN ('pending', 'requires_action', 'requires_capture') "    \
+    "RETURNING p.id"
 
     st->cancel = pf_pg_statement_add(pmcf->db, "payflow_cancel",
         NGX_HTTP_PAYFLOW_CANCEL "WHERE " NGX_HTTP_PAYFLOW_CANCEL_WHERE, 1);
@@ -303,12 +306,14 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     "p.currency, $4 FROM payments p"
 
     st->refund = pf_pg_statement_add(pmcf->db, "payflow_refund",
-        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 RETURNING id", 4);
+        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 "
+        "AND payflow_operable(p.provider) RETURNING id", 4);
 
     st->refund_keyed = pf_pg_statement_add(pmcf->db, "payflow_refund_k",
         NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
                                  "$1")
-        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 RETURNING id", 10);
+        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 "
+        "AND payflow_operable(p.provider) RETURNING id", 10);
 
     /* the sandbox refunds at once */
     st->refund_succeed = pf_pg_statement_add(pmcf->db,
@@ -1668,6 +1673,10 @@ ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
                                                 &ctx->response);
         }
 
+        if (state && ngx_strcmp(state, "PF008") == 0) {
+            return ngx_http_payflow_money_unsupported(r);
+        }
+
         if (state && ngx_strcmp(state, "23514") == 0) {
             return ngx_http_payflow_bad(r, "amount", "amount_invalid",
                        "nothing is left to refund");
@@ -1736,6 +1745,27 @@ ngx_http_payflow_money_data(ngx_http_request_t *r, PGresult *res)
 
 
 /* an outcome of execution: stored with the key like a success */
+
+/* nothing ran (the transaction rolled back): answered, not stored */
+
+static ngx_int_t
+ngx_http_payflow_money_unsupported(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    rc = ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
+             "provider_operation_unavailable",
+             "capture, cancel and refund are available for sandbox "
+             "payments only, so far", "id");
+
+    return rc != NGX_OK ? rc
+           : ngx_http_payflow_send_body(r, ctx->response_status,
+                                        &ctx->response);
+}
+
 
 static ngx_int_t
 ngx_http_payflow_money_error(ngx_http_request_t *r, ngx_uint_t status,

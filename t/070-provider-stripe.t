@@ -18,7 +18,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(51);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(55);
 
 my $secret = 'sk_test_' . join '', map { ('a' .. 'z')[rand 26] } 1 .. 24;
 $t->write_file('stripe.key', "$secret\n");
@@ -214,6 +214,22 @@ like($req->{body},
 	'the return_url was sent to Stripe');
 unlike($req->{body}, qr/allow_redirects/,
 	'redirects allowed when there is a return_url');
+
+###############################################################################
+# capture, cancel and refund are the sandbox's alone so far: refused by
+# name for a Stripe payment, and nothing moves
+
+my $held = pay({ payment_method => 'pm_card_visa',
+	capture_method => 'manual' })->{json}{data}{id};
+my $paid = pay({ payment_method => 'pm_card_visa' })->{json}{data}{id};
+is(err(bearer($key, 'POST', "/v1/payments/$held/capture", {})),
+	'409 provider_operation_unavailable id', 'capture refused');
+is(err(bearer($key, 'POST', "/v1/payments/$held/cancel", {})),
+	'409 provider_operation_unavailable id', 'cancel refused');
+is(err(bearer($key, 'POST', '/v1/refunds', { payment => $paid })),
+	'409 provider_operation_unavailable id', 'refund refused');
+is(row($held, 'status') . ' ' . row($paid, 'status || amount_refunded'),
+	'requires_capture succeeded0', 'the payments are untouched');
 
 ###############################################################################
 # an Idempotency-Key: one PaymentIntent however often the client retries
