@@ -131,6 +131,20 @@ sub lua_modules {
 	return join '', map { "load_module $_;\n" } @LUA_MODULES;
 }
 
+# the provider emulators, copied where the workers may read them (the
+# checkout may be in a home directory they cannot enter)
+sub emulators {
+	my ($self) = @_;
+	my $to = "$self->{dir}/emulators";
+	return $to if -d $to;
+	mkdir $to or croak "mkdir $to: $!";
+	for my $f (glob "$FindBin::Bin/emulators/*.lua") {
+		(my $name = $f) =~ s{.*/}{};
+		$self->write_file("emulators/$name", $self->read_file($f));
+	}
+	return $to;
+}
+
 sub has_ssl {
 	my ($self) = @_;
 	push @{$self->{skip}}, 'IO::Socket::SSL not installed'
@@ -252,7 +266,7 @@ sub expand {
 	$text =~ s/%%PG_PASSWORD_FILE%%/$ENV{PAYFLOW_PG_PASSWORD_FILE} \/\/ ''/ge;
 	$text =~ s/%%TESTDIR%%/$self->{dir}/g;
 	$text =~ s/%%LUA_MODULES%%/lua_modules()/ge;
-	$text =~ s/%%EMULATORS%%/$FindBin::Bin\/emulators/g;
+	$text =~ s/%%EMULATORS%%/$self->emulators/ge;
 	$text =~ s/%%PEPPER_FILE%%/$self->pepper_file/ge;
 	$text =~ s/%%REDIS_PORT%%/$ENV{PAYFLOW_REDIS_PORT} \/\/ ''/ge;
 	$text =~ s/%%ADMIN_KEY%%/'payflow_admin_key ' . $self->admin_hash . ';'/ge;
