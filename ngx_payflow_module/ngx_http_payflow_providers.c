@@ -389,37 +389,64 @@ ngx_http_payflow_provider_transport(pf_curl_call_t *call,
 }
 
 
-/* appends name=value, form-encoded, to form */
+/* fills *kv from C strings; returns the next one */
+
+ngx_keyval_t *
+ngx_http_payflow_keyval(ngx_keyval_t *kv, const char *key, const char *value)
+{
+    kv->key.data = (u_char *) key;
+    kv->key.len = ngx_strlen(key);
+    kv->value.data = (u_char *) value;
+    kv->value.len = ngx_strlen(value);
+
+    return kv + 1;
+}
+
+
+/* application/x-www-form-urlencoded, written once at its exact size */
 
 ngx_int_t
-ngx_http_payflow_form_add(ngx_pool_t *pool, ngx_str_t *form,
-    const char *name, const char *value, size_t len)
+ngx_http_payflow_form(ngx_pool_t *pool, ngx_keyval_t *fields, ngx_uint_t n,
+    ngx_str_t *form)
 {
-    u_char  *start, *p;
-    size_t   nlen;
+    u_char      *p;
+    size_t       len;
+    ngx_uint_t   i;
 
-    nlen = ngx_strlen(name);
+    len = 0;
 
-    start = ngx_pnalloc(pool, form->len + 1 + 3 * nlen + 1 + 3 * len);
-    if (start == NULL) {
+    for (i = 0; i < n; i++) {
+        len += sizeof("&=") - 1 + fields[i].key.len + fields[i].value.len
+               + 2 * ngx_escape_uri(NULL, fields[i].key.data,
+                                    fields[i].key.len,
+                                    NGX_ESCAPE_URI_COMPONENT)
+               + 2 * ngx_escape_uri(NULL, fields[i].value.data,
+                                    fields[i].value.len,
+                                    NGX_ESCAPE_URI_COMPONENT);
+    }
+
+    p = ngx_pnalloc(pool, len);
+    if (p == NULL) {
         return NGX_ERROR;
     }
 
-    p = start;
+    form->data = p;
 
-    if (form->len) {
-        p = ngx_cpymem(p, form->data, form->len);
-        *p++ = '&';
+    for (i = 0; i < n; i++) {
+        if (i) {
+            *p++ = '&';
+        }
+
+        p = (u_char *) ngx_escape_uri(p, fields[i].key.data,
+                                      fields[i].key.len,
+                                      NGX_ESCAPE_URI_COMPONENT);
+        *p++ = '=';
+        p = (u_char *) ngx_escape_uri(p, fields[i].value.data,
+                                      fields[i].value.len,
+                                      NGX_ESCAPE_URI_COMPONENT);
     }
 
-    p = (u_char *) ngx_escape_uri(p, (u_char *) name, nlen,
-                                  NGX_ESCAPE_URI_COMPONENT);
-    *p++ = '=';
-    p = (u_char *) ngx_escape_uri(p, (u_char *) value, len,
-                                  NGX_ESCAPE_URI_COMPONENT);
-
-    form->data = start;
-    form->len = p - start;
+    form->len = p - form->data;
 
     return NGX_OK;
 }

@@ -89,8 +89,10 @@ ngx_int_t ngx_http_payflow_provider_run(ngx_http_request_t *r,
 void ngx_http_payflow_provider_transport(pf_curl_call_t *call,
     ngx_http_payflow_provider_result_t *res);
 
-ngx_int_t ngx_http_payflow_form_add(ngx_pool_t *pool, ngx_str_t *form,
-    const char *name, const char *value, size_t len);
+ngx_keyval_t *ngx_http_payflow_keyval(ngx_keyval_t *kv, const char *key,
+    const char *value);
+ngx_int_t ngx_http_payflow_form(ngx_pool_t *pool, ngx_keyval_t *fields,
+    ngx_uint_t n, ngx_str_t *form);
 
 
 extern const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter;

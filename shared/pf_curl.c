@@ -23,6 +23,7 @@
 
 
 #include "pf_curl.h"
+#include "pf_event.h"
 
 
 struct pf_curl_s {
@@ -40,7 +41,6 @@ static void pf_curl_event_handler(ngx_event_t *ev);
 static void pf_curl_action(pf_curl_t *curl, curl_socket_t s, int mask);
 static void pf_curl_done(pf_curl_t *curl);
 static void pf_curl_finish(pf_curl_call_t *call);
-static void pf_curl_release(ngx_connection_t *c);
 static size_t pf_curl_write(char *ptr, size_t size, size_t nmemb,
     void *userdata);
 static void pf_curl_cleanup(void *data);
@@ -351,7 +351,8 @@ pf_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
 
     if (what == CURL_POLL_REMOVE) {
         if (c) {
-            pf_curl_release(c);
+            /* still open and curl's: it may keep it for reuse */
+            pf_event_release(c, 1);
             (void) curl_multi_assign(curl->multi, s, NULL);
         }
 
@@ -400,32 +401,6 @@ pf_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     }
 
     return 0;
-}
-
-
-/* the descriptor is still open and curl's: stop watching it, keep it */
-
-static void
-pf_curl_release(ngx_connection_t *c)
-{
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
-    }
-
-    if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-    }
-
-    ngx_free_connection(c);
-    c->fd = (ngx_socket_t) -1;
 }
 
 

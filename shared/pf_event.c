@@ -2,10 +2,11 @@
 /*
  * Copyright (C) PayFlow
  *
- * Sockets owned by a client library (libpq, hiredis) are wrapped in nginx
- * connections for their events only.  Releasing one must not close the
- * descriptor, which the library closes or has closed, and must not make a
- * system call on it: it may already belong to another socket.
+ * Sockets owned by a client library (libpq, hiredis, libcurl) are wrapped
+ * in nginx connections for their events only.  Releasing one never closes
+ * the descriptor: the library does.  Once the library has closed it, no
+ * system call may touch it either: it may already belong to another
+ * socket.
  */
 
 
@@ -13,8 +14,18 @@
 
 
 void
-pf_event_release(ngx_connection_t *c)
+pf_event_release(ngx_connection_t *c, ngx_uint_t open)
 {
+    ngx_uint_t  flags;
+
+    /*
+     * A closed descriptor has left epoll by itself: no system call.  An
+     * open one (curl keeps sockets for reuse) is deleted from the event
+     * set, but only if it is in it: deleting an unknown one is an error.
+     */
+
+    flags = open ? 0 : NGX_CLOSE_EVENT;
+
     if (c->read->posted) {
         ngx_delete_posted_event(c->read);
     }
@@ -24,19 +35,20 @@ pf_event_release(ngx_connection_t *c)
     }
 
     if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
+        if (!open || c->read->active || c->write->active) {
+            ngx_del_conn(c, flags);
+        }
 
     } else {
         if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+            ngx_del_event(c->read, NGX_READ_EVENT, flags);
         }
 
         if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+            ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
         }
     }
 
     ngx_free_connection(c);
-
     c->fd = (ngx_socket_t) -1;
 }

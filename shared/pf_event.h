@@ -11,7 +11,7 @@
 #include "pf_common.h"
 
 
-void pf_event_release(ngx_connection_t *c);
+void pf_event_release(ngx_connection_t *c, ngx_uint_t open);
 
 
 #endif /* _PF_EVENT_H_INCLUDED_ */

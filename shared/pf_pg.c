@@ -1417,7 +1417,7 @@ pf_pg_conn_unwatch(pf_pg_conn_t *conn)
         return;
     }
 
-    pf_event_release(c);
+    pf_event_release(c, 0);
     conn->c = NULL;
 }
 

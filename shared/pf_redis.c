@@ -473,6 +473,6 @@ pf_redis_cleanup(void *privdata)
         return;
     }
 
-    pf_event_release(c);
+    pf_event_release(c, 0);
     rd->c = NULL;
 }

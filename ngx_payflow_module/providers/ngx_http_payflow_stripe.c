@@ -37,9 +37,10 @@ static ngx_int_t
 ngx_http_payflow_stripe_charge(ngx_http_payflow_provider_t *p,
     ngx_http_payflow_charge_t *charge, pf_curl_call_t *call)
 {
-    u_char      *s, currency[4];
-    ngx_str_t    form, v;
-    ngx_uint_t   i;
+    u_char         *s, currency[4], amount[NGX_INT64_LEN + 1];
+    ngx_str_t       form, v;
+    ngx_uint_t      i;
+    ngx_keyval_t    f[12], *kv;
 
     s = ngx_pnalloc(call->pool, p->base_url.len
                                 + sizeof("/v1/payment_intents") - 1);
@@ -56,61 +57,44 @@ ngx_http_payflow_stripe_charge(ngx_http_payflow_provider_t *p,
         currency[i] = ngx_tolower(charge->currency[i]);
     }
 
-    currency[3] = '\0';
+    *ngx_sprintf(amount, "%L", charge->amount) = '\0';
 
-    ngx_str_null(&form);
-
-    s = ngx_pnalloc(call->pool, NGX_INT64_LEN);
-    if (s == NULL) {
-        return NGX_ERROR;
-    }
-
-#define ngx_http_payflow_stripe_add(name, value)                              \
-    if (ngx_http_payflow_form_add(call->pool, &form, name, value,            \
-                                  ngx_strlen((value)))                       \
-        != NGX_OK)                                                           \
-    {                                                                        \
-        return NGX_ERROR;                                                    \
-    }
-
-    *ngx_sprintf(s, "%L", charge->amount) = '\0';
-
-    ngx_http_payflow_stripe_add("amount", (char *) s);
-    ngx_http_payflow_stripe_add("currency", (char *) currency);
-    ngx_http_payflow_stripe_add("capture_method",
-                                charge->manual ? "manual" : "automatic");
-    ngx_http_payflow_stripe_add("confirm", "true");
-    ngx_http_payflow_stripe_add("payment_method", charge->payment_method);
+    kv = ngx_http_payflow_keyval(f, "amount", (char *) amount);
+    kv = ngx_http_payflow_keyval(kv, "currency", (char *) currency);
+    kv = ngx_http_payflow_keyval(kv, "capture_method",
+                                 charge->manual ? "manual" : "automatic");
+    kv = ngx_http_payflow_keyval(kv, "confirm", "true");
+    kv = ngx_http_payflow_keyval(kv, "payment_method",
+                                 charge->payment_method);
 
     if (charge->return_url) {
-        ngx_http_payflow_stripe_add("return_url", charge->return_url);
+        kv = ngx_http_payflow_keyval(kv, "return_url", charge->return_url);
 
     } else {
         /* no page to come back to: card flows only, 3DS in Stripe.js */
-        ngx_http_payflow_stripe_add("automatic_payment_methods[enabled]",
-                                    "true");
-        ngx_http_payflow_stripe_add(
-            "automatic_payment_methods[allow_redirects]", "never");
+        kv = ngx_http_payflow_keyval(kv,
+                                     "automatic_payment_methods[enabled]",
+                                     "true");
+        kv = ngx_http_payflow_keyval(kv,
+                             "automatic_payment_methods[allow_redirects]",
+                             "never");
     }
 
     if (charge->description) {
-        ngx_http_payflow_stripe_add("description", charge->description);
+        kv = ngx_http_payflow_keyval(kv, "description", charge->description);
     }
 
     if (charge->email) {
-        ngx_http_payflow_stripe_add("receipt_email", charge->email);
+        kv = ngx_http_payflow_keyval(kv, "receipt_email", charge->email);
     }
 
-    if (ngx_http_payflow_form_add(call->pool, &form,
-                                  "metadata[payflow_payment_id]",
-                                  (char *) charge->payment_id.data,
-                                  charge->payment_id.len)
-        != NGX_OK)
-    {
+    kv->key = (ngx_str_t) ngx_string("metadata[payflow_payment_id]");
+    kv->value = charge->payment_id;
+    kv++;
+
+    if (ngx_http_payflow_form(call->pool, f, kv - f, &form) != NGX_OK) {
         return NGX_ERROR;
     }
-
-#undef ngx_http_payflow_stripe_add
 
     call->body = form;
 
