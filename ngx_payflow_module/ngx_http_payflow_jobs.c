@@ -2,15 +2,23 @@
 /*
  * Copyright (C) PayFlow
  *
- * Background work on a per-worker timer: purging expired idempotency keys
- * and completing keys left by requests that died.  Every worker of every
- * node runs it; the database hands out rows with SKIP LOCKED, so there is
- * no coordinator and nothing is done twice.  The timer is cancelable: a
- * worker shutting down does not wait for it.
+ * Background work on a per-worker timer: purging expired idempotency keys,
+ * completing keys left by requests that died, and reconciling payments
+ * that a network provider left undecided (processing or requires_action
+ * for longer than payflow_reconcile_after): each is verified at its
+ * provider and moved to what the provider says, as the system.  Every
+ * worker of every node runs it; the database hands out rows with SKIP
+ * LOCKED, so there is no coordinator and nothing is done twice.  The timer
+ * is cancelable: a worker shutting down does not wait for it.
  */
 
 
 #include "ngx_http_payflow_jobs.h"
+#include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_routing.h"
+
+
+#define NGX_HTTP_PAYFLOW_RECONCILE_BATCH  "10"
 
 
 typedef struct {
@@ -18,12 +26,29 @@ typedef struct {
     ngx_http_payflow_main_conf_t   *pmcf;
     ngx_pool_t                     *pool;       /* of the run in flight */
     ngx_log_t                      *log;
+    ngx_uint_t                      pending;    /* checks in flight */
 } ngx_http_payflow_jobs_t;
+
+
+/* one payment being verified */
+
+typedef struct {
+    ngx_http_payflow_jobs_t        *jobs;
+    ngx_http_payflow_provider_t    *provider;
+    ngx_http_payflow_operation_t    op;
+    pf_curl_call_t                  call;
+    const char                     *status;     /* when claimed */
+} ngx_http_payflow_check_t;
 
 
 static void ngx_http_payflow_jobs_run(ngx_event_t *ev);
 static void ngx_http_payflow_jobs_done(pf_pg_query_t *q);
 static void ngx_http_payflow_jobs_arm(void);
+static void ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs,
+    PGresult *res, ngx_uint_t row);
+static void ngx_http_payflow_jobs_checked(pf_curl_call_t *call);
+static void ngx_http_payflow_jobs_applied(pf_pg_query_t *q);
+static void ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs);
 
 
 /* one per worker */
@@ -37,7 +62,19 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
         "SELECT payflow_purge_idempotency_keys(1000), "
         "payflow_complete_idempotency_keys(100)", 0);
 
-    return pmcf->st.jobs ? NGX_OK : NGX_ERROR;
+    pmcf->st.reconcile_claim = pf_pg_statement_add(pmcf->db,
+        "payflow_reconcile_claim",
+        "SELECT id, status, livemode, provider, provider_reference, amount, "
+        "currency, capture_method, payment_method, description, "
+        "return_url, email FROM payflow_reconcile_claim("
+        NGX_HTTP_PAYFLOW_RECONCILE_BATCH ", $1::interval)", 1);
+
+    pmcf->st.reconcile_apply = pf_pg_statement_add(pmcf->db,
+        "payflow_reconcile_apply",
+        "SELECT payflow_reconcile_apply($1, $2, $3, $4, $5, $6)", 6);
+
+    return (pmcf->st.jobs && pmcf->st.reconcile_claim
+            && pmcf->st.reconcile_apply) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -95,6 +132,8 @@ ngx_http_payflow_jobs_arm(void)
 static void
 ngx_http_payflow_jobs_run(ngx_event_t *ev)
 {
+    u_char                   *p;
+    const char              **values;
     pf_pg_query_t            *q;
     ngx_http_payflow_jobs_t  *jobs;
 
@@ -109,12 +148,28 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
         goto again;
     }
 
-    q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool, 1);
+    q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool,
+                           jobs->pmcf->providers.nelts ? 2 : 1);
     if (q == NULL) {
         goto failed;
     }
 
     q->stmts[0].statement = jobs->pmcf->st.jobs;
+
+    if (jobs->pmcf->providers.nelts) {
+        p = ngx_pnalloc(jobs->pool, NGX_INT_T_LEN + sizeof(" ms"));
+        values = ngx_palloc(jobs->pool, sizeof(char *));
+        if (p == NULL || values == NULL) {
+            goto failed;
+        }
+
+        *ngx_sprintf(p, "%M ms", jobs->pmcf->reconcile_after) = '\0';
+        values[0] = (char *) p;
+
+        q->stmts[1].statement = jobs->pmcf->st.reconcile_claim;
+        q->stmts[1].nparams = 1;
+        q->stmts[1].values = values;
+    }
     q->handler = ngx_http_payflow_jobs_done;
     q->data = jobs;
 
@@ -140,7 +195,7 @@ static void
 ngx_http_payflow_jobs_done(pf_pg_query_t *q)
 {
     PGresult                 *res;
-    ngx_pool_t               *pool;
+    ngx_uint_t                i;
     ngx_http_payflow_jobs_t  *jobs;
 
     jobs = q->data;
@@ -159,11 +214,221 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
     } else if (q->status == PF_PG_SQL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, jobs->log, 0,
                       "payflow jobs: failed: %s",
-                      PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY));
     }
 
-    /* frees q too; nothing below may touch it */
+    /* payments to verify: the pool lives until the last is settled */
+
+    jobs->pending = 1;
+
+    if (q->status == PF_PG_OK && q->nstmts == 2) {
+        res = q->results[1];
+
+        for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
+            ngx_http_payflow_jobs_check(jobs, res, i);
+        }
+    }
+
+    ngx_http_payflow_jobs_finish(jobs);
+}
+
+
+/* one check less in flight; the last frees the run (and q with it) */
+
+static void
+ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs)
+{
+    ngx_pool_t  *pool;
+
+    if (--jobs->pending) {
+        return;
+    }
+
     pool = jobs->pool;
     jobs->pool = NULL;
     ngx_destroy_pool(pool);
+}
+
+
+/*
+ * Row: id, status, livemode, provider, provider_reference, amount,
+ * currency, capture_method, payment_method, description, return_url,
+ * email.  The strings live in the run's pool (the results do).
+ */
+
+static void
+ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
+    ngx_uint_t row)
+{
+    ngx_str_t                      name;
+    ngx_http_payflow_check_t      *check;
+    ngx_http_payflow_provider_t   *pv;
+
+#define ngx_http_payflow_value(col)                                           \
+    (PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col))
+
+    name.data = (u_char *) PQgetvalue(res, row, 3);
+    name.len = PQgetlength(res, row, 3);
+
+    pv = ngx_http_payflow_provider_find(jobs->pmcf, &name,
+                                        PQgetvalue(res, row, 2)[0] == 't');
+    if (pv == NULL) {
+        ngx_log_error(NGX_LOG_WARN, jobs->log, 0,
+                      "payflow reconcile: payment %s is at provider \"%V\", "
+                      "which is not configured", PQgetvalue(res, row, 0),
+                      &name);
+        return;
+    }
+
+    check = ngx_pcalloc(jobs->pool, sizeof(ngx_http_payflow_check_t));
+    if (check == NULL) {
+        return;
+    }
+
+    check->jobs = jobs;
+    check->provider = pv;
+    check->status = PQgetvalue(res, row, 1);
+
+    check->op.op = NGX_HTTP_PAYFLOW_OP_VERIFY;
+    check->op.payment_id.data = (u_char *) PQgetvalue(res, row, 0);
+    check->op.payment_id.len = PQgetlength(res, row, 0);
+
+    if (!PQgetisnull(res, row, 4)) {
+        check->op.reference.data = (u_char *) PQgetvalue(res, row, 4);
+        check->op.reference.len = PQgetlength(res, row, 4);
+    }
+
+    check->op.amount = ngx_atoof((u_char *) PQgetvalue(res, row, 5),
+                                 PQgetlength(res, row, 5));
+    check->op.currency = PQgetvalue(res, row, 6);
+    check->op.exponent = ngx_http_payflow_payments_exponent(
+                                                        check->op.currency);
+    check->op.manual = (PQgetvalue(res, row, 7)[0] == 'm');
+    check->op.payment_method = ngx_http_payflow_value(8);
+    check->op.description = ngx_http_payflow_value(9);
+    check->op.return_url = ngx_http_payflow_value(10);
+    check->op.email = ngx_http_payflow_value(11);
+
+#undef ngx_http_payflow_value
+
+    check->call.pool = jobs->pool;
+    check->call.log = jobs->log;
+    check->call.connect_timeout = pv->connect_timeout;
+    check->call.timeout = pv->timeout;
+    check->call.ca_file = pv->ca_file;
+    check->call.max_response = 256 * 1024;
+    check->call.handler = ngx_http_payflow_jobs_checked;
+    check->call.data = check;
+
+    if (pv->adapter->request(pv, &check->op, &check->call) != NGX_OK
+        || pf_curl_start(jobs->pmcf->curl, &check->call) != NGX_OK)
+    {
+        return;
+    }
+
+    jobs->pending++;
+}
+
+
+static void
+ngx_http_payflow_jobs_checked(pf_curl_call_t *call)
+{
+    pf_pg_query_t                       *q;
+    const char                         **values;
+    ngx_http_payflow_check_t            *check;
+    ngx_http_payflow_jobs_t             *jobs;
+    ngx_http_payflow_provider_t         *pv;
+    ngx_http_payflow_provider_result_t   res;
+
+    check = call->data;
+    jobs = check->jobs;
+    pv = check->provider;
+
+    pv->adapter->response(pv, &check->op, call, &res);
+
+    ngx_http_payflow_provider_record(jobs->pmcf, pv,
+                                     NGX_HTTP_PAYFLOW_OP_VERIFY, &res,
+                                     call->elapsed);
+
+    if (res.status == NULL && res.declined) {
+        res.status = "failed";
+    }
+
+    /*
+     * The provider has no such transaction: a payment whose call never
+     * got there (still processing) failed; one waiting for its customer
+     * (requires_action) may yet be paid.
+     */
+
+    if (res.status == NULL && res.not_taken && !res.outage
+        && ngx_strcmp(check->status, "processing") == 0)
+    {
+        res.status = "failed";
+    }
+
+    if (res.status == NULL) {
+        ngx_log_error(NGX_LOG_INFO, jobs->log, 0,
+                      "payflow reconcile: payment %V at \"%V\" is still "
+                      "undecided (%s)", &check->op.payment_id, &pv->name,
+                      res.code ? res.code : check->status);
+        goto done;
+    }
+
+    values = ngx_pcalloc(jobs->pool, 6 * sizeof(char *));
+    q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool, 1);
+
+    if (values == NULL || q == NULL) {
+        goto done;
+    }
+
+    values[0] = (char *) check->op.payment_id.data;
+    values[1] = res.status;
+    values[2] = ngx_strcmp(res.status, "failed") == 0 ? res.code : NULL;
+    values[3] = ngx_strcmp(res.status, "failed") == 0 ? res.message : NULL;
+    values[4] = res.redirect_url.len
+                ? ngx_http_payflow_db_str(jobs->pool, &res.redirect_url)
+                : NULL;
+    values[5] = res.reference.len
+                ? ngx_http_payflow_db_str(jobs->pool, &res.reference)
+                : NULL;
+
+    q->stmts[0].statement = jobs->pmcf->st.reconcile_apply;
+    q->stmts[0].nparams = 6;
+    q->stmts[0].values = values;
+    q->handler = ngx_http_payflow_jobs_applied;
+    q->data = check;
+
+    if (pf_pg_query_run(q) == NGX_OK) {
+        return;
+    }
+
+done:
+
+    ngx_http_payflow_jobs_finish(jobs);
+}
+
+
+static void
+ngx_http_payflow_jobs_applied(pf_pg_query_t *q)
+{
+    ngx_http_payflow_check_t  *check;
+
+    check = q->data;
+
+    if (q->status == PF_PG_OK) {
+        ngx_log_error(NGX_LOG_NOTICE, check->jobs->log, 0,
+                      "payflow reconcile: payment %V at \"%V\" was %s, "
+                      "now %s", &check->op.payment_id, &check->provider->name,
+                      check->status, PQgetvalue(q->results[0], 0, 0));
+
+    } else if (q->status == PF_PG_SQL_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, check->jobs->log, 0,
+                      "payflow reconcile: payment %V: %s",
+                      &check->op.payment_id,
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY));
+    }
+
+    ngx_http_payflow_jobs_finish(check->jobs);
 }

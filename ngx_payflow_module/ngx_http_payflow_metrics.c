@@ -13,6 +13,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "pf_mask.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_routing.h"
 
 
 #define NGX_HTTP_PAYFLOW_M_AUTH  (NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + 14)
@@ -355,6 +356,8 @@ ngx_http_payflow_metrics_handler(ngx_http_request_t *r)
                                             ccf->worker_processes,
                                             PF_PG_MAX_WORKERS));
     ngx_http_payflow_ratelimit_metrics(&out);
+    ngx_http_payflow_providers_metrics(
+        ngx_http_get_module_main_conf(r, ngx_http_payflow_module), &out);
 
     if (out.failed) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -20,6 +20,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_providers.h"
+#include "ngx_http_payflow_routing.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -115,6 +116,34 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       ngx_http_payflow_provider,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("payflow_route"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_payflow_route,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_provider_breaker"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_breaker,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_provider_deadline"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, provider_deadline),
+      NULL },
+
+    { ngx_string("payflow_reconcile_after"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, reconcile_after),
       NULL },
 
     { ngx_string("payflow_jobs_interval"),
@@ -1033,6 +1062,12 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->negative_ttl = NGX_CONF_UNSET;
     pmcf->negative_max = NGX_CONF_UNSET_UINT;
     pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->breaker_failures = NGX_CONF_UNSET_UINT;
+    pmcf->breaker_window = NGX_CONF_UNSET_MSEC;
+    pmcf->breaker_open = NGX_CONF_UNSET_MSEC;
+    pmcf->breaker_successes = NGX_CONF_UNSET_UINT;
+    pmcf->provider_deadline = NGX_CONF_UNSET_MSEC;
+    pmcf->reconcile_after = NGX_CONF_UNSET_MSEC;
 
     if (ngx_array_init(&pmcf->static_keys, cf->pool, 2,
                        sizeof(ngx_http_payflow_static_key_t))
@@ -1067,6 +1102,10 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
     if (pmcf->jobs_interval < 100) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"payflow_jobs_interval\" must be at least 100ms");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_payflow_routing_init_main_conf(cf, pmcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

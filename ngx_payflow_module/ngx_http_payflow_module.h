@@ -108,6 +108,7 @@ typedef struct {
     const pf_pg_statement_t    *pay_insert_keyed;
     const pf_pg_statement_t    *pay_outcome;
     const pf_pg_statement_t    *pay_finish;
+    const pf_pg_statement_t    *pay_reroute;
     const pf_pg_statement_t    *pay_get;
     const pf_pg_statement_t    *idem_get;
     const pf_pg_statement_t    *idem_finish;
@@ -119,9 +120,20 @@ typedef struct {
     const pf_pg_statement_t    *refund;
     const pf_pg_statement_t    *refund_keyed;
     const pf_pg_statement_t    *refund_succeed;
+    const pf_pg_statement_t    *capture_remote;
+    const pf_pg_statement_t    *capture_remote_keyed;
+    const pf_pg_statement_t    *cancel_remote;
+    const pf_pg_statement_t    *cancel_remote_keyed;
+    const pf_pg_statement_t    *refund_remote;
+    const pf_pg_statement_t    *refund_remote_keyed;
+    const pf_pg_statement_t    *refund_route;
+    const pf_pg_statement_t    *refund_settle;
+    const pf_pg_statement_t    *pay_route;
     const pf_pg_statement_t    *refund_get;
     const pf_pg_statement_t    *pay_events;
     const pf_pg_statement_t    *jobs;
+    const pf_pg_statement_t    *reconcile_claim;
+    const pf_pg_statement_t    *reconcile_apply;
     const pf_pg_statement_t    *pay_list;
     const pf_pg_statement_t    *refund_list;
     const pf_pg_statement_t    *ledger_list;
@@ -153,6 +165,14 @@ typedef struct {
     ngx_msec_t                  jobs_interval;
 
     ngx_array_t                 providers;     /* provider_t */
+    ngx_array_t                 routes;        /* route_t */
+    ngx_shm_zone_t             *providers_zone;
+    ngx_uint_t                  breaker_failures;
+    ngx_msec_t                  breaker_window;
+    ngx_msec_t                  breaker_open;
+    ngx_uint_t                  breaker_successes;
+    ngx_msec_t                  provider_deadline;
+    ngx_msec_t                  reconcile_after;
     pf_curl_t                  *curl;          /* this worker's */
 } ngx_http_payflow_main_conf_t;
 
@@ -210,7 +230,14 @@ typedef struct {
     ngx_str_t                   object_id;
     const char                 *outcome;       /* a new payment's status */
     const void                 *provider;      /* the payment's provider */
-    void                       *charge;
+    void                       *plan;          /* routing_plan_t */
+    void                       *op;            /* operation_t */
+    void                       *result;        /* provider_result_t */
+    ngx_event_t                *backoff;       /* before a retry */
+    ngx_uint_t                  attempts;      /* at this provider */
+    const char                **money_values;  /* of a remote operation */
+    ngx_uint_t                  money_n;
+    const char                 *money_id;
     pf_curl_call_t             *call;          /* to the provider */
     ngx_http_payflow_provider_ok_pt  provider_ok;
 

@@ -20,6 +20,7 @@
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_providers.h"
+#include "ngx_http_payflow_routing.h"
 
 #include <openssl/evp.h>
 
@@ -69,6 +70,18 @@ static ngx_int_t ngx_http_payflow_payments_started(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_charged(ngx_http_request_t *r,
     pf_curl_call_t *call);
+static ngx_int_t ngx_http_payflow_payments_attempt(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_payments_rerouted(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_payments_backoff(ngx_http_request_t *r,
+    ngx_msec_t delay);
+static void ngx_http_payflow_payments_retry(ngx_event_t *ev);
+static void ngx_http_payflow_payments_backoff_cleanup(void *data);
+static void ngx_http_payflow_payment_error(ngx_http_request_t *r,
+    pf_error_t *err);
+static ngx_int_t ngx_http_payflow_provider_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message,
+    const char *param);
 static ngx_int_t ngx_http_payflow_payments_stored(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
@@ -94,6 +107,19 @@ static ngx_int_t ngx_http_payflow_money_done(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_money_data(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_payflow_money_unsupported(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_money_remote(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_money_routed(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_remote_operation(
+    ngx_http_payflow_operation_t *op);
+static ngx_int_t ngx_http_payflow_money_called(ngx_http_request_t *r,
+    pf_curl_call_t *call);
+static ngx_int_t ngx_http_payflow_refund_reserved(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_refund_called(ngx_http_request_t *r,
+    pf_curl_call_t *call);
+static ngx_int_t ngx_http_payflow_refund_settled(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_money_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
@@ -129,9 +155,15 @@ const char  *ngx_http_payflow_idem_names[] = {
 };
 
 
+static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_remote_op;
+
+
 static pf_error_t  ngx_http_payflow_no_refund = {
     NGX_HTTP_NOT_FOUND, PF_ERROR_INVALID_REQUEST, "resource_missing",
-    "no such refund", "id", 0
+    "no such refund", "id", 0, NULL, NULL
 };
 
 
@@ -184,26 +216,27 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
 #define NGX_HTTP_PAYFLOW_PAY_COLS                                             \
     "id, tenant_id, livemode, amount, currency, capture_method, provider, "  \
-    "description, customer, metadata, return_url, status"
+    "description, customer, metadata, return_url, payment_method, "         \
+    "routing, status"
 
 #define NGX_HTTP_PAYFLOW_PAY_VALUES                                           \
     "$1, $2, $3::boolean, $4::bigint, $5, $6, $7, $8, $9::jsonb, "           \
-    "coalesce($10::jsonb, '{}'), $11, 'processing'"
+    "coalesce($10::jsonb, '{}'), $11, $12, $13, 'processing'"
 
     st->pay_insert = pf_pg_statement_add(pmcf->db, "payflow_pay_insert",
         "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") VALUES ("
-        NGX_HTTP_PAYFLOW_PAY_VALUES ")", 11);
+        NGX_HTTP_PAYFLOW_PAY_VALUES ")", 13);
 
     /* the key goes in first; only if it is new does the payment */
     st->pay_insert_keyed = pf_pg_statement_add(pmcf->db,
         "payflow_pay_insert_keyed",
         "WITH k AS (INSERT INTO idempotency_keys (tenant_id, livemode, key, "
         "fingerprint, method, path, phase, locked_until, payment_id) "
-        "VALUES ($2, $3::boolean, $12, decode($13, 'hex'), 'POST', "
+        "VALUES ($2, $3::boolean, $14, decode($15, 'hex'), 'POST', "
         "'/v1/payments', 'payment_created', now() + interval '30 seconds', "
         "$1) ON CONFLICT DO NOTHING RETURNING 1) "
         "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") SELECT "
-        NGX_HTTP_PAYFLOW_PAY_VALUES " FROM k", 13);
+        NGX_HTTP_PAYFLOW_PAY_VALUES " FROM k", 15);
 
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "
@@ -224,12 +257,17 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
      */
     st->pay_finish = pf_pg_statement_add(pmcf->db, "payflow_pay_finish",
         "UPDATE idempotency_keys SET phase = 'finished', "
-        "response_status = 200, locked_until = NULL, response_body = $5 || "
-        "(SELECT payflow_payment_json(p)::text FROM payments p "
-        "WHERE p.id = $4) || $6 "
+        "response_status = $7::int, locked_until = NULL, "
+        "response_body = $5 || (SELECT payflow_payment_json(p)::text "
+        "FROM payments p WHERE p.id = $4) || $6 "
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3 "
         "AND payment_id = $4 AND phase = 'payment_created' "
-        "RETURNING response_body", 6);
+        "RETURNING response_body", 7);
+
+    st->pay_reroute = pf_pg_statement_add(pmcf->db, "payflow_pay_reroute",
+        "UPDATE payments SET provider = $2, routing = $3 "
+        "WHERE id = $1 AND status = 'processing' AND provider = $4 "
+        "RETURNING id", 4);
 
     st->pay_get = pf_pg_statement_add(pmcf->db, "payflow_pay_get",
         "SELECT payflow_payment_json(p)::text FROM payments p "
@@ -267,37 +305,69 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     "amount_captured = coalesce($2::bigint, p.amount_capturable), "          \
     "amount_capturable = 0 "
 
-#define NGX_HTTP_PAYFLOW_CAPTURE_WHERE                                        \
-    "p.id = $1 AND payflow_operable(p.provider) "                            \
+/*
+ * The sandbox's statements raise PF008 for a payment at a network
+ * provider; the remote ones run after that provider did its part.
+ */
+
+#define NGX_HTTP_PAYFLOW_LOCAL   "payflow_operable(p.provider) "
+#define NGX_HTTP_PAYFLOW_REMOTE  "p.provider <> 'sandbox' "
+
+#define NGX_HTTP_PAYFLOW_CAPTURE_WHERE(where)                                 \
+    "p.id = $1 AND " where                                                   \
     "AND p.status = 'requires_capture' "                                     \
     "AND coalesce($2::bigint, p.amount_capturable) "                         \
     "BETWEEN 1 AND p.amount_capturable RETURNING p.id"
 
     st->capture = pf_pg_statement_add(pmcf->db, "payflow_capture",
-        NGX_HTTP_PAYFLOW_CAPTURE "WHERE " NGX_HTTP_PAYFLOW_CAPTURE_WHERE, 2);
+        NGX_HTTP_PAYFLOW_CAPTURE "WHERE "
+        NGX_HTTP_PAYFLOW_CAPTURE_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 2);
 
     st->capture_keyed = pf_pg_statement_add(pmcf->db, "payflow_capture_k",
         NGX_HTTP_PAYFLOW_KEY_CTE("$3", "$4", "$5", "$6", "$7", "$8", "$1",
                                  "$1")
         NGX_HTTP_PAYFLOW_CAPTURE "FROM k WHERE "
-        NGX_HTTP_PAYFLOW_CAPTURE_WHERE, 8);
+        NGX_HTTP_PAYFLOW_CAPTURE_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 8);
+
+    st->capture_remote = pf_pg_statement_add(pmcf->db, "payflow_capture_r",
+        NGX_HTTP_PAYFLOW_CAPTURE "WHERE "
+        NGX_HTTP_PAYFLOW_CAPTURE_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 2);
+
+    st->capture_remote_keyed = pf_pg_statement_add(pmcf->db,
+        "payflow_capture_rk",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$3", "$4", "$5", "$6", "$7", "$8", "$1",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_CAPTURE "FROM k WHERE "
+        NGX_HTTP_PAYFLOW_CAPTURE_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 8);
 
 #define NGX_HTTP_PAYFLOW_CANCEL                                               \
     "UPDATE payments p SET status = 'canceled', amount_capturable = 0 "
 
-#define NGX_HTTP_PAYFLOW_CANCEL_WHERE                                         \
-    "p.id = $1 AND payflow_operable(p.provider) "                            \
+#define NGX_HTTP_PAYFLOW_CANCEL_WHERE(where)                                  \
+    "p.id = $1 AND " where                                                   \
     "AND p.status IN ('pending', 'requires_action', 'requires_capture') "    \
     "RETURNING p.id"
 
     st->cancel = pf_pg_statement_add(pmcf->db, "payflow_cancel",
-        NGX_HTTP_PAYFLOW_CANCEL "WHERE " NGX_HTTP_PAYFLOW_CANCEL_WHERE, 1);
+        NGX_HTTP_PAYFLOW_CANCEL "WHERE "
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 1);
 
     st->cancel_keyed = pf_pg_statement_add(pmcf->db, "payflow_cancel_k",
         NGX_HTTP_PAYFLOW_KEY_CTE("$2", "$3", "$4", "$5", "$6", "$7", "$1",
                                  "$1")
         NGX_HTTP_PAYFLOW_CANCEL "FROM k WHERE "
-        NGX_HTTP_PAYFLOW_CANCEL_WHERE, 7);
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 7);
+
+    st->cancel_remote = pf_pg_statement_add(pmcf->db, "payflow_cancel_r",
+        NGX_HTTP_PAYFLOW_CANCEL "WHERE "
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 1);
+
+    st->cancel_remote_keyed = pf_pg_statement_add(pmcf->db,
+        "payflow_cancel_rk",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$2", "$3", "$4", "$5", "$6", "$7", "$1",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_CANCEL "FROM k WHERE "
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 7);
 
 #define NGX_HTTP_PAYFLOW_REFUND                                               \
     "INSERT INTO refunds (id, tenant_id, livemode, payment_id, amount, "     \
@@ -307,13 +377,41 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
     st->refund = pf_pg_statement_add(pmcf->db, "payflow_refund",
         NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 "
-        "AND payflow_operable(p.provider) RETURNING id", 4);
+        "AND " NGX_HTTP_PAYFLOW_LOCAL "RETURNING id", 4);
 
     st->refund_keyed = pf_pg_statement_add(pmcf->db, "payflow_refund_k",
         NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
                                  "$1")
         NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 "
-        "AND payflow_operable(p.provider) RETURNING id", 10);
+        "AND " NGX_HTTP_PAYFLOW_LOCAL "RETURNING id", 10);
+
+    /* a refund at a network provider is reserved first, as pending */
+
+    st->refund_remote = pf_pg_statement_add(pmcf->db, "payflow_refund_r",
+        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 "
+        "AND " NGX_HTTP_PAYFLOW_REMOTE "RETURNING id", 4);
+
+    st->refund_remote_keyed = pf_pg_statement_add(pmcf->db,
+        "payflow_refund_rk",
+        NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
+                                 "$1")
+        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 "
+        "AND " NGX_HTTP_PAYFLOW_REMOTE "RETURNING id", 10);
+
+    st->refund_route = pf_pg_statement_add(pmcf->db, "payflow_refund_route",
+        "SELECT p.provider, p.id, coalesce(p.provider_reference, p.id), "
+        "f.amount, f.currency, f.reason FROM refunds f "
+        "JOIN payments p ON p.id = f.payment_id WHERE f.id = $1", 1);
+
+    st->refund_settle = pf_pg_statement_add(pmcf->db,
+        "payflow_refund_settle",
+        "UPDATE refunds SET status = $2, "
+        "provider_reference = coalesce($3, provider_reference), "
+        "failure_code = $4 WHERE id = $1 AND status = 'pending'", 4);
+
+    st->pay_route = pf_pg_statement_add(pmcf->db, "payflow_pay_route",
+        "SELECT provider, coalesce(provider_reference, id), currency "
+        "FROM payments WHERE id = $1", 1);
 
     /* the sandbox refunds at once */
     st->refund_succeed = pf_pg_statement_add(pmcf->db,
@@ -330,6 +428,15 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "ORDER BY e.created_at, e.id), '[]')::text "
         "FROM payment_events e WHERE e.payment_id = $1", 1);
 
+    if (st->capture_remote == NULL || st->capture_remote_keyed == NULL
+        || st->cancel_remote == NULL || st->cancel_remote_keyed == NULL
+        || st->refund_remote == NULL || st->refund_remote_keyed == NULL
+        || st->refund_route == NULL || st->refund_settle == NULL
+        || st->pay_route == NULL)
+    {
+        return NGX_ERROR;
+    }
+
     if (st->capture == NULL || st->capture_keyed == NULL
         || st->cancel == NULL || st->cancel_keyed == NULL
         || st->refund == NULL || st->refund_keyed == NULL
@@ -340,7 +447,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     }
 
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
-        || st->pay_outcome == NULL
+        || st->pay_outcome == NULL || st->pay_reroute == NULL
         || st->pay_finish == NULL || st->pay_get == NULL
         || st->idem_get == NULL || st->idem_finish == NULL
         || st->idem_settle == NULL)
@@ -371,7 +478,9 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     const char                     *method;
     pf_pg_query_t                  *q;
     ngx_http_payflow_outcome_t     *outcome;
-    ngx_http_payflow_charge_t      *charge;
+    const char                     *email;
+    ngx_http_payflow_plan_t        *plan;
+    ngx_http_payflow_operation_t   *op;
     ngx_http_payflow_provider_t    *pv;
     ngx_http_payflow_provider_result_t  res;
     ngx_http_payflow_currency_t    *c;
@@ -468,7 +577,30 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         }
     }
 
-    pv = NULL;
+    method = NULL;
+    v = json_object_get(body, "payment_method");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || json_string_length(v) == 0
+            || json_string_length(v) > 255)
+        {
+            return ngx_http_payflow_bad(r, "payment_method",
+                       "parameter_invalid",
+                       "payment_method must be a provider's payment method "
+                       "id of 1 to 255 characters");
+        }
+
+        method = json_string_value(v);
+    }
+
+    v = json_object_get(json_object_get(body, "customer"), "email");
+    email = json_is_string(v) ? json_string_value(v) : NULL;
+
+    plan = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_plan_t));
+    if (plan == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     v = json_object_get(body, "provider");
 
     if (v && !json_is_string(v)) {
@@ -488,38 +620,79 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
                        : "no such provider is configured for test mode");
         }
 
-    } else if (v == NULL && ctx->auth.livemode) {
+        plan->providers[plan->n++] = pv;
+        plan->strategy = "requested";
+
+    } else if (v == NULL
+               && ngx_http_payflow_route_plan(r, plan, currency, amount)
+                  == NGX_DECLINED
+               && ctx->auth.livemode)
+    {
         pv = ngx_http_payflow_provider_default(pmcf, 1);
+
+        if (pv) {
+            plan->providers[plan->n++] = pv;
+            plan->strategy = "default";
+        }
     }
 
-    if (pv == NULL && ctx->auth.livemode) {
+    if (plan->n == 0 && ctx->auth.livemode) {
         /* the sandbox never moves real money */
         return ngx_http_payflow_bad(r, "provider", "provider_unavailable",
                    "no provider is configured for live mode");
     }
 
-    provider = pv ? (const char *) pv->name.data : "sandbox";
+    /* providers that cannot take this payment leave the plan */
 
-    method = NULL;
-    v = json_object_get(body, "payment_method");
+    for (i = 0, n = 0; i < plan->n; i++) {
+        pv = plan->providers[i];
 
-    if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || json_string_length(v) == 0
-            || json_string_length(v) > 255)
+        if ((pv->adapter->needs_payment_method && method == NULL)
+            || (pv->adapter->needs_email && email == NULL)
+            || (manual && !pv->adapter->manual_capture))
         {
-            return ngx_http_payflow_bad(r, "payment_method",
-                       "parameter_invalid",
-                       "payment_method must be a provider's payment method "
-                       "id of 1 to 255 characters");
+            continue;
         }
 
-        method = json_string_value(v);
+        plan->providers[n++] = pv;
     }
 
-    if (pv && pv->adapter->needs_payment_method && method == NULL) {
-        return ngx_http_payflow_bad(r, "payment_method", "parameter_missing",
-                   "payment_method is required for this provider");
+    if (n == 0 && plan->n) {
+        pv = plan->providers[0];
+
+        if (manual && !pv->adapter->manual_capture) {
+            return ngx_http_payflow_bad(r, "capture_method",
+                       "parameter_invalid",
+                       "this payment's provider does not support manual "
+                       "capture");
+        }
+
+        if (pv->adapter->needs_payment_method && method == NULL) {
+            return ngx_http_payflow_bad(r, "payment_method",
+                       "parameter_missing",
+                       "payment_method is required for this provider");
+        }
+
+        return ngx_http_payflow_bad(r, "customer[email]",
+                   "parameter_missing",
+                   "customer email is required for this provider");
     }
+
+    plan->n = n;
+    pv = NULL;
+
+    if (plan->n) {
+        pv = ngx_http_payflow_route_next(r, plan, NULL);
+
+        if (pv == NULL) {
+            return ngx_http_payflow_provider_error(r,
+                       NGX_HTTP_SERVICE_UNAVAILABLE, "provider_unavailable",
+                       "every provider for this payment is unavailable "
+                       "(circuit open); nothing was charged", NULL);
+        }
+    }
+
+    provider = pv ? (const char *) pv->name.data : "sandbox";
 
     v = json_object_get(body, "description");
 
@@ -652,7 +825,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    values = ngx_pcalloc(r->pool, 13 * sizeof(char *));
+    values = ngx_pcalloc(r->pool, 15 * sizeof(char *));
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -677,11 +850,20 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     *ngx_sprintf((u_char *) values[3], "%L", (int64_t) amount) = '\0';
 
+    values[11] = method;
+
+    if (pv) {
+        values[12] = ngx_http_payflow_db_str(r->pool, &plan->reason);
+        if (values[12] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     if (keyed) {
-        values[11] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
-        values[12] = (char *) ngx_pstrdup(r->pool, &(ngx_str_t)
+        values[13] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+        values[14] = (char *) ngx_pstrdup(r->pool, &(ngx_str_t)
                                           { sizeof(hex), hex });
-        if (values[11] == NULL || values[12] == NULL) {
+        if (values[13] == NULL || values[14] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -693,24 +875,27 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
          * verify, never a charge nobody knows of.
          */
 
-        charge = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_charge_t));
-        if (charge == NULL) {
+        op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_operation_t));
+        if (op == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        charge->payment_id = ctx->payment_id;
-        charge->amount = amount;
-        charge->currency = currency;
-        charge->payment_method = method;
-        charge->description = values[7];
-        charge->return_url = values[10];
-        charge->manual = manual;
+        op->op = NGX_HTTP_PAYFLOW_OP_CHARGE;
+        op->payment_id = ctx->payment_id;
+        op->amount = amount;
+        op->currency = currency;
+        op->exponent = c->exponent;
+        op->payment_method = method;
+        op->description = values[7];
+        op->return_url = values[10];
+        op->email = email;
+        op->manual = manual;
 
-        v = json_object_get(json_object_get(body, "customer"), "email");
-        charge->email = json_is_string(v) ? json_string_value(v) : NULL;
+        plan->deadline = ngx_current_msec + pmcf->provider_deadline;
 
         ctx->provider = pv;
-        ctx->charge = charge;
+        ctx->plan = plan;
+        ctx->op = op;
         ctx->outcome = "processing";
 
         q = ngx_http_payflow_db_query(r, keyed ? 2 : 1, 1);
@@ -720,7 +905,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
         ngx_http_payflow_db_stmt(q, 0)->statement =
                         keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
-        ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 13 : 11;
+        ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 15 : 13;
         ngx_http_payflow_db_stmt(q, 0)->values = values;
 
         if (keyed) {
@@ -731,7 +916,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
             finish[0] = values[1];
             finish[1] = values[2];
-            finish[2] = values[11];
+            finish[2] = values[13];
 
             ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
             ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
@@ -748,6 +933,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     res.status = outcome->status;
     res.code = outcome->code;
     res.message = outcome->message;
+    res.declined = (outcome->code != NULL);
 
     if (outcome->action) {
         res.redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION) - 1
@@ -777,7 +963,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     ngx_http_payflow_db_stmt(q, 0)->statement =
                         keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 13 : 11;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 15 : 13;
     ngx_http_payflow_db_stmt(q, 0)->values = values;
 
     if (ngx_http_payflow_payments_settle(r, q, 1, &res) != NGX_OK) {
@@ -798,6 +984,7 @@ static ngx_int_t
 ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
     ngx_uint_t i, ngx_http_payflow_provider_result_t *res)
 {
+    u_char                         *p;
     const char                    **values, **finish;
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_main_conf_t   *pmcf;
@@ -807,9 +994,17 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
 
     ctx->outcome = res->status ? res->status : "processing";
 
-    /* tenant, livemode, key, payment, envelope head and tail */
+    ctx->result = ngx_palloc(r->pool,
+                             sizeof(ngx_http_payflow_provider_result_t));
+    if (ctx->result == NULL) {
+        return NGX_ERROR;
+    }
 
-    finish = ngx_pcalloc(r->pool, 6 * sizeof(char *));
+    ngx_memcpy(ctx->result, res, sizeof(ngx_http_payflow_provider_result_t));
+
+    /* tenant, livemode, key, payment, envelope head and tail, status */
+
+    finish = ngx_pcalloc(r->pool, 7 * sizeof(char *));
     if (finish == NULL) {
         return NGX_ERROR;
     }
@@ -849,15 +1044,19 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
     }
 
     finish[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
 
-    if (finish[2] == NULL
+    if (finish[2] == NULL || p == NULL
         || ngx_http_payflow_envelope(r, &finish[4], &finish[5]) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
+    *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
+    finish[6] = (char *) p;
+
     ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_finish;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 6;
+    ngx_http_payflow_db_stmt(q, i)->nparams = 7;
     ngx_http_payflow_db_stmt(q, i++)->values = finish;
 
     ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
@@ -868,18 +1067,79 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
 }
 
 
+/*
+ * How a new payment is answered: 200 unless it failed; a decline is 402,
+ * a provider that could not take it 503 (502 when it refused PayFlow),
+ * each with the payment in the error.
+ */
+
+static void
+ngx_http_payflow_payment_error(ngx_http_request_t *r, pf_error_t *err)
+{
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_provider_result_t  *res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    res = ctx->result;
+
+    ngx_memzero(err, sizeof(pf_error_t));
+
+    if (res == NULL || res->status == NULL
+        || ngx_strcmp(res->status, "failed") != 0)
+    {
+        err->status = NGX_HTTP_OK;
+        return;
+    }
+
+    err->type = PF_ERROR_PROVIDER;
+    err->code = res->code ? res->code : "payment_failed";
+    err->message = res->message ? res->message : "the payment failed";
+    err->object_name = "payment";
+
+    if (res->declined) {
+        err->status = 402;    /* Payment Required */
+
+    } else if (res->code
+               && ngx_strcmp(res->code, "provider_authentication_failed")
+                  == 0)
+    {
+        err->status = NGX_HTTP_BAD_GATEWAY;
+
+    } else {
+        err->status = NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+}
+
+
+/* an error from a provider's side, nothing stored */
+
+static ngx_int_t
+ngx_http_payflow_provider_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, const char *param)
+{
+    pf_error_t  err;
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = status;
+    err.type = PF_ERROR_PROVIDER;
+    err.code = code;
+    err.message = message;
+    err.param = param;
+
+    return ngx_http_payflow_send_error(r, &err);
+}
+
+
 /* the payment (and its key) committed: now the provider */
 
 static ngx_int_t
 ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult                     *key;
-    pf_curl_call_t               *call;
-    ngx_http_payflow_ctx_t       *ctx;
-    ngx_http_payflow_provider_t  *pv;
+    PGresult                *key;
+    ngx_http_payflow_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pv = (ngx_http_payflow_provider_t *) ctx->provider;
 
     if (ctx->idem_key.len) {
         key = ngx_http_payflow_db_result(q, 1);
@@ -896,12 +1156,40 @@ ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx->created = 1;
 
+    return ngx_http_payflow_payments_attempt(r);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_payments_attempt(ngx_http_request_t *r)
+{
+    ngx_msec_t                     left;
+    pf_curl_call_t                *call;
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_plan_t       *plan;
+    ngx_http_payflow_provider_t   *pv;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pv = (ngx_http_payflow_provider_t *) ctx->provider;
+    plan = ctx->plan;
+
     call = ngx_http_payflow_provider_call(r, pv);
-    if (call == NULL
-        || pv->adapter->charge(pv, ctx->charge, call) != NGX_OK)
-    {
+    if (call == NULL || pv->adapter->request(pv, ctx->op, call) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* the call fits in what is left of the deadline */
+
+    left = plan->deadline - ngx_current_msec;
+
+    if ((ngx_msec_int_t) left < 1000) {
+        left = 1000;
+    }
+
+    call->timeout = ngx_min(call->timeout, left);
+    call->connect_timeout = ngx_min(call->connect_timeout, call->timeout);
+
+    ctx->attempts++;
 
     return ngx_http_payflow_provider_run(r, call,
                                          ngx_http_payflow_payments_charged);
@@ -913,15 +1201,88 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
     pf_curl_call_t *call)
 {
     ngx_uint_t                           n;
+    ngx_msec_t                           delay, left;
     pf_pg_query_t                       *q;
+    const char                         **values;
     ngx_http_payflow_ctx_t              *ctx;
-    ngx_http_payflow_provider_t         *pv;
+    ngx_http_payflow_plan_t             *plan;
+    ngx_http_payflow_provider_t         *pv, *next;
+    ngx_http_payflow_main_conf_t        *pmcf;
     ngx_http_payflow_provider_result_t   res;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     pv = (ngx_http_payflow_provider_t *) ctx->provider;
+    plan = ctx->plan;
 
-    pv->adapter->charged(pv, call, &res);
+    pv->adapter->response(pv, ctx->op, call, &res);
+
+    ngx_http_payflow_provider_record(pmcf, pv, NGX_HTTP_PAYFLOW_OP_CHARGE,
+                                     &res, call->elapsed);
+
+    left = plan->deadline - ngx_current_msec;
+
+    if (res.status == NULL && res.retry && ctx->attempts <= pv->retries
+        && (ngx_msec_int_t) left > 0)
+    {
+        /* exponential backoff with full jitter: 100, 200, 400 ms ... */
+
+        delay = 100 << (ctx->attempts - 1);
+        delay = delay / 2 + ngx_random() % (delay / 2 + 1);
+
+        if (delay + 1000 < left) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "payflow provider: \"%V\" %s, retry %ui in %M ms",
+                          &pv->name, res.code, ctx->attempts, delay);
+
+            return ngx_http_payflow_payments_backoff(r, delay);
+        }
+    }
+
+    if (res.status == NULL && res.not_taken && !res.declined) {
+
+        /* provably nothing moved: the next provider may take it */
+
+        next = ngx_http_payflow_route_next(r, plan, res.code);
+
+        if (next) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "payflow provider: payment %V fails over from "
+                          "\"%V\" (%s) to \"%V\"", &ctx->payment_id,
+                          &pv->name, res.code, &next->name);
+
+            values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
+            q = ngx_http_payflow_db_query(r, 1, 1);
+
+            if (values == NULL || q == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            values[0] = ngx_http_payflow_db_str(r->pool, &ctx->payment_id);
+            values[1] = (char *) next->name.data;
+            values[2] = ngx_http_payflow_db_str(r->pool, &plan->reason);
+            values[3] = (char *) pv->name.data;
+
+            if (values[0] == NULL || values[2] == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_http_payflow_db_stmt(q, 0)->statement =
+                                                     pmcf->st.pay_reroute;
+            ngx_http_payflow_db_stmt(q, 0)->nparams = 4;
+            ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+            ctx->provider = next;
+            ctx->attempts = 0;
+
+            return ngx_http_payflow_db_run(r, q, "rerouting a payment",
+                                       ngx_http_payflow_payments_rerouted);
+        }
+    }
+
+    if (res.status == NULL && res.not_taken) {
+        res.status = "failed";
+    }
 
     if (res.status == NULL) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -944,12 +1305,85 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
 }
 
 
+/* the move to the next provider committed: call it */
+
+static ngx_int_t
+ngx_http_payflow_payments_rerouted(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    if (PQntuples(ngx_http_payflow_db_result(q, 0)) != 1) {
+        /* moved on meanwhile (verified by the reconciler): as it is now */
+        return ngx_http_payflow_payments_get(r,
+                   ngx_http_get_module_ctx(r, ngx_http_payflow_module));
+    }
+
+    return ngx_http_payflow_payments_attempt(r);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_payments_backoff(ngx_http_request_t *r, ngx_msec_t delay)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+    ngx_pool_cleanup_t      *cln;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (ctx->backoff == NULL) {
+        ctx->backoff = ngx_pcalloc(r->pool, sizeof(ngx_event_t));
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+
+        if (ctx->backoff == NULL || cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->backoff->handler = ngx_http_payflow_payments_retry;
+        ctx->backoff->data = r;
+        ctx->backoff->log = r->connection->log;
+
+        cln->handler = ngx_http_payflow_payments_backoff_cleanup;
+        cln->data = ctx->backoff;
+    }
+
+    ngx_add_timer(ctx->backoff, delay);
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_payflow_payments_retry(ngx_event_t *ev)
+{
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+
+    r = ev->data;
+
+    rc = ngx_http_payflow_payments_attempt(r);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+static void
+ngx_http_payflow_payments_backoff_cleanup(void *data)
+{
+    ngx_event_t  *ev = data;
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 {
     PGresult                *pay, *key, *done;
     ngx_str_t                data;
     ngx_uint_t               n;
+    pf_error_t               err;
     ngx_http_payflow_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
@@ -968,7 +1402,23 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 
         ctx->created = 1;
 
-        return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+        ngx_http_payflow_payment_error(r, &err);
+
+        if (err.status == NGX_HTTP_OK) {
+            return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+        }
+
+        err.object = &data;
+
+        if (pf_response_error_body(r->pool, &err,
+                                   ngx_http_payflow_request_id(r),
+                                   &ctx->response)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_payflow_send_body(r, err.status, &ctx->response);
     }
 
     done = ngx_http_payflow_db_result(q, n - 2);
@@ -981,7 +1431,8 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
         ctx->response.data = (u_char *) PQgetvalue(done, 0, 0);
         ctx->response.len = PQgetlength(done, 0, 0);
 
-        return ngx_http_payflow_send_body(r, NGX_HTTP_OK, &ctx->response);
+        return ngx_http_payflow_send_body(r, ctx->response_status,
+                                          &ctx->response);
     }
 
     if (PQntuples(key) != 1) {
@@ -993,38 +1444,64 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 
 
 /*
- * The success envelope of this request split around its data, as
- * NUL-terminated strings: what pf_response_data_body() writes, so that an
- * answer assembled by the database is byte for byte the one C would send.
+ * This request's answer envelope split around the payment, as
+ * NUL-terminated strings: what pf_response_data_body() (or, for a failed
+ * payment, pf_response_error_body()) writes, so that an answer assembled
+ * by the database is byte for byte the one C would send.  Sets
+ * ctx->response_status.
  */
 
 static ngx_int_t
 ngx_http_payflow_envelope(ngx_http_request_t *r, const char **head,
     const char **tail)
 {
-    u_char     *p;
-    ngx_str_t   body, part;
+    u_char                  *p;
+    ngx_str_t                body, part;
+    pf_error_t               err;
+    const char              *mark;
+    ngx_http_payflow_ctx_t  *ctx;
 
     static ngx_str_t  zero = ngx_string("0");
 
-    if (pf_response_data_body(r->pool, &zero, ngx_http_payflow_request_id(r),
-                              &body)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ngx_http_payflow_payment_error(r, &err);
+
+    ctx->response_status = err.status;
+
+    if (err.status == NGX_HTTP_OK) {
+        mark = "\"data\":0";
+
+        if (pf_response_data_body(r->pool, &zero,
+                                  ngx_http_payflow_request_id(r), &body)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else {
+        mark = "\"payment\":0";
+        err.object = &zero;
+
+        if (pf_response_error_body(r->pool, &err,
+                                   ngx_http_payflow_request_id(r), &body)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
-    p = ngx_strnstr(body.data, "\"data\":0", body.len);
+    p = ngx_strnstr(body.data, (char *) mark, body.len);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
     part.data = body.data;
-    part.len = p + sizeof("\"data\":") - 1 - body.data;
+    part.len = p + ngx_strlen(mark) - 1 - body.data;
 
     *head = ngx_http_payflow_db_str(r->pool, &part);
 
-    part.data = p + sizeof("\"data\":0") - 1;
+    part.data = p + ngx_strlen(mark);
     part.len = body.data + body.len - part.data;
 
     *tail = ngx_http_payflow_db_str(r->pool, &part);
@@ -1631,6 +2108,9 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
     }
 
     ctx->money = m;
+    ctx->money_values = (const char **) values;
+    ctx->money_n = nvalues;
+    ctx->money_id = id;
     ctx->db_sql_ok = 1;
 
     return ngx_http_payflow_db_run(r, q, m->what,
@@ -1674,7 +2154,8 @@ ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
         }
 
         if (state && ngx_strcmp(state, "PF008") == 0) {
-            return ngx_http_payflow_money_unsupported(r);
+            /* at a network provider: the provider goes first */
+            return ngx_http_payflow_money_remote(r);
         }
 
         if (state && ngx_strcmp(state, "23514") == 0) {
@@ -1758,8 +2239,8 @@ ngx_http_payflow_money_unsupported(ngx_http_request_t *r)
 
     rc = ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
              "provider_operation_unavailable",
-             "capture, cancel and refund are available for sandbox "
-             "payments only, so far", "id");
+             "the payment's provider does not offer this operation, or is "
+             "no longer configured", "id");
 
     return rc != NGX_OK ? rc
            : ngx_http_payflow_send_body(r, ctx->response_status,
@@ -1793,11 +2274,380 @@ ngx_http_payflow_money_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * Capture, cancel and refund of a payment at a network provider.  Capture
+ * and cancel ask the provider first, and only what it did is recorded (by
+ * the remote statements, with the key as for the sandbox); a refund is
+ * reserved as pending first, then asked for, then settled.  An answer
+ * that does not tell is not stored with the key: the retry asks the
+ * provider again under the same idempotency key, which is safe.
+ */
+
+static ngx_int_t
+ngx_http_payflow_money_remote(ngx_http_request_t *r)
+{
+    pf_pg_query_t                  *q;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_money_t       *m;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    m = (ngx_http_payflow_money_t *) ctx->money;
+
+    if (m == &ngx_http_payflow_refund_op) {
+        ngx_http_payflow_remote_op = *m;
+        ngx_http_payflow_remote_op.plain = pmcf->st.refund_remote;
+        ngx_http_payflow_remote_op.keyed = pmcf->st.refund_remote_keyed;
+        ngx_http_payflow_remote_op.follow = pmcf->st.refund_route;
+        ngx_http_payflow_remote_op.answer = ngx_http_payflow_refund_reserved;
+
+        return ngx_http_payflow_money_run(r, ctx,
+                                          &ngx_http_payflow_remote_op,
+                                          ctx->money_values, ctx->money_n,
+                                          ctx->money_id);
+    }
+
+    q = ngx_http_payflow_db_query(r, 1, 1);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_route;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, 0)->values = ctx->money_values;
+
+    ctx->db_sql_ok = 0;
+
+    return ngx_http_payflow_db_run(r, q, "reading a payment's provider",
+                                   ngx_http_payflow_money_routed);
+}
+
+
+/* provider, provider reference, currency: the call */
+
+static ngx_int_t
+ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                       *row;
+    ngx_int_t                       rc;
+    ngx_str_t                       name;
+    pf_curl_call_t                 *call;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_provider_t    *pv;
+    ngx_http_payflow_operation_t   *op;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    row = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(row) != 1) {
+        rc = ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
+                                          "resource_missing",
+                                          "no such payment", "id");
+        return rc != NGX_OK ? rc
+               : ngx_http_payflow_send_body(r, ctx->response_status,
+                                            &ctx->response);
+    }
+
+    op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_operation_t));
+    if (op == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    op->op = (ctx->money == &ngx_http_payflow_capture_op)
+             ? NGX_HTTP_PAYFLOW_OP_CAPTURE : NGX_HTTP_PAYFLOW_OP_CANCEL;
+    op->payment_id.data = (u_char *) ctx->money_values[0];
+    op->payment_id.len = ngx_strlen(ctx->money_values[0]);
+    op->reference.data = (u_char *) PQgetvalue(row, 0, 1);
+    op->reference.len = PQgetlength(row, 0, 1);
+    op->currency = PQgetvalue(row, 0, 2);
+
+    if (ngx_http_payflow_remote_operation(op) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE && ctx->money_values[1]) {
+        op->amount = ngx_atoof((u_char *) ctx->money_values[1],
+                               ngx_strlen(ctx->money_values[1]));
+    }
+
+    name.data = (u_char *) PQgetvalue(row, 0, 0);
+    name.len = PQgetlength(row, 0, 0);
+
+    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+    call = pv ? ngx_http_payflow_provider_call(r, pv) : NULL;
+
+    rc = call ? pv->adapter->request(pv, op, call) : NGX_DECLINED;
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_payflow_money_unsupported(r);
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->provider = pv;
+    ctx->op = op;
+
+    return ngx_http_payflow_provider_run(r, call,
+                                         ngx_http_payflow_money_called);
+}
+
+
+/* the exponent of the operation's currency */
+
+static ngx_int_t
+ngx_http_payflow_remote_operation(ngx_http_payflow_operation_t *op)
+{
+    ngx_http_payflow_currency_t  *c;
+
+    for (c = ngx_http_payflow_currencies; c->code; c++) {
+        if (ngx_strcmp(c->code, op->currency) == 0) {
+            op->exponent = c->exponent;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* of a currency PayFlow accepted; 2 for one it does not know */
+
+ngx_uint_t
+ngx_http_payflow_payments_exponent(const char *currency)
+{
+    ngx_http_payflow_operation_t  op;
+
+    op.currency = currency;
+    op.exponent = 2;
+
+    (void) ngx_http_payflow_remote_operation(&op);
+
+    return op.exponent;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
+{
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_provider_t         *pv;
+    ngx_http_payflow_operation_t        *op;
+    ngx_http_payflow_main_conf_t        *pmcf;
+    ngx_http_payflow_provider_result_t   res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    pv = (ngx_http_payflow_provider_t *) ctx->provider;
+    op = ctx->op;
+
+    pv->adapter->response(pv, op, call, &res);
+
+    ngx_http_payflow_provider_record(pmcf, pv, op->op, &res, call->elapsed);
+
+    if (res.status) {
+        /* done at the provider: now in the books, with the key */
+
+        ngx_http_payflow_remote_op = *(ngx_http_payflow_money_t *) ctx->money;
+
+        if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE) {
+            ngx_http_payflow_remote_op.plain = pmcf->st.capture_remote;
+            ngx_http_payflow_remote_op.keyed = pmcf->st.capture_remote_keyed;
+
+        } else {
+            ngx_http_payflow_remote_op.plain = pmcf->st.cancel_remote;
+            ngx_http_payflow_remote_op.keyed = pmcf->st.cancel_remote_keyed;
+        }
+
+        return ngx_http_payflow_money_run(r, ctx,
+                                          &ngx_http_payflow_remote_op,
+                                          ctx->money_values, ctx->money_n,
+                                          ctx->money_id);
+    }
+
+    if (res.not_taken) {
+        return ngx_http_payflow_provider_error(r,
+                   res.outage ? NGX_HTTP_SERVICE_UNAVAILABLE
+                              : NGX_HTTP_CONFLICT,
+                   res.code,
+                   res.message ? res.message
+                               : "the provider refused the operation",
+                   NULL);
+    }
+
+    return ngx_http_payflow_provider_error(r, NGX_HTTP_BAD_GATEWAY,
+               res.code,
+               "the provider's answer was lost; retry with the same "
+               "Idempotency-Key: the provider is asked again under the "
+               "same key", NULL);
+}
+
+
+/* the refund is reserved (results: refund, route, refund read back) */
+
+static ngx_int_t
+ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                       *op_row, *row;
+    ngx_int_t                       rc;
+    ngx_str_t                       name;
+    pf_curl_call_t                 *call;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_provider_t    *pv;
+    ngx_http_payflow_operation_t   *op;
+    ngx_http_payflow_main_conf_t   *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    op_row = ngx_http_payflow_db_result(q, 0);
+    row = ngx_http_payflow_db_result(q, 1);
+
+    if (PQntuples(op_row) != 1 || PQntuples(row) != 1) {
+        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
+                                            "resource_missing",
+                                            "no such payment", "payment");
+    }
+
+    op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_operation_t));
+    if (op == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* provider, payment id, reference, amount, currency, reason */
+
+    op->op = NGX_HTTP_PAYFLOW_OP_REFUND;
+    op->refund_id.data = (u_char *) ctx->money_values[0];
+    op->refund_id.len = ngx_strlen(ctx->money_values[0]);
+
+    op->payment_id.data = (u_char *) PQgetvalue(row, 0, 1);
+    op->payment_id.len = PQgetlength(row, 0, 1);
+    op->reference.data = (u_char *) PQgetvalue(row, 0, 2);
+    op->reference.len = PQgetlength(row, 0, 2);
+    op->currency = PQgetvalue(row, 0, 4);
+    op->amount = ngx_atoof((u_char *) PQgetvalue(row, 0, 3),
+                           PQgetlength(row, 0, 3));
+    op->reason = PQgetisnull(row, 0, 5) ? NULL : PQgetvalue(row, 0, 5);
+
+    if (ngx_http_payflow_remote_operation(op) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    name.data = (u_char *) PQgetvalue(row, 0, 0);
+    name.len = PQgetlength(row, 0, 0);
+
+    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+    call = pv ? ngx_http_payflow_provider_call(r, pv) : NULL;
+
+    rc = call ? pv->adapter->request(pv, op, call) : NGX_DECLINED;
+
+    if (rc != NGX_OK) {
+        /* the reservation stays pending, for an operator: logged */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow provider: refund %V of payment %V cannot be "
+                      "asked of provider \"%V\"", &op->refund_id,
+                      &op->payment_id, &name);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->provider = pv;
+    ctx->op = op;
+
+    return ngx_http_payflow_provider_run(r, call,
+                                         ngx_http_payflow_refund_called);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_refund_called(ngx_http_request_t *r, pf_curl_call_t *call)
+{
+    pf_pg_query_t                       *q;
+    const char                         **values;
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_provider_t         *pv;
+    ngx_http_payflow_operation_t        *op;
+    ngx_http_payflow_main_conf_t        *pmcf;
+    ngx_http_payflow_provider_result_t   res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    pv = (ngx_http_payflow_provider_t *) ctx->provider;
+    op = ctx->op;
+
+    pv->adapter->response(pv, op, call, &res);
+
+    ngx_http_payflow_provider_record(pmcf, pv, op->op, &res, call->elapsed);
+
+    if (res.status == NULL && res.not_taken) {
+        /* refused: nothing refunded, the reservation is released */
+        res.status = "failed";
+    }
+
+    if (res.status == NULL) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "payflow provider: refund %V at \"%V\" is undecided "
+                      "(%s), it stays pending", &op->refund_id, &pv->name,
+                      res.code);
+        res.status = "pending";
+        res.code = NULL;
+    }
+
+    values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
+    q = ngx_http_payflow_db_query(r, 2, 1);
+
+    if (values == NULL || q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = (char *) op->refund_id.data;
+    values[1] = res.status;
+    values[2] = ngx_http_payflow_nullable(r, &res.reference);
+    values[3] = (ngx_strcmp(res.status, "failed") == 0) ? res.code : NULL;
+
+    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.refund_settle;
+    ngx_http_payflow_db_stmt(q, 0)->nparams = 4;
+    ngx_http_payflow_db_stmt(q, 0)->values = values;
+
+    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.refund_get;
+    ngx_http_payflow_db_stmt(q, 1)->nparams = 1;
+    ngx_http_payflow_db_stmt(q, 1)->values = values;
+
+    ctx->db_sql_ok = 0;
+
+    return ngx_http_payflow_db_run(r, q, "recording a refund",
+                                   ngx_http_payflow_refund_settled);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_refund_settled(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    ngx_int_t                 rc;
+    ngx_http_payflow_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    rc = ngx_http_payflow_money_data(r, ngx_http_payflow_db_result(q, 1));
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ctx->idem_key.len) {
+        return ngx_http_payflow_idem_store(r);
+    }
+
+    return ngx_http_payflow_send_body(r, ctx->response_status,
+                                      &ctx->response);
+}
+
+
 /* POST /v1/payments/{id}/capture {"amount": n} (permission write) */
 
-static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
-static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
-static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
 
 static const char  *ngx_http_payflow_capture_fields[] = { "amount", NULL };
 static const char  *ngx_http_payflow_refund_fields[] = {

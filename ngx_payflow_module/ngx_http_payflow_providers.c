@@ -20,14 +20,16 @@ static void ngx_http_payflow_provider_done(pf_curl_call_t *call);
 
 static const ngx_http_payflow_adapter_t  *ngx_http_payflow_adapters[] = {
     &ngx_http_payflow_stripe_adapter,
+    &ngx_http_payflow_paystack_adapter,
+    &ngx_http_payflow_flutterwave_adapter,
     NULL
 };
 
 
 /*
- * payflow_provider <name> type=<stripe> [mode=test|live] [base_url=<url>]
+ * payflow_provider <name> type=<stripe|paystack|flutterwave> [mode=test|live] [base_url=<url>]
  *     [secret_file=<path> | secret_env=<NAME>] [connect_timeout=<time>]
- *     [timeout=<time>] [ca_file=<path>];
+ *     [timeout=<time>] [retries=<n>] [ca_file=<path>];
  */
 
 char *
@@ -62,6 +64,7 @@ ngx_http_payflow_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     pv->name = value[1];
     pv->connect_timeout = 2000;
     pv->timeout = 10000;
+    pv->retries = 2;
 
     if (pv->name.len == 0 || pv->name.len > 32
         || ngx_strcmp(pv->name.data, "sandbox") == 0)
@@ -90,7 +93,8 @@ ngx_http_payflow_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             if (pv->adapter == NULL) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "payflow_provider: unknown type \"%s\", "
-                                   "expected \"stripe\"", value[i].data + 5);
+                                   "expected \"stripe\", \"paystack\" or "
+                                   "\"flutterwave\"", value[i].data + 5);
                 return NGX_CONF_ERROR;
             }
 
@@ -166,6 +170,19 @@ ngx_http_payflow_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 pv->timeout = (ngx_msec_t) ms;
             }
 
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "retries=", 8) == 0) {
+            ms = ngx_atoi(value[i].data + 8, value[i].len - 8);
+            if (ms == NGX_ERROR || ms > 10) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "payflow_provider: invalid \"%V\", "
+                                   "0 to 10", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            pv->retries = ms;
             continue;
         }
 
@@ -371,9 +388,10 @@ ngx_http_payflow_provider_transport(pf_curl_call_t *call,
 {
     ngx_memzero(res, sizeof(ngx_http_payflow_provider_result_t));
 
+    res->outage = 1;
+
     if (call->result == PF_CURL_NOT_SENT) {
         /* nothing reached the provider: no money can have moved */
-        res->status = "failed";
         res->code = "provider_unavailable";
         res->message = "the provider could not be reached";
         res->not_taken = 1;
@@ -381,11 +399,9 @@ ngx_http_payflow_provider_transport(pf_curl_call_t *call,
         return;
     }
 
-    /* sent, and then silence: only the provider knows; stays processing */
-    res->status = NULL;
+    /* sent, and then silence: only the provider knows */
     res->code = "provider_timeout";
-    res->message = "the provider did not answer in time; the payment is "
-                   "being verified with the provider";
+    res->message = "the provider did not answer in time";
 }
 
 
@@ -449,4 +465,126 @@ ngx_http_payflow_form(ngx_pool_t *pool, ngx_keyval_t *fields, ngx_uint_t n,
     form->len = p - form->data;
 
     return NGX_OK;
+}
+
+
+/* base_url, path, the URI-escaped arg (if any) and tail */
+
+ngx_int_t
+ngx_http_payflow_provider_url(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p, const char *path, ngx_str_t *arg,
+    const char *tail)
+{
+    u_char  *s;
+    size_t   len;
+
+    len = p->base_url.len + ngx_strlen(path) + ngx_strlen(tail);
+
+    if (arg) {
+        len += arg->len + 2 * ngx_escape_uri(NULL, arg->data, arg->len,
+                                             NGX_ESCAPE_URI_COMPONENT);
+    }
+
+    s = ngx_pnalloc(call->pool, len);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    call->url.data = s;
+
+    s = ngx_sprintf(s, "%V%s", &p->base_url, path);
+
+    if (arg) {
+        s = (u_char *) ngx_escape_uri(s, arg->data, arg->len,
+                                      NGX_ESCAPE_URI_COMPONENT);
+    }
+
+    s = ngx_cpymem(s, tail, ngx_strlen(tail));
+
+    call->url.len = s - call->url.data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_payflow_provider_bearer(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p)
+{
+    ngx_str_t  v;
+
+    v.len = sizeof("Bearer ") - 1 + p->secret.len;
+    v.data = ngx_pnalloc(call->pool, v.len);
+    if (v.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(v.data, "Bearer %V", &p->secret);
+
+    return pf_curl_header(call, "Authorization", &v);
+}
+
+
+/* a string member of an object, copied into the call's pool, or NULL */
+
+const char *
+ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
+    const char *name)
+{
+    u_char  *p;
+    json_t  *v;
+    size_t   len;
+
+    v = json_is_object(o) ? json_object_get(o, name) : NULL;
+
+    if (json_is_integer(v)) {
+        /* numeric ids, as Paystack's and Flutterwave's */
+        p = ngx_pnalloc(call->pool, NGX_INT64_LEN + 1);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        *ngx_sprintf(p, "%L", (int64_t) json_integer_value(v)) = '\0';
+        return (const char *) p;
+    }
+
+    if (!json_is_string(v)) {
+        return NULL;
+    }
+
+    len = json_string_length(v);
+
+    p = ngx_pnalloc(call->pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, json_string_value(v), len);
+    p[len] = '\0';
+
+    return (const char *) p;
+}
+
+
+/* 12345 with exponent 2 is "123.45", NUL-terminated; buf: 32 bytes */
+
+u_char *
+ngx_http_payflow_major_units(u_char *buf, int64_t amount,
+    ngx_uint_t exponent)
+{
+    switch (exponent) {
+
+    case 0:
+        *ngx_sprintf(buf, "%L", amount) = '\0';
+        break;
+
+    case 3:
+        *ngx_sprintf(buf, "%L.%03L", amount / 1000, amount % 1000) = '\0';
+        break;
+
+    default:
+        *ngx_sprintf(buf, "%L.%02L", amount / 100, amount % 100) = '\0';
+    }
+
+    return buf;
 }

@@ -25,35 +25,56 @@ typedef struct {
     ngx_str_t                           ca_file;
     ngx_msec_t                          connect_timeout;
     ngx_msec_t                          timeout;
+    ngx_uint_t                          retries;
+    ngx_uint_t                          index;      /* its shm slot */
     unsigned                            livemode:1;
 } ngx_http_payflow_provider_t;
 
 
-/* what a payment asks of its provider */
+/* what PayFlow asks of a provider */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_OP_CHARGE = 0,
+    NGX_HTTP_PAYFLOW_OP_CAPTURE,
+    NGX_HTTP_PAYFLOW_OP_CANCEL,
+    NGX_HTTP_PAYFLOW_OP_REFUND,
+    NGX_HTTP_PAYFLOW_OP_VERIFY         /* a payment's state, by reference */
+} ngx_http_payflow_op_e;
+
 
 typedef struct {
-    ngx_str_t                   payment_id;     /* the provider reference */
-    int64_t                     amount;
+    ngx_http_payflow_op_e       op;
+    ngx_str_t                   payment_id;     /* our reference */
+    ngx_str_t                   reference;      /* the provider's, or empty */
+    ngx_str_t                   refund_id;      /* OP_REFUND */
+    int64_t                     amount;         /* minor units; 0: all */
     const char                 *currency;       /* upper case */
+    ngx_uint_t                  exponent;       /* of the minor unit */
     const char                 *payment_method; /* or NULL */
     const char                 *description;    /* or NULL */
     const char                 *return_url;     /* or NULL */
     const char                 *email;          /* or NULL */
-    ngx_str_t                   request_id;
+    const char                 *reason;         /* refund reason, or NULL */
     unsigned                    manual:1;
-} ngx_http_payflow_charge_t;
+} ngx_http_payflow_operation_t;
 
 
-/* what the provider answered, in PayFlow's terms */
+/*
+ * What the provider answered, in PayFlow's terms.  status is the payment's
+ * new status (for a refund, the refund's), NULL when the answer does not
+ * tell: then nothing moves until the provider is asked again.
+ */
 
 typedef struct {
-    const char                 *status;     /* NULL: unknown, processing */
+    const char                 *status;
     ngx_str_t                   reference;  /* the provider's own id */
     ngx_str_t                   redirect_url;
     const char                 *code;       /* failure or decline code */
     const char                 *message;
     unsigned                    not_taken:1;  /* provably no money moved */
+    unsigned                    declined:1;   /* by the payer's bank */
     unsigned                    retry:1;      /* worth another attempt */
+    unsigned                    outage:1;     /* counts against a breaker */
 } ngx_http_payflow_provider_result_t;
 
 
@@ -61,17 +82,20 @@ struct ngx_http_payflow_adapter_s {
     const char                 *type;
     ngx_str_t                   default_url;
     ngx_uint_t                  needs_payment_method;
+    ngx_uint_t                  needs_email;
+    ngx_uint_t                  manual_capture;
 
-    /* fills call: method, url, headers, body */
-    ngx_int_t                 (*charge)(ngx_http_payflow_provider_t *p,
-                                        ngx_http_payflow_charge_t *charge,
-                                        pf_curl_call_t *call);
+    /* fills call (method, url, headers, body) for an operation */
+    ngx_int_t                 (*request)(ngx_http_payflow_provider_t *p,
+                                         ngx_http_payflow_operation_t *op,
+                                         pf_curl_call_t *call);
 
-    /* reads a completed HTTP exchange of charge */
-    void                      (*charged)(ngx_http_payflow_provider_t *p,
-                                         pf_curl_call_t *call,
-                                         ngx_http_payflow_provider_result_t
-                                             *res);
+    /* reads the completed HTTP exchange of an operation */
+    void                      (*response)(ngx_http_payflow_provider_t *p,
+                                          ngx_http_payflow_operation_t *op,
+                                          pf_curl_call_t *call,
+                                          ngx_http_payflow_provider_result_t
+                                              *res);
 };
 
 
@@ -93,9 +117,20 @@ ngx_keyval_t *ngx_http_payflow_keyval(ngx_keyval_t *kv, const char *key,
     const char *value);
 ngx_int_t ngx_http_payflow_form(ngx_pool_t *pool, ngx_keyval_t *fields,
     ngx_uint_t n, ngx_str_t *form);
+ngx_int_t ngx_http_payflow_provider_url(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p, const char *path, ngx_str_t *arg,
+    const char *tail);
+ngx_int_t ngx_http_payflow_provider_bearer(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p);
+const char *ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
+    const char *name);
+u_char *ngx_http_payflow_major_units(u_char *buf, int64_t amount,
+    ngx_uint_t exponent);
 
 
 extern const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter;
+extern const ngx_http_payflow_adapter_t  ngx_http_payflow_paystack_adapter;
+extern const ngx_http_payflow_adapter_t  ngx_http_payflow_flutterwave_adapter;
 
 
 #endif /* _NGX_HTTP_PAYFLOW_PROVIDERS_H_INCLUDED_ */

@@ -60,7 +60,10 @@ pf_response_error_body(ngx_pool_t *pool, pf_error_t *err,
 {
     pf_json_out_t  out;
 
-    if (pf_json_out_init(&out, pool, 384) != NGX_OK) {
+    if (pf_json_out_init(&out, pool,
+                         384 + (err->object ? err->object->len : 0))
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -80,6 +83,11 @@ pf_response_error_body(ngx_pool_t *pool, pf_error_t *err,
     if (err->param) {
         pf_json_out_key(&out, "param");
         pf_json_out_cstr(&out, err->param);
+    }
+
+    if (err->object) {
+        pf_json_out_key(&out, err->object_name);
+        pf_json_out_raw(&out, err->object->data, err->object->len);
     }
 
     pf_json_out_close(&out, '}');

@@ -31,6 +31,8 @@ typedef struct {
     const char       *message;
     const char       *param;         /* offending parameter, or NULL */
     time_t            retry_after;   /* seconds, 0: no Retry-After */
+    const char       *object_name;   /* an object the error is about, */
+    ngx_str_t        *object;        /* as JSON text, or NULL */
 } pf_error_t;
 
 

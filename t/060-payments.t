@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(39);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(43);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -108,10 +108,15 @@ is($t->psql("SELECT count(*) FROM ledger_entries "
 ###############################################################################
 # the sandbox's outcomes
 
-is(pay({ amount => 1002, currency => 'usd' })->{json}{data}{failure_code},
-	'card_declined', 'amount ..02: declined');
-is(pay({ amount => 1005, currency => 'usd' })->{json}{data}{failure_code},
-	'insufficient_funds', 'amount ..05: insufficient funds');
+$r = pay({ amount => 1002, currency => 'usd' });
+is($r->{status}, 402, 'amount ..02: declined, 402');
+is($r->{json}{error}{type}, 'provider_error', 'a provider error');
+is($r->{json}{error}{code}, 'card_declined', 'with its decline code');
+is($r->{json}{error}{payment}{failure_code}, 'card_declined',
+	'and the failed payment in the error');
+is($r->{json}{error}{payment}{status}, 'failed', 'which is failed');
+is(pay({ amount => 1005, currency => 'usd' })->{json}{error}{payment}
+	{failure_code}, 'insufficient_funds', 'amount ..05: insufficient funds');
 $r = pay({ amount => 1008, currency => 'usd',
 	return_url => 'https://shop.example/done' });
 is($r->{json}{data}{status}, 'requires_action', 'amount ..08: '

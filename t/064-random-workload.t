@@ -203,9 +203,11 @@ sub op_create {
 
 	my $r = send_op($tn, 'POST', '/v1/payments', body(\%req),
 		stored_unless(), body({ %req, amount => $amount + 100 }));
-	my $d = $r->{json}{data} // {};
+	my $d = $r->{json}{data} // $r->{json}{error}{payment} // {};
 
-	if (($r->{status} // 0) != 200 || !$d->{id}) {
+	if ((($r->{status} // 0) != 200 && ($r->{status} // 0) != 402)
+		|| !$d->{id})
+	{
 		return miss('create: ' . answer($r));
 	}
 

@@ -71,7 +71,8 @@ for my $i (0 .. 11) {
 	$body{customer} = { email => 'Ann@Example.com', name => 'Ann' }
 		if $i % 3 == 0;
 	$body{capture_method} = 'manual' if $i == 7;
-	push @p, call('POST', '/v1/payments', \%body)->{json}{data};
+	my $r = call('POST', '/v1/payments', \%body);
+	push @p, $r->{json}{data} // $r->{json}{error}{payment};
 }
 my @newest = reverse map { $_->{id} } @p;
 

@@ -18,7 +18,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(55);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(64);
 
 my $secret = 'sk_test_' . join '', map { ('a' .. 'z')[rand 26] } 1 .. 24;
 $t->write_file('stripe.key', "$secret\n");
@@ -190,14 +190,15 @@ is($r->{json}{data}{status}, 'requires_capture',
 is($r->{json}{data}{amount_capturable}, 4200, 'the amount is capturable');
 
 $r = pay({ payment_method => 'pm_card_chargeDeclined' });
-is($r->{json}{data}{status}, 'failed', 'pm_card_chargeDeclined: failed');
-is($r->{json}{data}{failure_code}, 'generic_decline',
+is($r->{status} . ' ' . $r->{json}{error}{payment}{status}, '402 failed',
+	'pm_card_chargeDeclined: 402, failed');
+is($r->{json}{error}{code}, 'generic_decline',
 	'with Stripe\'s decline code');
-like(row($r->{json}{data}{id}, 'provider_reference'), qr/^pi_/,
+like(row($r->{json}{error}{payment}{id}, 'provider_reference'), qr/^pi_/,
 	'the declined intent is referenced');
 
 $r = pay({ payment_method => 'pm_card_chargeDeclinedInsufficientFunds' });
-is($r->{json}{data}{failure_code}, 'insufficient_funds',
+is($r->{json}{error}{payment}{failure_code}, 'insufficient_funds',
 	'insufficient funds: its decline code');
 
 $r = pay({ payment_method => 'pm_card_authenticationRequired',
@@ -216,20 +217,52 @@ unlike($req->{body}, qr/allow_redirects/,
 	'redirects allowed when there is a return_url');
 
 ###############################################################################
-# capture, cancel and refund are the sandbox's alone so far: refused by
-# name for a Stripe payment, and nothing moves
+# capture, cancel and refund go to Stripe first, under keys of their own
 
 my $held = pay({ payment_method => 'pm_card_visa',
+	capture_method => 'manual' })->{json}{data};
+my $held2 = pay({ payment_method => 'pm_card_visa',
 	capture_method => 'manual' })->{json}{data}{id};
 my $paid = pay({ payment_method => 'pm_card_visa' })->{json}{data}{id};
-is(err(bearer($key, 'POST', "/v1/payments/$held/capture", {})),
-	'409 provider_operation_unavailable id', 'capture refused');
-is(err(bearer($key, 'POST', "/v1/payments/$held/cancel", {})),
-	'409 provider_operation_unavailable id', 'cancel refused');
-is(err(bearer($key, 'POST', '/v1/refunds', { payment => $paid })),
-	'409 provider_operation_unavailable id', 'refund refused');
-is(row($held, 'status') . ' ' . row($paid, 'status || amount_refunded'),
-	'requires_capture succeeded0', 'the payments are untouched');
+my $pi = row($held->{id}, 'provider_reference');
+
+$r = bearer($key, 'POST', "/v1/payments/$held->{id}/capture",
+	{ amount => 4000 });
+is($r->{json}{data}{status} . ' ' . $r->{json}{data}{amount_received},
+	'succeeded 4000', 'partial capture at Stripe');
+($req) = reverse @{requests()};
+is("$req->{method} $req->{uri} $req->{body}",
+	"POST /v1/payment_intents/$pi/capture amount_to_capture=4000",
+	'Stripe was asked to capture that intent, that amount');
+is($req->{idempotency_key}, "$held->{id}-capture",
+	'under the payment\'s capture key');
+is(err(bearer($key, 'POST', "/v1/payments/$held->{id}/capture", {})),
+	'409 payment_not_capturable -',
+	'a second capture is refused');
+
+$r = bearer($key, 'POST', "/v1/payments/$held2/cancel", {});
+is($r->{json}{data}{status}, 'canceled', 'cancel at Stripe');
+($req) = reverse @{requests()};
+like($req->{uri}, qr{^/v1/payment_intents/pi_\w+/cancel$},
+	'Stripe was asked to cancel');
+
+$r = bearer($key, 'POST', '/v1/refunds', { payment => $paid, amount => 1200 },
+	headers => ['Idempotency-Key: refund-' . int(rand 1e9)]);
+is($r->{json}{data}{status}, 'succeeded', 'refund at Stripe: succeeded');
+($req) = reverse @{requests()};
+like($req->{body}, qr/^payment_intent=pi_\w+&amount=1200&metadata%5Bpayflow_refund_id%5D=re_\w+$/,
+	'Stripe was asked to refund that intent, that amount');
+is($req->{idempotency_key}, $r->{json}{data}{id}, 'under the refund\'s id');
+is($t->psql("SELECT status || ' ' || (provider_reference LIKE 're_%') "
+	. "|| ' ' || (SELECT amount_refunded FROM payments WHERE id = '$paid') "
+	. "FROM refunds WHERE id = '$r->{json}{data}{id}'"), 'succeeded true 1200',
+	'recorded with Stripe\'s refund id, and on the payment');
+
+$r = bearer($key, 'POST', '/v1/refunds', { payment => $paid, amount => 13 });
+is($r->{json}{data}{status}, 'pending', 'a refund Stripe leaves pending');
+is(err(bearer($key, 'POST', '/v1/refunds',
+	{ payment => $paid, amount => 3000 })), '400 amount_too_large amount',
+	'more than is left (the pending refund reserved) is refused locally');
 
 ###############################################################################
 # an Idempotency-Key: one PaymentIntent however often the client retries
@@ -249,16 +282,17 @@ is(@{requests()} - $n, 1, 'Stripe was called once');
 $r = bearer($key, 'POST', '/v1/payments', { amount => 4200,
 	currency => 'usd', provider => 'stripe_down',
 	payment_method => 'pm_card_visa' });
-is($r->{json}{data}{status}, 'failed',
-	'a provider that cannot be reached: failed');
-is($r->{json}{data}{failure_code}, 'provider_unavailable',
+is($r->{status} . ' ' . $r->{json}{error}{payment}{status}, '503 failed',
+	'a provider that cannot be reached: 503, failed');
+is($r->{json}{error}{code}, 'provider_unavailable',
 	'as provider_unavailable: nothing was sent, no money moved');
 
+$n = @{requests()};
 fault('429');
 $r = pay({ payment_method => 'pm_card_visa' });
-is($r->{json}{data}{status}, 'failed', 'Stripe rate limiting: failed');
-is($r->{json}{data}{failure_code}, 'provider_rate_limited',
-	'as provider_rate_limited');
+is($r->{json}{data}{status}, 'succeeded',
+	'Stripe rate limiting: retried after a backoff, succeeded');
+is(@{requests()} - $n, 2, 'in two calls');
 
 $n = @{requests()};
 fault('timeout');
@@ -270,9 +304,13 @@ is(row($r->{json}{data}{id}, 'amount_captured'), 0,
 	'nothing in the ledger until it is verified');
 is(@{requests()} - $n, 1, 'Stripe did receive the request');
 
+$n = @{requests()};
 fault('500');
 $r = pay({ payment_method => 'pm_card_visa' });
-is($r->{json}{data}{status}, 'processing', 'Stripe 500: processing');
+is($r->{json}{data}{status}, 'succeeded', 'Stripe 500: retried, succeeded');
+is(join(' ', map { $_->{idempotency_key} } @{requests()}[$n .. $n + 1]),
+	"$r->{json}{data}{id} $r->{json}{data}{id}",
+	'both calls under the payment\'s key');
 
 # The connection closes after Stripe took the request.  curl sends again
 # on a fresh connection when a reused one dies like this; the same

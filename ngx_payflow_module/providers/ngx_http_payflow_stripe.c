@@ -2,10 +2,12 @@
 /*
  * Copyright (C) PayFlow
  *
- * Stripe, through PaymentIntents (https://docs.stripe.com/api): form-encoded
- * requests, "Authorization: Bearer sk_...", and an Idempotency-Key derived
- * from the payment id, so that a retried or resumed call can never create
- * a second charge.  The intent carries the payment id in its metadata.
+ * Stripe, through PaymentIntents and Refunds (https://docs.stripe.com/api):
+ * form-encoded requests, "Authorization: Bearer sk_...", and an
+ * Idempotency-Key derived from what the call is for (the payment id for
+ * its charge, "<payment id>-capture" and "-cancel", the refund id), so
+ * that a retried, resumed or verifying call can never move money twice.
+ * The intent carries the payment id in its metadata, a refund its id.
  */
 
 
@@ -15,60 +17,161 @@
 #define NGX_HTTP_PAYFLOW_STRIPE_VERSION  "2024-06-20"
 
 
-static ngx_int_t ngx_http_payflow_stripe_charge(
-    ngx_http_payflow_provider_t *p, ngx_http_payflow_charge_t *charge,
+static ngx_int_t ngx_http_payflow_stripe_request(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
     pf_curl_call_t *call);
-static void ngx_http_payflow_stripe_charged(ngx_http_payflow_provider_t *p,
-    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
-static const char *ngx_http_payflow_stripe_string(pf_curl_call_t *call,
-    json_t *o, const char *name);
+static ngx_int_t ngx_http_payflow_stripe_charge(
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call);
+static ngx_int_t ngx_http_payflow_stripe_headers(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call);
+static void ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call,
+    ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, json_t *o, ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_stripe_refund(pf_curl_call_t *call, json_t *o,
+    ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *doc,
+    ngx_http_payflow_provider_result_t *res);
 
 
 const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter = {
     "stripe",
     ngx_string("https://api.stripe.com"),
-    1,
-    ngx_http_payflow_stripe_charge,
-    ngx_http_payflow_stripe_charged
+    1,                                      /* needs a payment method */
+    0,
+    1,                                      /* manual capture */
+    ngx_http_payflow_stripe_request,
+    ngx_http_payflow_stripe_response
 };
 
 
 static ngx_int_t
-ngx_http_payflow_stripe_charge(ngx_http_payflow_provider_t *p,
-    ngx_http_payflow_charge_t *charge, pf_curl_call_t *call)
+ngx_http_payflow_stripe_request(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call)
 {
-    u_char         *s, currency[4], amount[NGX_INT64_LEN + 1];
-    ngx_str_t       form, v;
-    ngx_uint_t      i;
-    ngx_keyval_t    f[12], *kv;
+    u_char         amount[NGX_INT64_LEN + 1];
+    ngx_int_t      rc;
+    ngx_keyval_t   f[4], *kv;
 
-    s = ngx_pnalloc(call->pool, p->base_url.len
-                                + sizeof("/v1/payment_intents") - 1);
-    if (s == NULL) {
+    kv = f;
+    call->method = "POST";
+
+    switch (op->op) {
+
+    case NGX_HTTP_PAYFLOW_OP_VERIFY:
+
+        if (op->reference.len > 3
+            && ngx_strncmp(op->reference.data, "pi_", 3) == 0)
+        {
+            call->method = "GET";
+            rc = ngx_http_payflow_provider_url(call, p,
+                                               "/v1/payment_intents/",
+                                               &op->reference, "");
+            break;
+        }
+
+        /*
+         * The charge's answer was lost: the same request under the same
+         * Idempotency-Key gets Stripe's stored answer (or, had the first
+         * never arrived, makes the charge the payment asked for, once).
+         */
+
+        /* fall through */
+
+    case NGX_HTTP_PAYFLOW_OP_CHARGE:
+        rc = ngx_http_payflow_provider_url(call, p, "/v1/payment_intents",
+                                           NULL, "");
+        if (rc == NGX_OK) {
+            rc = ngx_http_payflow_stripe_charge(op, call);
+        }
+
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_CAPTURE:
+        rc = ngx_http_payflow_provider_url(call, p, "/v1/payment_intents/",
+                                           &op->reference, "/capture");
+        if (op->amount) {
+            *ngx_sprintf(amount, "%L", op->amount) = '\0';
+            kv = ngx_http_payflow_keyval(kv, "amount_to_capture",
+                                         (char *) amount);
+        }
+
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_CANCEL:
+        rc = ngx_http_payflow_provider_url(call, p, "/v1/payment_intents/",
+                                           &op->reference, "/cancel");
+        break;
+
+    default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
+        rc = ngx_http_payflow_provider_url(call, p, "/v1/refunds", NULL, "");
+
+        *ngx_sprintf(amount, "%L", op->amount) = '\0';
+
+        kv->key = (ngx_str_t) ngx_string("payment_intent");
+        kv->value = op->reference;
+        kv++;
+
+        kv = ngx_http_payflow_keyval(kv, "amount", (char *) amount);
+
+        if (op->reason) {
+            kv = ngx_http_payflow_keyval(kv, "reason", op->reason);
+        }
+
+        kv->key = (ngx_str_t) ngx_string("metadata[payflow_refund_id]");
+        kv->value = op->refund_id;
+        kv++;
+    }
+
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
-    call->method = "POST";
-    call->url.data = s;
-    call->url.len = ngx_sprintf(s, "%V/v1/payment_intents", &p->base_url)
-                    - s;
-
-    for (i = 0; i < 3; i++) {
-        currency[i] = ngx_tolower(charge->currency[i]);
+    if (kv > f
+        && ngx_http_payflow_form(call->pool, f, kv - f, &call->body)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
-    *ngx_sprintf(amount, "%L", charge->amount) = '\0';
+    return ngx_http_payflow_stripe_headers(p, op, call);
+}
+
+
+/* POST /v1/payment_intents, confirmed at once */
+
+static ngx_int_t
+ngx_http_payflow_stripe_charge(ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call)
+{
+    u_char         currency[4], amount[NGX_INT64_LEN + 1];
+    ngx_uint_t     i;
+    ngx_keyval_t   f[12], *kv;
+
+    for (i = 0; i < 3; i++) {
+        currency[i] = ngx_tolower(op->currency[i]);
+    }
+
+    currency[3] = '\0';
+
+    *ngx_sprintf(amount, "%L", op->amount) = '\0';
 
     kv = ngx_http_payflow_keyval(f, "amount", (char *) amount);
     kv = ngx_http_payflow_keyval(kv, "currency", (char *) currency);
     kv = ngx_http_payflow_keyval(kv, "capture_method",
-                                 charge->manual ? "manual" : "automatic");
+                                 op->manual ? "manual" : "automatic");
     kv = ngx_http_payflow_keyval(kv, "confirm", "true");
-    kv = ngx_http_payflow_keyval(kv, "payment_method",
-                                 charge->payment_method);
 
-    if (charge->return_url) {
-        kv = ngx_http_payflow_keyval(kv, "return_url", charge->return_url);
+    if (op->payment_method) {
+        kv = ngx_http_payflow_keyval(kv, "payment_method",
+                                     op->payment_method);
+    }
+
+    if (op->return_url) {
+        kv = ngx_http_payflow_keyval(kv, "return_url", op->return_url);
 
     } else {
         /* no page to come back to: card flows only, 3DS in Stripe.js */
@@ -80,38 +183,67 @@ ngx_http_payflow_stripe_charge(ngx_http_payflow_provider_t *p,
                              "never");
     }
 
-    if (charge->description) {
-        kv = ngx_http_payflow_keyval(kv, "description", charge->description);
+    if (op->description) {
+        kv = ngx_http_payflow_keyval(kv, "description", op->description);
     }
 
-    if (charge->email) {
-        kv = ngx_http_payflow_keyval(kv, "receipt_email", charge->email);
+    if (op->email) {
+        kv = ngx_http_payflow_keyval(kv, "receipt_email", op->email);
     }
 
     kv->key = (ngx_str_t) ngx_string("metadata[payflow_payment_id]");
-    kv->value = charge->payment_id;
+    kv->value = op->payment_id;
     kv++;
 
-    if (ngx_http_payflow_form(call->pool, f, kv - f, &form) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    return ngx_http_payflow_form(call->pool, f, kv - f, &call->body);
+}
 
-    call->body = form;
 
-    v.len = sizeof("Bearer ") - 1 + p->secret.len;
-    v.data = ngx_pnalloc(call->pool, v.len);
-    if (v.data == NULL) {
-        return NGX_ERROR;
-    }
+static ngx_int_t
+ngx_http_payflow_stripe_headers(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call)
+{
+    u_char     *s;
+    ngx_str_t   key;
 
-    (void) ngx_sprintf(v.data, "Bearer %V", &p->secret);
-
-    if (pf_curl_header(call, "Authorization", &v) != NGX_OK
-        || pf_curl_header(call, "Idempotency-Key", &charge->payment_id)
-           != NGX_OK
+    if (ngx_http_payflow_provider_bearer(call, p) != NGX_OK
         || pf_curl_header(call, "Stripe-Version", &(ngx_str_t)
                           ngx_string(NGX_HTTP_PAYFLOW_STRIPE_VERSION))
-           != NGX_OK
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (call->method[0] == 'G') {
+        return NGX_OK;
+    }
+
+    switch (op->op) {
+
+    case NGX_HTTP_PAYFLOW_OP_CAPTURE:
+    case NGX_HTTP_PAYFLOW_OP_CANCEL:
+        /* a payment is captured or canceled once: one key each */
+        key.len = op->payment_id.len + sizeof("-capture") - 1;
+        key.data = ngx_pnalloc(call->pool, key.len);
+        if (key.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        s = ngx_sprintf(key.data, "%V-%s", &op->payment_id,
+                        op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE
+                        ? "capture" : "cancel");
+        key.len = s - key.data;
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_REFUND:
+        key = op->refund_id;
+        break;
+
+    default:
+        key = op->payment_id;
+    }
+
+    if (pf_curl_header(call, "Idempotency-Key", &key) != NGX_OK
         || pf_curl_header(call, "Content-Type", &(ngx_str_t)
                           ngx_string("application/x-www-form-urlencoded"))
            != NGX_OK)
@@ -124,11 +256,11 @@ ngx_http_payflow_stripe_charge(ngx_http_payflow_provider_t *p,
 
 
 static void
-ngx_http_payflow_stripe_charged(ngx_http_payflow_provider_t *p,
-    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res)
+ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call,
+    ngx_http_payflow_provider_result_t *res)
 {
-    json_t        *doc, *o, *e;
-    const char    *status, *s;
+    json_t        *doc;
     json_error_t   jerr;
 
     if (call->result != PF_CURL_OK) {
@@ -142,70 +274,148 @@ ngx_http_payflow_stripe_charged(ngx_http_payflow_provider_t *p,
                      &jerr);
 
     if (call->status == 200 && json_is_object(doc)) {
-        o = doc;
-        status = ngx_http_payflow_stripe_string(call, o, "status");
-        s = ngx_http_payflow_stripe_string(call, o, "id");
+
+        if (op->op == NGX_HTTP_PAYFLOW_OP_REFUND) {
+            ngx_http_payflow_stripe_refund(call, doc, res);
+
+        } else {
+            ngx_http_payflow_stripe_intent(op, call, doc, res);
+        }
+
+    } else {
+        ngx_http_payflow_stripe_error(p, op, call, doc, res);
+    }
+
+    if (doc) {
+        json_decref(doc);
+    }
+}
+
+
+/* a PaymentIntent, in PayFlow's terms */
+
+static void
+ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, json_t *o, ngx_http_payflow_provider_result_t *res)
+{
+    json_t      *e;
+    const char  *status, *s;
+
+    status = ngx_http_payflow_json_string(call, o, "status");
+    s = ngx_http_payflow_json_string(call, o, "id");
+
+    if (s) {
+        res->reference.data = (u_char *) s;
+        res->reference.len = ngx_strlen(s);
+    }
+
+    if (status == NULL) {
+        /* unknown: verified later */
+
+    } else if (ngx_strcmp(status, "succeeded") == 0
+               || ngx_strcmp(status, "requires_capture") == 0)
+    {
+        res->status = status;
+
+    } else if (ngx_strcmp(status, "requires_action") == 0) {
+        res->status = status;
+
+        e = json_object_get(o, "next_action");
+        s = ngx_http_payflow_json_string(call,
+                json_object_get(e, "redirect_to_url"), "url");
 
         if (s) {
-            res->reference.data = (u_char *) s;
-            res->reference.len = ngx_strlen(s);
+            res->redirect_url.data = (u_char *) s;
+            res->redirect_url.len = ngx_strlen(s);
         }
 
-        if (status == NULL) {
-            /* unknown: verified later */
+    } else if (ngx_strcmp(status, "canceled") == 0
+               && op->op == NGX_HTTP_PAYFLOW_OP_CANCEL)
+    {
+        res->status = status;
 
-        } else if (ngx_strcmp(status, "succeeded") == 0
-                   || ngx_strcmp(status, "requires_capture") == 0)
-        {
-            res->status = status;
+    } else if (ngx_strcmp(status, "requires_payment_method") == 0
+               || ngx_strcmp(status, "canceled") == 0)
+    {
+        e = json_object_get(o, "last_payment_error");
+        res->status = "failed";
+        res->declined = 1;
+        res->not_taken = 1;
+        res->code = ngx_http_payflow_json_string(call, e, "decline_code");
 
-        } else if (ngx_strcmp(status, "requires_action") == 0) {
-            res->status = status;
-
-            e = json_object_get(o, "next_action");
-            s = ngx_http_payflow_stripe_string(call,
-                    json_object_get(e, "redirect_to_url"), "url");
-
-            if (s) {
-                res->redirect_url.data = (u_char *) s;
-                res->redirect_url.len = ngx_strlen(s);
-            }
-
-        } else if (ngx_strcmp(status, "requires_payment_method") == 0
-                   || ngx_strcmp(status, "canceled") == 0)
-        {
-            e = json_object_get(o, "last_payment_error");
-            res->status = "failed";
-            res->code = ngx_http_payflow_stripe_string(call, e,
-                                                       "decline_code");
-            if (res->code == NULL) {
-                res->code = ngx_http_payflow_stripe_string(call, e, "code");
-            }
-
-            res->message = ngx_http_payflow_stripe_string(call, e,
-                                                          "message");
-            res->not_taken = 1;
+        if (res->code == NULL) {
+            res->code = ngx_http_payflow_json_string(call, e, "code");
         }
 
-        /* "processing": the provider is still at it; verified later */
+        if (res->code == NULL) {
+            res->code = "payment_failed";
+        }
 
-        json_decref(doc);
+        res->message = ngx_http_payflow_json_string(call, e, "message");
+    }
+
+    /* "processing": Stripe is still at it; verified later */
+}
+
+
+static void
+ngx_http_payflow_stripe_refund(pf_curl_call_t *call, json_t *o,
+    ngx_http_payflow_provider_result_t *res)
+{
+    const char  *status, *s;
+
+    status = ngx_http_payflow_json_string(call, o, "status");
+    s = ngx_http_payflow_json_string(call, o, "id");
+
+    if (s) {
+        res->reference.data = (u_char *) s;
+        res->reference.len = ngx_strlen(s);
+    }
+
+    if (status == NULL) {
         return;
     }
 
+    if (ngx_strcmp(status, "succeeded") == 0) {
+        res->status = "succeeded";
+
+    } else if (ngx_strcmp(status, "failed") == 0
+               || ngx_strcmp(status, "canceled") == 0)
+    {
+        res->status = "failed";
+        res->code = ngx_http_payflow_json_string(call, o, "failure_reason");
+        if (res->code == NULL) {
+            res->code = "refund_failed";
+        }
+
+    } else {
+        /* pending, requires_action: the refund is under way */
+        res->status = "pending";
+    }
+}
+
+
+static void
+ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *doc,
+    ngx_http_payflow_provider_result_t *res)
+{
+    json_t      *e;
+    const char  *s;
+
     e = json_is_object(doc) ? json_object_get(doc, "error") : NULL;
 
-    res->code = ngx_http_payflow_stripe_string(call, e, "decline_code");
+    res->code = ngx_http_payflow_json_string(call, e, "decline_code");
     if (res->code == NULL) {
-        res->code = ngx_http_payflow_stripe_string(call, e, "code");
+        res->code = ngx_http_payflow_json_string(call, e, "code");
     }
 
-    res->message = ngx_http_payflow_stripe_string(call, e, "message");
+    res->message = ngx_http_payflow_json_string(call, e, "message");
 
-    s = ngx_http_payflow_stripe_string(call,
-                                       json_object_get(e, "payment_intent"),
-                                       "id");
-    if (s) {
+    s = ngx_http_payflow_json_string(call,
+                                     json_object_get(e, "payment_intent"),
+                                     "id");
+    if (s && op->op != NGX_HTTP_PAYFLOW_OP_REFUND) {
         res->reference.data = (u_char *) s;
         res->reference.len = ngx_strlen(s);
     }
@@ -215,16 +425,21 @@ ngx_http_payflow_stripe_charged(ngx_http_payflow_provider_t *p,
     case 400:
     case 402:
     case 404:
-        /* declined or refused as invalid: Stripe charged nothing */
-        res->status = "failed";
+        /* declined or refused as invalid: Stripe moved nothing */
         res->not_taken = 1;
+        res->declined = (call->status == 402);
 
         if (res->code == NULL) {
             res->code = (call->status == 402) ? "card_declined"
                                               : "provider_invalid_request";
         }
 
-        break;
+        if (op->op == NGX_HTTP_PAYFLOW_OP_VERIFY) {
+            /* only a decline tells; a refusal of the question does not */
+            res->not_taken = res->declined;
+        }
+
+        return;
 
     case 401:
     case 403:
@@ -232,64 +447,29 @@ ngx_http_payflow_stripe_charged(ngx_http_payflow_provider_t *p,
                       "payflow provider: \"%V\" refused our credentials "
                       "(HTTP %ui): check its secret", &p->name,
                       call->status);
-        res->status = "failed";
         res->code = "provider_authentication_failed";
         res->message = "the provider refused PayFlow's credentials";
         res->not_taken = 1;
-        break;
+        res->outage = 1;
+        return;
 
     case 429:
         /* rate limited requests are not processed */
-        res->status = "failed";
         res->code = "provider_rate_limited";
         res->message = "the provider is rate limiting requests";
         res->not_taken = 1;
         res->retry = 1;
-        break;
+        res->outage = 1;
+        return;
 
     default:
         /*
-         * 409 (a concurrent request with our key) and 5xx: the charge may
-         * or may not exist; retrying with the same Idempotency-Key is safe
+         * 409 (a concurrent request with our key) and 5xx: the operation
+         * may or may not have happened; the same Idempotency-Key is safe
          */
-        res->status = NULL;
         res->code = "provider_error";
-        res->message = "the provider failed; the payment is being "
-                       "verified with the provider";
+        res->message = "the provider failed";
         res->retry = (call->status >= 500 || call->status == 409);
+        res->outage = (call->status >= 500);
     }
-
-    if (doc) {
-        json_decref(doc);
-    }
-}
-
-
-/* a string member copied into the call's pool, or NULL */
-
-static const char *
-ngx_http_payflow_stripe_string(pf_curl_call_t *call, json_t *o,
-    const char *name)
-{
-    u_char  *p;
-    json_t  *v;
-    size_t   len;
-
-    v = json_is_object(o) ? json_object_get(o, name) : NULL;
-
-    if (!json_is_string(v)) {
-        return NULL;
-    }
-
-    len = json_string_length(v);
-
-    p = ngx_pnalloc(call->pool, len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(p, json_string_value(v), len);
-    p[len] = '\0';
-
-    return (const char *) p;
 }

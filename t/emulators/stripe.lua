@@ -8,11 +8,18 @@
 --   pm_card_chargeDeclinedInsufficientFunds 402 insufficient_funds
 --   pm_card_authenticationRequired          requires_action, a redirect
 --
--- Idempotency-Key replays the first answer, as Stripe does.  Faults for the
--- next request are queued with POST /_emulator/fault (body: timeout,
--- drop, 500, 429 or refuse): "timeout" and "drop" create the intent and
--- then sleep or close the connection, the ambiguous cases.  Every API
--- request is recorded (GET /_emulator/requests).
+-- Capture, cancel and refunds follow the same wire format
+-- (https://docs.stripe.com/api/payment_intents/capture, .../cancel,
+-- https://docs.stripe.com/api/refunds).  A refund succeeds at once, except
+-- one of exactly 13 (minor units): that one is "pending" and stays pending,
+-- so that asynchronous refunds can be tested (GET /v1/refunds/{id}).
+--
+-- Idempotency-Key replays the first answer of a POST, as Stripe does.
+-- Faults for the next API request are queued with POST /_emulator/fault
+-- (body: timeout, drop, 500, 429 or refuse): "timeout" and "drop" do the
+-- work (create, capture, cancel, refund, or a replay) and then sleep or
+-- close the connection, the ambiguous cases.  Every API request is recorded
+-- (GET /_emulator/requests).
 --
 -- nginx.conf:  lua_shared_dict stripe 4m;
 --              set $stripe_secret sk_test_...;  (the expected key)
@@ -32,8 +39,17 @@ local function send(status, body, headers)
     for k, v in pairs(headers or {}) do
         ngx.header[k] = v
     end
-    ngx.print(cjson.encode(body))
+    -- lua-cjson writes "/" as "\/"; Stripe does not
+    ngx.print((cjson.encode(body):gsub("\\/", "/")))
     return ngx.exit(status)
+end
+
+-- each worker seeds its own generator once: unseeded, every worker (and
+-- every worker after a reload) would make the same ids, and the shared
+-- dict would mix up their objects
+if not package.loaded["emulator.seeded"] then
+    math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+    package.loaded["emulator.seeded"] = true
 end
 
 local function random_id(prefix)
@@ -113,6 +129,16 @@ if h["authorization"] ~= "Bearer " .. secret then
         message = "Invalid API Key provided: sk_test_****" } })
 end
 
+-- a queued "timeout" or "drop", once the work is done: the answer is late
+-- (past the client's timeout) or never comes
+local function hide_answer()
+    if fault == "timeout" then
+        ngx.sleep(tonumber(dict:get("timeout_sleep") or 3))
+    elseif fault == "drop" then
+        return ngx.exit(444)
+    end
+end
+
 local idem = h["idempotency-key"]
 if method == "POST" and idem then
     local stored = dict:get("idem:" .. idem)
@@ -123,6 +149,7 @@ if method == "POST" and idem then
                 message = "Keys for idempotent requests can only be used "
                 .. "with the same parameters they were first used with." } })
         end
+        hide_answer()
         return send(s.status, s.response, { ["Idempotent-Replayed"] = "true" })
     end
 end
@@ -161,7 +188,38 @@ local function intent_from(args)
         receipt_email = args.receipt_email,
         status = "requires_payment_method",
         next_action = cjson.null, last_payment_error = cjson.null,
+        latest_charge = cjson.null,
+        canceled_at = cjson.null, cancellation_reason = cjson.null,
     }
+end
+
+-- what the API answers, once the work is done: stored for the
+-- Idempotency-Key, then perhaps hidden by a fault
+local function answer(status, response, headers)
+    remember(status, response)
+    hide_answer()
+    return send(status, response, headers)
+end
+
+local function invalid(message, param, code, extra)
+    local e = { type = "invalid_request_error", message = message,
+        param = param, code = code }
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return { error = e }
+end
+
+local function missing(kind, id, param)
+    return invalid("No such " .. kind .. ": '" .. id .. "'", param,
+        "resource_missing")
+end
+
+local function load_intent(pid)
+    local pi = dict:get("pi:" .. pid)
+    return pi and cjson.decode(pi)
+end
+
+local function save_intent(pi)
+    dict:set("pi:" .. pi.id, cjson.encode(pi))
 end
 
 if method == "POST" and uri == "/v1/payment_intents" then
@@ -171,8 +229,7 @@ if method == "POST" and uri == "/v1/payment_intents" then
         local e = { error = { type = "invalid_request_error",
             code = "parameter_missing", param = bad,
             message = "Missing required param: " .. bad .. "." } }
-        remember(400, e)
-        return send(400, e)
+        return answer(400, e)
     end
 
     local status, response = 200, pi
@@ -202,30 +259,200 @@ if method == "POST" and uri == "/v1/payment_intents" then
         else
             pi.status = "succeeded"
             pi.amount_received = pi.amount
+            pi.latest_charge = random_id("ch_")
         end
     end
 
-    dict:set("pi:" .. pi.id, cjson.encode(pi))
-    remember(status, response)
-
-    if fault == "timeout" then
-        ngx.sleep(tonumber(dict:get("timeout_sleep") or 3))
-    elseif fault == "drop" then
-        return ngx.exit(444)
-    end
-
-    return send(status, response)
+    save_intent(pi)
+    return answer(status, response)
 end
 
 local id = uri:match("^/v1/payment_intents/([%w_]+)$")
 if method == "GET" and id then
-    local pi = dict:get("pi:" .. id)
+    local pi = load_intent(id)
     if not pi then
-        return send(404, { error = { type = "invalid_request_error",
-            code = "resource_missing", param = "intent",
-            message = "No such payment_intent: '" .. id .. "'" } })
+        return answer(404, missing("payment_intent", id, "intent"))
     end
-    return send(200, cjson.decode(pi))
+    return answer(200, pi)
+end
+
+-- capture: only a requires_capture intent, all of amount_capturable or
+-- less (amount_to_capture); cancel: only an intent not yet final
+local allowed = {
+    capture = { "requires_capture" },
+    cancel = { "requires_payment_method", "requires_capture",
+        "requires_confirmation", "requires_action", "processing" },
+}
+
+local function may(action, status)
+    for _, st in ipairs(allowed[action]) do
+        if st == status then return true end
+    end
+    return false
+end
+
+local function unexpected_state(pi, action)
+    local msg = action == "capture"
+        and "This PaymentIntent could not be captured because it has a "
+            .. "status of " .. pi.status .. ". Only a PaymentIntent with "
+            .. "one of the following statuses may be captured: "
+        or "You cannot cancel this PaymentIntent because it has a status of "
+            .. pi.status .. ". Only a PaymentIntent with one of the "
+            .. "following statuses may be canceled: "
+    return invalid(msg .. table.concat(allowed[action], ", ") .. ".", nil,
+        "payment_intent_unexpected_state", { payment_intent = pi })
+end
+
+local pid, action = uri:match("^/v1/payment_intents/([%w_]+)/(%l+)$")
+if method == "POST" and pid and (action == "capture" or action == "cancel")
+then
+    local args = ngx.decode_args(raw, 0)
+    local pi = load_intent(pid)
+    if not pi then
+        return answer(404, missing("payment_intent", pid, "intent"))
+    end
+    if not may(action, pi.status) then
+        return answer(400, unexpected_state(pi, action))
+    end
+
+    if action == "capture" then
+        local amount = pi.amount_capturable
+        if args.amount_to_capture then
+            amount = tonumber(args.amount_to_capture)
+            if not amount or amount < 1 or amount ~= math.floor(amount) then
+                return answer(400, invalid("Invalid integer: "
+                    .. tostring(args.amount_to_capture), "amount_to_capture",
+                    "parameter_invalid_integer"))
+            end
+            if amount > pi.amount_capturable then
+                return answer(400, invalid("The amount to capture must be "
+                    .. "less than or equal to the amount capturable ("
+                    .. pi.amount_capturable .. ").", "amount_to_capture",
+                    "amount_too_large"))
+            end
+        end
+        pi.status = "succeeded"
+        pi.amount_received = amount
+        pi.amount_capturable = 0
+        if pi.latest_charge == cjson.null then
+            pi.latest_charge = random_id("ch_")
+        end
+    else
+        local reason = args.cancellation_reason
+        if reason and reason ~= "duplicate" and reason ~= "fraudulent"
+            and reason ~= "requested_by_customer" and reason ~= "abandoned"
+        then
+            return answer(400, invalid("Invalid cancellation_reason: must "
+                .. "be one of duplicate, fraudulent, requested_by_customer, "
+                .. "or abandoned", "cancellation_reason"))
+        end
+        pi.status = "canceled"
+        pi.amount_capturable = 0
+        pi.canceled_at = ngx.time()
+        pi.cancellation_reason = reason or cjson.null
+    end
+
+    save_intent(pi)
+    return answer(200, pi)
+end
+
+-- refunds: of a succeeded intent, at most what it received less what was
+-- refunded already (pending refunds included)
+
+local function money(amount, currency)
+    local symbols = { usd = "$", eur = "\226\130\172", gbp = "\194\163",
+        jpy = "\194\165" }
+    local zero = { jpy = true, krw = true, vnd = true, clp = true }
+    local s = zero[currency] and tostring(amount)
+        or string.format("%d.%02d", math.floor(amount / 100), amount % 100)
+    if symbols[currency] then return symbols[currency] .. s end
+    return s .. " " .. currency:upper()
+end
+
+if method == "POST" and uri == "/v1/refunds" then
+    local args = ngx.decode_args(raw, 0)
+    local ref_pi = args.payment_intent
+    if not ref_pi then
+        return answer(400, invalid("One of the following params should be "
+            .. "provided for this request: payment_intent or charge.",
+            nil, "parameter_missing"))
+    end
+    local pi = load_intent(ref_pi)
+    if not pi then
+        return answer(400, missing("payment_intent", ref_pi,
+            "payment_intent"))
+    end
+    if pi.status ~= "succeeded" then
+        return answer(400, invalid("This PaymentIntent (" .. pi.id
+            .. ") does not have a successful charge to refund."))
+    end
+
+    local refunded = dict:get("refunded:" .. pi.id) or 0
+    local left = pi.amount_received - refunded
+    local amount = left
+    if args.amount then
+        amount = tonumber(args.amount)
+        if not amount or amount < 1 or amount ~= math.floor(amount) then
+            return answer(400, invalid("Invalid integer: "
+                .. tostring(args.amount), "amount",
+                "parameter_invalid_integer"))
+        end
+    end
+    if left <= 0 then
+        return answer(400, invalid("Charge " .. pi.latest_charge
+            .. " has already been refunded.", nil, "charge_already_refunded"))
+    end
+    local reason = args.reason
+    if reason and reason ~= "duplicate" and reason ~= "fraudulent"
+        and reason ~= "requested_by_customer"
+    then
+        return answer(400, invalid("Invalid reason: must be one of "
+            .. "duplicate, fraudulent, or requested_by_customer", "reason"))
+    end
+
+    -- taken atomically, so that refunds at the same time cannot together
+    -- exceed what was received
+    local now = dict:incr("refunded:" .. pi.id, amount, 0)
+    if now > pi.amount_received then
+        dict:incr("refunded:" .. pi.id, -amount)
+        left = pi.amount_received - (now - amount)
+        if left <= 0 then
+            return answer(400, invalid("Charge " .. pi.latest_charge
+                .. " has already been refunded.", nil,
+                "charge_already_refunded"))
+        end
+        return answer(400, invalid("Refund amount ("
+            .. money(amount, pi.currency) .. ") is greater than unrefunded "
+            .. "amount on charge (" .. money(left, pi.currency) .. ")",
+            "amount"))
+    end
+
+    local metadata = {}
+    for k, v in pairs(args) do
+        local m = k:match("^metadata%[(.+)%]$")
+        if m then metadata[m] = v end
+    end
+
+    local re = {
+        id = random_id("re_"), object = "refund", amount = amount,
+        balance_transaction = random_id("txn_"), charge = pi.latest_charge,
+        created = ngx.time(), currency = pi.currency, metadata = metadata,
+        payment_intent = pi.id, reason = reason or cjson.null,
+        receipt_number = cjson.null, source_transfer_reversal = cjson.null,
+        status = amount == 13 and "pending" or "succeeded",
+        transfer_reversal = cjson.null,
+    }
+    dict:set("refund:" .. re.id, cjson.encode(re))
+    return answer(200, re)
+end
+
+local rid = uri:match("^/v1/refunds/([%w_]+)$")
+if method == "GET" and rid then
+    local re = dict:get("refund:" .. rid)
+    if not re then
+        return answer(404, missing("refund", rid, "id"))
+    end
+    return answer(200, cjson.decode(re))
 end
 
 return send(404, { error = { type = "invalid_request_error",

@@ -1,0 +1,329 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * Flutterwave v3 (https://developer.flutterwave.com/v3.0/reference): JSON
+ * both ways, "Authorization: Bearer FLWSECK-...", answers {"status":
+ * "success"|"error", "message", "data"}.  A payment is the hosted checkout:
+ * /v3/payments with tx_ref = the payment id returns the link
+ * (requires_action); /v3/transactions/verify_by_reference?tx_ref= tells the
+ * outcome and the transaction's numeric id, which becomes the payment's
+ * provider reference and is what /v3/transactions/:id/refund takes.
+ * Amounts are decimal MAJOR units.  No capture, no cancel, no idempotency
+ * keys (tx_ref is the guard).
+ */
+
+
+#include "ngx_http_payflow_providers.h"
+
+
+static ngx_int_t ngx_http_payflow_flutterwave_request(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call);
+static void ngx_http_payflow_flutterwave_response(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_flutterwave_verified(
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *data,
+    ngx_http_payflow_provider_result_t *res);
+
+
+const ngx_http_payflow_adapter_t  ngx_http_payflow_flutterwave_adapter = {
+    "flutterwave",
+    ngx_string("https://api.flutterwave.com"),
+    0,
+    1,                                      /* needs the customer's e-mail */
+    0,
+    ngx_http_payflow_flutterwave_request,
+    ngx_http_payflow_flutterwave_response
+};
+
+
+static ngx_int_t
+ngx_http_payflow_flutterwave_request(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call)
+{
+    u_char         amount[32];
+    ngx_int_t      rc;
+    pf_json_out_t  out;
+
+    if (pf_json_out_init(&out, call->pool, 1024) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_http_payflow_major_units(amount, op->amount, op->exponent);
+
+    switch (op->op) {
+
+    case NGX_HTTP_PAYFLOW_OP_CHARGE:
+        call->method = "POST";
+        rc = ngx_http_payflow_provider_url(call, p, "/v3/payments", NULL,
+                                           "");
+
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "tx_ref");
+        pf_json_out_str(&out, op->payment_id.data, op->payment_id.len);
+        pf_json_out_key(&out, "amount");
+        pf_json_out_raw(&out, amount, ngx_strlen(amount));
+        pf_json_out_key(&out, "currency");
+        pf_json_out_cstr(&out, op->currency);
+
+        if (op->return_url) {
+            pf_json_out_key(&out, "redirect_url");
+            pf_json_out_cstr(&out, op->return_url);
+        }
+
+        pf_json_out_key(&out, "customer");
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "email");
+        pf_json_out_cstr(&out, op->email);
+        pf_json_out_close(&out, '}');
+
+        if (op->description) {
+            pf_json_out_key(&out, "customizations");
+            pf_json_out_open(&out, '{');
+            pf_json_out_key(&out, "description");
+            pf_json_out_cstr(&out, op->description);
+            pf_json_out_close(&out, '}');
+        }
+
+        pf_json_out_key(&out, "meta");
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "payflow_payment_id");
+        pf_json_out_str(&out, op->payment_id.data, op->payment_id.len);
+        pf_json_out_close(&out, '}');
+        pf_json_out_close(&out, '}');
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_VERIFY:
+        call->method = "GET";
+        rc = ngx_http_payflow_provider_url(call, p,
+                 "/v3/transactions/verify_by_reference?tx_ref=",
+                 &op->payment_id, "");
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_REFUND:
+        call->method = "POST";
+        rc = ngx_http_payflow_provider_url(call, p, "/v3/transactions/",
+                                           &op->reference, "/refund");
+
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "amount");
+        pf_json_out_raw(&out, amount, ngx_strlen(amount));
+        pf_json_out_key(&out, "comments");
+        pf_json_out_str(&out, op->refund_id.data, op->refund_id.len);
+        pf_json_out_close(&out, '}');
+        break;
+
+    default:
+        /* the hosted checkout has neither capture nor cancel */
+        return NGX_DECLINED;
+    }
+
+    if (rc != NGX_OK || ngx_http_payflow_provider_bearer(call, p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (call->method[0] == 'P') {
+        if (pf_json_out_result(&out, &call->body) != NGX_OK
+            || pf_curl_header(call, "Content-Type", &(ngx_str_t)
+                              ngx_string("application/json"))
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call,
+    ngx_http_payflow_provider_result_t *res)
+{
+    json_t        *doc, *data;
+    const char    *s;
+    json_error_t   jerr;
+
+    if (call->result != PF_CURL_OK) {
+        ngx_http_payflow_provider_transport(call, res);
+        return;
+    }
+
+    ngx_memzero(res, sizeof(ngx_http_payflow_provider_result_t));
+
+    doc = json_loadb((char *) call->response.data, call->response.len, 0,
+                     &jerr);
+
+    data = json_is_object(doc) ? json_object_get(doc, "data") : NULL;
+    s = ngx_http_payflow_json_string(call, doc, "status");
+    res->message = ngx_http_payflow_json_string(call, doc, "message");
+
+    if (call->status == 200 && s && ngx_strcmp(s, "success") == 0
+        && json_is_object(data))
+    {
+        res->message = NULL;
+
+        switch (op->op) {
+
+        case NGX_HTTP_PAYFLOW_OP_CHARGE:
+            s = ngx_http_payflow_json_string(call, data, "link");
+            if (s) {
+                res->status = "requires_action";
+                res->redirect_url.data = (u_char *) s;
+                res->redirect_url.len = ngx_strlen(s);
+                res->reference = op->payment_id;
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_OP_VERIFY:
+            ngx_http_payflow_flutterwave_verified(op, call, data, res);
+            break;
+
+        default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
+            s = ngx_http_payflow_json_string(call, data, "id");
+            if (s) {
+                res->reference.data = (u_char *) s;
+                res->reference.len = ngx_strlen(s);
+            }
+
+            s = ngx_http_payflow_json_string(call, data, "status");
+
+            if (s && ngx_strncmp(s, "completed", 9) == 0) {
+                res->status = "succeeded";
+
+            } else if (s && ngx_strcmp(s, "failed") == 0) {
+                res->status = "failed";
+                res->code = "refund_failed";
+
+            } else {
+                res->status = "pending";
+            }
+        }
+
+        goto done;
+    }
+
+    switch (call->status) {
+
+    case 400:
+    case 404:
+        if (res->message && ngx_strstr(res->message, "Duplicate")) {
+            /* an earlier attempt created it: not a refusal */
+            res->code = "provider_duplicate_reference";
+            break;
+        }
+
+        /*
+         * For a verification, "No transaction was found": the customer
+         * has not paid (yet), or the link was never made.
+         */
+
+        res->code = (op->op == NGX_HTTP_PAYFLOW_OP_VERIFY)
+                    ? "provider_transaction_missing"
+                    : "provider_invalid_request";
+        res->not_taken = 1;
+        break;
+
+    case 401:
+    case 403:
+        ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                      "payflow provider: \"%V\" refused our credentials "
+                      "(HTTP %ui): check its secret", &p->name,
+                      call->status);
+        res->code = "provider_authentication_failed";
+        res->message = "the provider refused PayFlow's credentials";
+        res->not_taken = 1;
+        res->outage = 1;
+        break;
+
+    case 429:
+        res->code = "provider_rate_limited";
+        res->message = "the provider is rate limiting requests";
+        res->not_taken = 1;
+        res->retry = 1;
+        res->outage = 1;
+        break;
+
+    default:
+        res->code = "provider_error";
+        res->message = "the provider failed";
+        res->retry = 1;
+        res->outage = (call->status >= 500);
+    }
+
+done:
+
+    if (doc) {
+        json_decref(doc);
+    }
+}
+
+
+/* a transaction as verify_by_reference shows it */
+
+static void
+ngx_http_payflow_flutterwave_verified(ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, json_t *data,
+    ngx_http_payflow_provider_result_t *res)
+{
+    u_char      *p, expected[32];
+    json_t      *amount;
+    const char  *status, *currency, *id;
+
+    status = ngx_http_payflow_json_string(call, data, "status");
+    currency = ngx_http_payflow_json_string(call, data, "currency");
+    id = ngx_http_payflow_json_string(call, data, "id");
+    amount = json_object_get(data, "amount");
+
+    if (id) {
+        res->reference.data = (u_char *) id;
+        res->reference.len = ngx_strlen(id);
+    }
+
+    if (status == NULL) {
+        return;
+    }
+
+    if (ngx_strcmp(status, "successful") == 0) {
+
+        /* the amount as major units, compared exactly as text */
+
+        (void) ngx_http_payflow_major_units(expected, op->amount,
+                                            op->exponent);
+        p = ngx_pnalloc(call->pool, 32);
+
+        if (p == NULL || !json_is_number(amount)
+            || ngx_strcmp(ngx_http_payflow_major_units(p,
+                   (int64_t) (json_number_value(amount)
+                              * (op->exponent == 3 ? 1000
+                                 : op->exponent == 2 ? 100 : 1) + 0.5),
+                   op->exponent), expected) != 0
+            || currency == NULL || ngx_strcmp(currency, op->currency) != 0)
+        {
+            ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                          "payflow provider: Flutterwave reports payment "
+                          "%V paid with another amount or currency",
+                          &op->payment_id);
+            res->code = "amount_mismatch";
+            return;
+        }
+
+        res->status = "succeeded";
+        return;
+    }
+
+    if (ngx_strcmp(status, "failed") == 0) {
+        res->status = "failed";
+        res->declined = 1;
+        res->code = "card_declined";
+        res->message = ngx_http_payflow_json_string(call, data,
+                                                    "processor_response");
+        return;
+    }
+
+    /* pending: not yet */
+}

@@ -1,0 +1,312 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * Paystack (https://paystack.com/docs/api/): JSON both ways,
+ * "Authorization: Bearer sk_...", answers {"status", "message", "data"}.
+ * A payment is a redirect flow: /transaction/initialize with reference =
+ * the payment id returns the checkout page (requires_action), and the
+ * outcome is learnt from /transaction/verify/:reference (or, later, a
+ * webhook).  Paystack has no idempotency keys: the reference is the guard,
+ * and "Duplicate Transaction Reference" means an earlier attempt got
+ * there, so it is an unknown outcome, never a refusal.  Amounts are
+ * integers in the currency's subunit.  There is no capture and no cancel.
+ */
+
+
+#include "ngx_http_payflow_providers.h"
+
+
+static ngx_int_t ngx_http_payflow_paystack_request(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call);
+static void ngx_http_payflow_paystack_response(
+    ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_paystack_verified(
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *data,
+    ngx_http_payflow_provider_result_t *res);
+
+
+const ngx_http_payflow_adapter_t  ngx_http_payflow_paystack_adapter = {
+    "paystack",
+    ngx_string("https://api.paystack.co"),
+    0,
+    1,                                      /* needs the customer's e-mail */
+    0,
+    ngx_http_payflow_paystack_request,
+    ngx_http_payflow_paystack_response
+};
+
+
+static ngx_int_t
+ngx_http_payflow_paystack_request(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call)
+{
+    ngx_int_t      rc;
+    pf_json_out_t  out;
+
+    if (pf_json_out_init(&out, call->pool, 1024) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    switch (op->op) {
+
+    case NGX_HTTP_PAYFLOW_OP_CHARGE:
+        call->method = "POST";
+        rc = ngx_http_payflow_provider_url(call, p, "/transaction/initialize",
+                                           NULL, "");
+
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "email");
+        pf_json_out_cstr(&out, op->email);
+        pf_json_out_key(&out, "amount");
+        pf_json_out_int(&out, op->amount);
+        pf_json_out_key(&out, "currency");
+        pf_json_out_cstr(&out, op->currency);
+        pf_json_out_key(&out, "reference");
+        pf_json_out_str(&out, op->payment_id.data, op->payment_id.len);
+
+        if (op->return_url) {
+            pf_json_out_key(&out, "callback_url");
+            pf_json_out_cstr(&out, op->return_url);
+        }
+
+        pf_json_out_key(&out, "metadata");
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "payflow_payment_id");
+        pf_json_out_str(&out, op->payment_id.data, op->payment_id.len);
+        pf_json_out_close(&out, '}');
+        pf_json_out_close(&out, '}');
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_VERIFY:
+        call->method = "GET";
+        rc = ngx_http_payflow_provider_url(call, p, "/transaction/verify/",
+                                           &op->payment_id, "");
+        break;
+
+    case NGX_HTTP_PAYFLOW_OP_REFUND:
+        call->method = "POST";
+        rc = ngx_http_payflow_provider_url(call, p, "/refund", NULL, "");
+
+        pf_json_out_open(&out, '{');
+        pf_json_out_key(&out, "transaction");
+        pf_json_out_str(&out, op->payment_id.data, op->payment_id.len);
+        pf_json_out_key(&out, "amount");
+        pf_json_out_int(&out, op->amount);
+        pf_json_out_key(&out, "merchant_note");
+        pf_json_out_str(&out, op->refund_id.data, op->refund_id.len);
+        pf_json_out_close(&out, '}');
+        break;
+
+    default:
+        /* Paystack has neither capture nor cancel */
+        return NGX_DECLINED;
+    }
+
+    if (rc != NGX_OK || ngx_http_payflow_provider_bearer(call, p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (call->method[0] == 'P') {
+        if (pf_json_out_result(&out, &call->body) != NGX_OK
+            || pf_curl_header(call, "Content-Type", &(ngx_str_t)
+                              ngx_string("application/json"))
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_payflow_paystack_response(ngx_http_payflow_provider_t *p,
+    ngx_http_payflow_operation_t *op, pf_curl_call_t *call,
+    ngx_http_payflow_provider_result_t *res)
+{
+    json_t        *doc, *data;
+    const char    *s;
+    json_error_t   jerr;
+
+    if (call->result != PF_CURL_OK) {
+        ngx_http_payflow_provider_transport(call, res);
+        return;
+    }
+
+    ngx_memzero(res, sizeof(ngx_http_payflow_provider_result_t));
+
+    doc = json_loadb((char *) call->response.data, call->response.len, 0,
+                     &jerr);
+
+    data = json_is_object(doc) ? json_object_get(doc, "data") : NULL;
+    res->message = ngx_http_payflow_json_string(call, doc, "message");
+
+    if (call->status == 200 && json_is_true(json_object_get(doc, "status"))
+        && json_is_object(data))
+    {
+        switch (op->op) {
+
+        case NGX_HTTP_PAYFLOW_OP_CHARGE:
+            s = ngx_http_payflow_json_string(call, data,
+                                             "authorization_url");
+            if (s) {
+                res->status = "requires_action";
+                res->redirect_url.data = (u_char *) s;
+                res->redirect_url.len = ngx_strlen(s);
+                res->reference = op->payment_id;
+                res->message = NULL;
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_OP_VERIFY:
+            ngx_http_payflow_paystack_verified(op, call, data, res);
+            break;
+
+        default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
+            s = ngx_http_payflow_json_string(call, data, "id");
+            if (s) {
+                res->reference.data = (u_char *) s;
+                res->reference.len = ngx_strlen(s);
+            }
+
+            s = ngx_http_payflow_json_string(call, data, "status");
+
+            if (s && ngx_strcmp(s, "processed") == 0) {
+                res->status = "succeeded";
+
+            } else if (s && ngx_strcmp(s, "failed") == 0) {
+                res->status = "failed";
+                res->code = "refund_failed";
+
+            } else {
+                /* pending, processing, needs-attention */
+                res->status = "pending";
+            }
+
+            res->message = NULL;
+        }
+
+        goto done;
+    }
+
+    switch (call->status) {
+
+    case 400:
+    case 404:
+        if (res->message
+            && ngx_strstr(res->message, "Duplicate Transaction Reference"))
+        {
+            /* an earlier attempt created it: not a refusal */
+            res->code = "provider_duplicate_reference";
+            res->retry = 0;
+            break;
+        }
+
+        if (op->op == NGX_HTTP_PAYFLOW_OP_VERIFY) {
+            /* "Transaction reference not found": never initialized */
+            res->code = "provider_transaction_missing";
+            res->not_taken = 1;
+            break;
+        }
+
+        res->code = "provider_invalid_request";
+        res->not_taken = 1;
+        break;
+
+    case 401:
+    case 403:
+        ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                      "payflow provider: \"%V\" refused our credentials "
+                      "(HTTP %ui): check its secret", &p->name,
+                      call->status);
+        res->code = "provider_authentication_failed";
+        res->message = "the provider refused PayFlow's credentials";
+        res->not_taken = 1;
+        res->outage = 1;
+        break;
+
+    case 429:
+        res->code = "provider_rate_limited";
+        res->message = "the provider is rate limiting requests";
+        res->not_taken = 1;
+        res->retry = 1;
+        res->outage = 1;
+        break;
+
+    default:
+        /* 5xx: the reference guards a retry against a second charge */
+        res->code = "provider_error";
+        res->message = "the provider failed";
+        res->retry = 1;
+        res->outage = (call->status >= 500);
+    }
+
+done:
+
+    if (doc) {
+        json_decref(doc);
+    }
+}
+
+
+/* a transaction as /transaction/verify shows it */
+
+static void
+ngx_http_payflow_paystack_verified(ngx_http_payflow_operation_t *op,
+    pf_curl_call_t *call, json_t *data,
+    ngx_http_payflow_provider_result_t *res)
+{
+    json_t      *amount;
+    const char  *status, *currency;
+
+    status = ngx_http_payflow_json_string(call, data, "status");
+    currency = ngx_http_payflow_json_string(call, data, "currency");
+    amount = json_object_get(data, "amount");
+
+    res->message = NULL;
+    res->reference = op->payment_id;
+
+    if (status == NULL) {
+        return;
+    }
+
+    if (ngx_strcmp(status, "success") == 0
+        || ngx_strcmp(status, "reversed") == 0)
+    {
+        /*
+         * paid: for what was asked, or an operator must look (it stays
+         * undecided, so it keeps being reported)
+         */
+
+        if (!json_is_integer(amount) || json_integer_value(amount)
+                                        != op->amount
+            || currency == NULL || ngx_strcmp(currency, op->currency) != 0)
+        {
+            ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                          "payflow provider: Paystack reports payment %V "
+                          "paid with another amount or currency",
+                          &op->payment_id);
+            res->code = "amount_mismatch";
+            return;
+        }
+
+        res->status = "succeeded";
+        return;
+    }
+
+    if (ngx_strcmp(status, "failed") == 0) {
+        res->status = "failed";
+        res->declined = 1;
+        res->code = "card_declined";
+        res->message = ngx_http_payflow_json_string(call, data,
+                                                    "gateway_response");
+        return;
+    }
+
+    /* abandoned, ongoing, pending, processing, queued: not yet */
+}
