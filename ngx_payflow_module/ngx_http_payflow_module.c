@@ -250,6 +250,9 @@ static ngx_http_variable_t  ngx_http_payflow_vars[] = {
     { ngx_string("payflow_idempotency"), NULL,
       ngx_http_payflow_payment_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("payflow_provider"), NULL,
+      ngx_http_payflow_payment_variable, 2, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 

@@ -3062,6 +3062,8 @@ ngx_http_payflow_read_one(ngx_http_request_t *r,
 
 /*
  * $payflow_payment_id: the payment the request made or names in its path;
+ * $payflow_provider (data 2): the provider this request called, or
+ * "sandbox" for a payment the sandbox made;
  * $payflow_idempotency: what its Idempotency-Key did (new, replayed,
  * in_use, reused).
  */
@@ -3086,7 +3088,15 @@ ngx_http_payflow_payment_variable(ngx_http_request_t *r,
             s = ctx->params[0];
         }
 
-    } else if (ctx && ctx->idem != NGX_HTTP_PAYFLOW_IDEM_NONE) {
+    } else if (ctx && data == 2) {
+        if (ctx->provider) {
+            s = ((ngx_http_payflow_provider_t *) ctx->provider)->name;
+
+        } else if (ctx->created) {
+            ngx_str_set(&s, "sandbox");
+        }
+
+    } else if (ctx && data == 1 && ctx->idem != NGX_HTTP_PAYFLOW_IDEM_NONE) {
         s.data = (u_char *) ngx_http_payflow_idem_names[ctx->idem];
         s.len = ngx_strlen(s.data);
     }

@@ -27,7 +27,8 @@ static const ngx_http_payflow_adapter_t  *ngx_http_payflow_adapters[] = {
 
 
 /*
- * payflow_provider <name> type=<stripe|paystack|flutterwave> [mode=test|live] [base_url=<url>]
+ * payflow_provider <name> type=<stripe|paystack|flutterwave>
+ *     [mode=test|live] [base_url=<url>]
  *     [secret_file=<path> | secret_env=<NAME>] [connect_timeout=<time>]
  *     [timeout=<time>] [retries=<n>] [ca_file=<path>];
  */
