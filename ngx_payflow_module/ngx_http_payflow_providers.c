@@ -406,6 +406,74 @@ ngx_http_payflow_provider_transport(pf_curl_call_t *call,
 }
 
 
+/*
+ * An HTTP answer that means the same at every provider: 401 and 403 (our
+ * credentials), 429, and the rest (5xx: the call may or may not have done
+ * its work; the provider's own deduplication makes a retry safe).
+ */
+
+void
+ngx_http_payflow_provider_refused(ngx_http_payflow_provider_t *p,
+    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res)
+{
+    switch (call->status) {
+
+    case 401:
+    case 403:
+        ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                      "payflow provider: \"%V\" refused our credentials "
+                      "(HTTP %ui): check its secret", &p->name,
+                      call->status);
+        res->code = "provider_authentication_failed";
+        res->message = "the provider refused PayFlow's credentials";
+        res->not_taken = 1;
+        res->outage = 1;
+        return;
+
+    case 429:
+        /* rate limited requests are not processed */
+        res->code = "provider_rate_limited";
+        res->message = "the provider is rate limiting requests";
+        res->not_taken = 1;
+        res->retry = 1;
+        res->outage = 1;
+        return;
+
+    default:
+        res->code = "provider_error";
+        res->message = "the provider failed";
+        res->retry = (call->status >= 500 || call->status == 409);
+        res->outage = (call->status >= 500);
+    }
+}
+
+
+/* a JSON request: its body and headers */
+
+ngx_int_t
+ngx_http_payflow_provider_json(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p, pf_json_out_t *out)
+{
+    if (ngx_http_payflow_provider_bearer(call, p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (call->method[0] != 'P') {
+        return NGX_OK;
+    }
+
+    if (pf_json_out_result(out, &call->body) != NGX_OK
+        || pf_curl_header(call, "Content-Type", &(ngx_str_t)
+                          ngx_string("application/json"))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /* fills *kv from C strings; returns the next one */
 
 ngx_keyval_t *

@@ -122,6 +122,10 @@ ngx_int_t ngx_http_payflow_provider_url(pf_curl_call_t *call,
     const char *tail);
 ngx_int_t ngx_http_payflow_provider_bearer(pf_curl_call_t *call,
     ngx_http_payflow_provider_t *p);
+ngx_int_t ngx_http_payflow_provider_json(pf_curl_call_t *call,
+    ngx_http_payflow_provider_t *p, pf_json_out_t *out);
+void ngx_http_payflow_provider_refused(ngx_http_payflow_provider_t *p,
+    pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
 const char *ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
     const char *name);
 u_char *ngx_http_payflow_major_units(u_char *buf, int64_t amount,

@@ -120,21 +120,11 @@ ngx_http_payflow_flutterwave_request(ngx_http_payflow_provider_t *p,
         return NGX_DECLINED;
     }
 
-    if (rc != NGX_OK || ngx_http_payflow_provider_bearer(call, p) != NGX_OK) {
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (call->method[0] == 'P') {
-        if (pf_json_out_result(&out, &call->body) != NGX_OK
-            || pf_curl_header(call, "Content-Type", &(ngx_str_t)
-                              ngx_string("application/json"))
-               != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
+    return ngx_http_payflow_provider_json(call, p, &out);
 }
 
 
@@ -228,31 +218,9 @@ ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
         res->not_taken = 1;
         break;
 
-    case 401:
-    case 403:
-        ngx_log_error(NGX_LOG_ERR, call->log, 0,
-                      "payflow provider: \"%V\" refused our credentials "
-                      "(HTTP %ui): check its secret", &p->name,
-                      call->status);
-        res->code = "provider_authentication_failed";
-        res->message = "the provider refused PayFlow's credentials";
-        res->not_taken = 1;
-        res->outage = 1;
-        break;
-
-    case 429:
-        res->code = "provider_rate_limited";
-        res->message = "the provider is rate limiting requests";
-        res->not_taken = 1;
-        res->retry = 1;
-        res->outage = 1;
-        break;
-
     default:
-        res->code = "provider_error";
-        res->message = "the provider failed";
-        res->retry = 1;
-        res->outage = (call->status >= 500);
+        /* 5xx: the reference guards a retry against a second charge */
+        ngx_http_payflow_provider_refused(p, call, res);
     }
 
 done:

@@ -441,35 +441,11 @@ ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
 
         return;
 
-    case 401:
-    case 403:
-        ngx_log_error(NGX_LOG_ERR, call->log, 0,
-                      "payflow provider: \"%V\" refused our credentials "
-                      "(HTTP %ui): check its secret", &p->name,
-                      call->status);
-        res->code = "provider_authentication_failed";
-        res->message = "the provider refused PayFlow's credentials";
-        res->not_taken = 1;
-        res->outage = 1;
-        return;
-
-    case 429:
-        /* rate limited requests are not processed */
-        res->code = "provider_rate_limited";
-        res->message = "the provider is rate limiting requests";
-        res->not_taken = 1;
-        res->retry = 1;
-        res->outage = 1;
-        return;
-
     default:
         /*
          * 409 (a concurrent request with our key) and 5xx: the operation
          * may or may not have happened; the same Idempotency-Key is safe
          */
-        res->code = "provider_error";
-        res->message = "the provider failed";
-        res->retry = (call->status >= 500 || call->status == 409);
-        res->outage = (call->status >= 500);
+        ngx_http_payflow_provider_refused(p, call, res);
     }
 }
