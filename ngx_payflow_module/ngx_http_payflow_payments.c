@@ -529,6 +529,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     currency = NULL;
+    c = NULL;
 
     if (json_is_string(v) && json_string_length(v) == 3) {
         currency = ngx_pnalloc(r->pool, 4);
