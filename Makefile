@@ -75,6 +75,7 @@ bench: deps build
 	@bench/run
 	@bench/ratelimit
 	@bench/payments
+	@bench/providers
 
 static:
 	@scripts/static-build

@@ -1,7 +1,7 @@
 -- wrk: POST /v1/payments, sandbox, automatic capture, each request with
 -- its own Idempotency-Key: a random prefix per thread and a counter.
 --
---   wrk -s bench/payments.lua http://127.0.0.1:18484/v1/payments -- KEY
+--   wrk -s bench/payments.lua http://127.0.0.1:18484/v1/payments -- KEY [BODY]
 --
 -- wrk threads are separate Lua states: setup() numbers them; the prefix
 -- comes from /dev/urandom so that runs never reuse a key either.
@@ -26,7 +26,7 @@ function init(args)
     n = 0
 
     wrk.method = "POST"
-    wrk.body = '{"amount":4200,"currency":"usd"}'
+    wrk.body = args[2] or '{"amount":4200,"currency":"usd"}'
     wrk.headers["Authorization"] = "Bearer " .. assert(args[1], "API key")
     wrk.headers["Content-Type"] = "application/json"
 end

@@ -7,6 +7,8 @@
 --   pm_card_chargeDeclined                  402 card_declined
 --   pm_card_chargeDeclinedInsufficientFunds 402 insufficient_funds
 --   pm_card_authenticationRequired          requires_action, a redirect
+--   pm_card_slow (not Stripe's)             succeeds after 200 ms, for
+--                                           bench/providers
 --
 -- Capture, cancel and refunds follow the same wire format
 -- (https://docs.stripe.com/api/payment_intents/capture, .../cancel,
@@ -264,6 +266,11 @@ if method == "POST" and uri == "/v1/payment_intents" then
     end
 
     save_intent(pi)
+
+    if pm == "pm_card_slow" then
+        ngx.sleep(0.2)
+    end
+
     return answer(status, response)
 end
 
