@@ -38,6 +38,7 @@ typedef struct {
     ngx_http_payflow_operation_t    op;
     pf_curl_call_t                  call;
     const char                     *status;     /* when claimed */
+    ngx_uint_t                      refund;     /* a refund's check */
 } ngx_http_payflow_check_t;
 
 
@@ -46,7 +47,13 @@ static void ngx_http_payflow_jobs_done(pf_pg_query_t *q);
 static void ngx_http_payflow_jobs_arm(void);
 static void ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs,
     PGresult *res, ngx_uint_t row);
+static void ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
+    PGresult *res, ngx_uint_t row);
+static ngx_int_t ngx_http_payflow_jobs_call(ngx_http_payflow_jobs_t *jobs,
+    ngx_http_payflow_check_t *check);
 static void ngx_http_payflow_jobs_checked(pf_curl_call_t *call);
+static void ngx_http_payflow_jobs_refund_checked(
+    ngx_http_payflow_check_t *check, ngx_http_payflow_provider_result_t *res);
 static void ngx_http_payflow_jobs_applied(pf_pg_query_t *q);
 static void ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs);
 
@@ -73,8 +80,20 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
         "payflow_reconcile_apply",
         "SELECT payflow_reconcile_apply($1, $2, $3, $4, $5, $6)", 6);
 
+    pmcf->st.reconcile_refunds = pf_pg_statement_add(pmcf->db,
+        "payflow_reconcile_refunds",
+        "SELECT id, payment_id, livemode, provider, payment_reference, "
+        "refund_reference, amount, currency, reason "
+        "FROM payflow_reconcile_refunds_claim("
+        NGX_HTTP_PAYFLOW_RECONCILE_BATCH ", $1::interval)", 1);
+
+    pmcf->st.reconcile_refund_apply = pf_pg_statement_add(pmcf->db,
+        "payflow_reconcile_refund_apply",
+        "SELECT payflow_reconcile_refund_apply($1, $2, $3, $4)", 4);
+
     return (pmcf->st.jobs && pmcf->st.reconcile_claim
-            && pmcf->st.reconcile_apply) ? NGX_OK : NGX_ERROR;
+            && pmcf->st.reconcile_apply && pmcf->st.reconcile_refunds
+            && pmcf->st.reconcile_refund_apply) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -149,7 +168,7 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
     }
 
     q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool,
-                           jobs->pmcf->providers.nelts ? 2 : 1);
+                           jobs->pmcf->providers.nelts ? 3 : 1);
     if (q == NULL) {
         goto failed;
     }
@@ -169,6 +188,10 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
         q->stmts[1].statement = jobs->pmcf->st.reconcile_claim;
         q->stmts[1].nparams = 1;
         q->stmts[1].values = values;
+
+        q->stmts[2].statement = jobs->pmcf->st.reconcile_refunds;
+        q->stmts[2].nparams = 1;
+        q->stmts[2].values = values;
     }
     q->handler = ngx_http_payflow_jobs_done;
     q->data = jobs;
@@ -222,11 +245,17 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
 
     jobs->pending = 1;
 
-    if (q->status == PF_PG_OK && q->nstmts == 2) {
+    if (q->status == PF_PG_OK && q->nstmts == 3) {
         res = q->results[1];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
             ngx_http_payflow_jobs_check(jobs, res, i);
+        }
+
+        res = q->results[2];
+
+        for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
+            ngx_http_payflow_jobs_check_refund(jobs, res, i);
         }
     }
 
@@ -312,6 +341,71 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
 
 #undef ngx_http_payflow_value
 
+    (void) ngx_http_payflow_jobs_call(jobs, check);
+}
+
+
+/*
+ * Row: id, payment_id, livemode, provider, payment_reference,
+ * refund_reference, amount, currency, reason.
+ */
+
+static void
+ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
+    PGresult *res, ngx_uint_t row)
+{
+    ngx_str_t                      name;
+    ngx_http_payflow_check_t      *check;
+    ngx_http_payflow_provider_t   *pv;
+
+    name.data = (u_char *) PQgetvalue(res, row, 3);
+    name.len = PQgetlength(res, row, 3);
+
+    pv = ngx_http_payflow_provider_find(jobs->pmcf, &name,
+                                        PQgetvalue(res, row, 2)[0] == 't');
+    if (pv == NULL) {
+        return;
+    }
+
+    check = ngx_pcalloc(jobs->pool, sizeof(ngx_http_payflow_check_t));
+    if (check == NULL) {
+        return;
+    }
+
+    check->jobs = jobs;
+    check->provider = pv;
+    check->status = "pending";
+    check->refund = 1;
+
+    check->op.op = NGX_HTTP_PAYFLOW_OP_REFUND_STATUS;
+    check->op.refund_id.data = (u_char *) PQgetvalue(res, row, 0);
+    check->op.refund_id.len = PQgetlength(res, row, 0);
+    check->op.payment_id.data = (u_char *) PQgetvalue(res, row, 1);
+    check->op.payment_id.len = PQgetlength(res, row, 1);
+    check->op.reference.data = (u_char *) PQgetvalue(res, row, 4);
+    check->op.reference.len = PQgetlength(res, row, 4);
+    check->op.refund_reference.data = (u_char *) PQgetvalue(res, row, 5);
+    check->op.refund_reference.len = PQgetlength(res, row, 5);
+    check->op.amount = ngx_atoof((u_char *) PQgetvalue(res, row, 6),
+                                 PQgetlength(res, row, 6));
+    check->op.currency = PQgetvalue(res, row, 7);
+    check->op.exponent = ngx_http_payflow_payments_exponent(
+                                                        check->op.currency);
+    check->op.reason = PQgetisnull(res, row, 8) ? NULL
+                                                : PQgetvalue(res, row, 8);
+
+    (void) ngx_http_payflow_jobs_call(jobs, check);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_jobs_call(ngx_http_payflow_jobs_t *jobs,
+    ngx_http_payflow_check_t *check)
+{
+    ngx_http_payflow_provider_t  *pv;
+
+    pv = check->provider;
+
     check->call.pool = jobs->pool;
     check->call.log = jobs->log;
     check->call.connect_timeout = pv->connect_timeout;
@@ -324,10 +418,12 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     if (pv->adapter->request(pv, &check->op, &check->call) != NGX_OK
         || pf_curl_start(jobs->pmcf->curl, &check->call) != NGX_OK)
     {
-        return;
+        return NGX_DECLINED;
     }
 
     jobs->pending++;
+
+    return NGX_OK;
 }
 
 
@@ -347,9 +443,13 @@ ngx_http_payflow_jobs_checked(pf_curl_call_t *call)
 
     pv->adapter->response(pv, &check->op, call, &res);
 
-    ngx_http_payflow_provider_record(jobs->pmcf, pv,
-                                     NGX_HTTP_PAYFLOW_OP_VERIFY, &res,
+    ngx_http_payflow_provider_record(jobs->pmcf, pv, check->op.op, &res,
                                      call->elapsed);
+
+    if (check->refund) {
+        ngx_http_payflow_jobs_refund_checked(check, &res);
+        return;
+    }
 
     if (res.status == NULL && res.declined) {
         res.status = "failed";
@@ -409,6 +509,56 @@ done:
 }
 
 
+/* a refund the provider settled: recorded (ledger by its triggers) */
+
+static void
+ngx_http_payflow_jobs_refund_checked(ngx_http_payflow_check_t *check,
+    ngx_http_payflow_provider_result_t *res)
+{
+    pf_pg_query_t            *q;
+    const char              **values;
+    ngx_http_payflow_jobs_t  *jobs;
+
+    jobs = check->jobs;
+
+    if (res->status == NULL || ngx_strcmp(res->status, "pending") == 0) {
+        ngx_log_error(NGX_LOG_INFO, jobs->log, 0,
+                      "payflow reconcile: refund %V at \"%V\" is still "
+                      "pending", &check->op.refund_id,
+                      &check->provider->name);
+        goto done;
+    }
+
+    values = ngx_pcalloc(jobs->pool, 4 * sizeof(char *));
+    q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool, 1);
+
+    if (values == NULL || q == NULL) {
+        goto done;
+    }
+
+    values[0] = (char *) check->op.refund_id.data;
+    values[1] = res->status;
+    values[2] = res->reference.len
+                ? ngx_http_payflow_db_str(jobs->pool, &res->reference)
+                : NULL;
+    values[3] = ngx_strcmp(res->status, "failed") == 0 ? res->code : NULL;
+
+    q->stmts[0].statement = jobs->pmcf->st.reconcile_refund_apply;
+    q->stmts[0].nparams = 4;
+    q->stmts[0].values = values;
+    q->handler = ngx_http_payflow_jobs_applied;
+    q->data = check;
+
+    if (pf_pg_query_run(q) == NGX_OK) {
+        return;
+    }
+
+done:
+
+    ngx_http_payflow_jobs_finish(jobs);
+}
+
+
 static void
 ngx_http_payflow_jobs_applied(pf_pg_query_t *q)
 {
@@ -418,9 +568,12 @@ ngx_http_payflow_jobs_applied(pf_pg_query_t *q)
 
     if (q->status == PF_PG_OK) {
         ngx_log_error(NGX_LOG_NOTICE, check->jobs->log, 0,
-                      "payflow reconcile: payment %V at \"%V\" was %s, "
-                      "now %s", &check->op.payment_id, &check->provider->name,
-                      check->status, PQgetvalue(q->results[0], 0, 0));
+                      "payflow reconcile: %s %V at \"%V\" was %s, "
+                      "now %s", check->refund ? "refund" : "payment",
+                      check->refund ? &check->op.refund_id
+                                    : &check->op.payment_id,
+                      &check->provider->name, check->status,
+                      PQgetvalue(q->results[0], 0, 0));
 
     } else if (q->status == PF_PG_SQL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, check->jobs->log, 0,

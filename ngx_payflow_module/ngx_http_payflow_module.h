@@ -134,6 +134,8 @@ typedef struct {
     const pf_pg_statement_t    *jobs;
     const pf_pg_statement_t    *reconcile_claim;
     const pf_pg_statement_t    *reconcile_apply;
+    const pf_pg_statement_t    *reconcile_refunds;
+    const pf_pg_statement_t    *reconcile_refund_apply;
     const pf_pg_statement_t    *pay_list;
     const pf_pg_statement_t    *refund_list;
     const pf_pg_statement_t    *ledger_list;

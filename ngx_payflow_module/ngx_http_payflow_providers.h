@@ -38,7 +38,8 @@ typedef enum {
     NGX_HTTP_PAYFLOW_OP_CAPTURE,
     NGX_HTTP_PAYFLOW_OP_CANCEL,
     NGX_HTTP_PAYFLOW_OP_REFUND,
-    NGX_HTTP_PAYFLOW_OP_VERIFY         /* a payment's state, by reference */
+    NGX_HTTP_PAYFLOW_OP_VERIFY,        /* a payment's state, by reference */
+    NGX_HTTP_PAYFLOW_OP_REFUND_STATUS  /* a refund's state */
 } ngx_http_payflow_op_e;
 
 
@@ -46,7 +47,8 @@ typedef struct {
     ngx_http_payflow_op_e       op;
     ngx_str_t                   payment_id;     /* our reference */
     ngx_str_t                   reference;      /* the provider's, or empty */
-    ngx_str_t                   refund_id;      /* OP_REFUND */
+    ngx_str_t                   refund_id;      /* OP_REFUND... */
+    ngx_str_t                   refund_reference;   /* the provider's */
     int64_t                     amount;         /* minor units; 0: all */
     const char                 *currency;       /* upper case */
     ngx_uint_t                  exponent;       /* of the minor unit */

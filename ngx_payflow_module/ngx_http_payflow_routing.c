@@ -34,7 +34,7 @@
 #define NGX_HTTP_PAYFLOW_RATE_BUCKETS  6
 #define NGX_HTTP_PAYFLOW_RATE_SPAN     10000    /* ms per bucket */
 #define NGX_HTTP_PAYFLOW_CALL_BUCKETS  11
-#define NGX_HTTP_PAYFLOW_OPS           5
+#define NGX_HTTP_PAYFLOW_OPS           6
 
 
 typedef struct {
@@ -97,7 +97,7 @@ static const char  *ngx_http_payflow_strategies[] = {
 };
 
 static const char  *ngx_http_payflow_op_names[] = {
-    "charge", "capture", "cancel", "refund", "verify"
+    "charge", "capture", "cancel", "refund", "verify", "refund_status"
 };
 
 static const char  *ngx_http_payflow_outcome_names[] = {

@@ -17,7 +17,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(42);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(45);
 
 my %secret = (
 	stripe => 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24),
@@ -189,6 +189,14 @@ is($r->{json}{data}{status}, 'pending', 'a Paystack refund starts pending');
 $sent = decode_json($req->{body});
 is("$req->{uri} $sent->{transaction} $sent->{amount}",
 	"/refund $p->{id} 1000", '/refund: transaction reference, amount');
+my $rf = $r->{json}{data}{id};
+is($t->poll(10, sub { my $s = bearer($key, 'GET', "/v1/refunds/$rf")
+	->{json}{data}{status}; $s ne 'pending' ? $s : undef }, 0.3) // 'pending',
+	'succeeded', 'the reconciler asks Paystack again: processed, succeeded');
+ok((grep { $_->{uri} =~ m{^/refund/\d+$} } @{requests('paystack')}),
+	'by GET /refund/:id');
+is($t->psql("SELECT amount_refunded FROM payments WHERE id = '$p->{id}'"),
+	1000, 'the refund is on the payment (and the ledger)');
 
 $r = pay({ currency => 'ngn', provider => 'paystack',
 	customer => { email => 'failed+bo@example.com' } });

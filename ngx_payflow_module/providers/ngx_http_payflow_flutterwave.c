@@ -115,6 +115,16 @@ ngx_http_payflow_flutterwave_request(ngx_http_payflow_provider_t *p,
         pf_json_out_close(&out, '}');
         break;
 
+    case NGX_HTTP_PAYFLOW_OP_REFUND_STATUS:
+        if (op->refund_reference.len == 0) {
+            return NGX_DECLINED;
+        }
+
+        call->method = "GET";
+        rc = ngx_http_payflow_provider_url(call, p, "/v3/refunds/",
+                                           &op->refund_reference, "");
+        break;
+
     default:
         /* the hosted checkout has neither capture nor cancel */
         return NGX_DECLINED;
@@ -173,7 +183,7 @@ ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
             ngx_http_payflow_flutterwave_verified(op, call, data, res);
             break;
 
-        default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
+        default: /* NGX_HTTP_PAYFLOW_OP_REFUND, OP_REFUND_STATUS */
             s = ngx_http_payflow_json_string(call, data, "id");
             if (s) {
                 res->reference.data = (u_char *) s;

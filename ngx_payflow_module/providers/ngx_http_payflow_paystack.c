@@ -100,6 +100,17 @@ ngx_http_payflow_paystack_request(ngx_http_payflow_provider_t *p,
         pf_json_out_close(&out, '}');
         break;
 
+    case NGX_HTTP_PAYFLOW_OP_REFUND_STATUS:
+        if (op->refund_reference.len == 0) {
+            /* the refund's answer was lost: no id to ask about */
+            return NGX_DECLINED;
+        }
+
+        call->method = "GET";
+        rc = ngx_http_payflow_provider_url(call, p, "/refund/",
+                                           &op->refund_reference, "");
+        break;
+
     default:
         /* Paystack has neither capture nor cancel */
         return NGX_DECLINED;
@@ -157,7 +168,7 @@ ngx_http_payflow_paystack_response(ngx_http_payflow_provider_t *p,
             ngx_http_payflow_paystack_verified(op, call, data, res);
             break;
 
-        default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
+        default: /* NGX_HTTP_PAYFLOW_OP_REFUND, OP_REFUND_STATUS */
             s = ngx_http_payflow_json_string(call, data, "id");
             if (s) {
                 res->reference.data = (u_char *) s;

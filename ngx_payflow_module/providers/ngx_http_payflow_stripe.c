@@ -106,6 +106,19 @@ ngx_http_payflow_stripe_request(ngx_http_payflow_provider_t *p,
                                            &op->reference, "/cancel");
         break;
 
+    case NGX_HTTP_PAYFLOW_OP_REFUND_STATUS:
+
+        if (op->refund_reference.len) {
+            call->method = "GET";
+            rc = ngx_http_payflow_provider_url(call, p, "/v1/refunds/",
+                                               &op->refund_reference, "");
+            break;
+        }
+
+        /* the answer was lost: the same refund under the same key */
+
+        /* fall through */
+
     default: /* NGX_HTTP_PAYFLOW_OP_REFUND */
         rc = ngx_http_payflow_provider_url(call, p, "/v1/refunds", NULL, "");
 
@@ -236,6 +249,7 @@ ngx_http_payflow_stripe_headers(ngx_http_payflow_provider_t *p,
         break;
 
     case NGX_HTTP_PAYFLOW_OP_REFUND:
+    case NGX_HTTP_PAYFLOW_OP_REFUND_STATUS:
         key = op->refund_id;
         break;
 
@@ -275,7 +289,9 @@ ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
 
     if (call->status == 200 && json_is_object(doc)) {
 
-        if (op->op == NGX_HTTP_PAYFLOW_OP_REFUND) {
+        if (op->op == NGX_HTTP_PAYFLOW_OP_REFUND
+            || op->op == NGX_HTTP_PAYFLOW_OP_REFUND_STATUS)
+        {
             ngx_http_payflow_stripe_refund(call, doc, res);
 
         } else {
@@ -415,7 +431,9 @@ ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
     s = ngx_http_payflow_json_string(call,
                                      json_object_get(e, "payment_intent"),
                                      "id");
-    if (s && op->op != NGX_HTTP_PAYFLOW_OP_REFUND) {
+    if (s && op->op != NGX_HTTP_PAYFLOW_OP_REFUND
+        && op->op != NGX_HTTP_PAYFLOW_OP_REFUND_STATUS)
+    {
         res->reference.data = (u_char *) s;
         res->reference.len = ngx_strlen(s);
     }
@@ -434,7 +452,9 @@ ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
                                               : "provider_invalid_request";
         }
 
-        if (op->op == NGX_HTTP_PAYFLOW_OP_VERIFY) {
+        if (op->op == NGX_HTTP_PAYFLOW_OP_VERIFY
+            || op->op == NGX_HTTP_PAYFLOW_OP_REFUND_STATUS)
+        {
             /* only a decline tells; a refusal of the question does not */
             res->not_taken = res->declined;
         }
