@@ -17,7 +17,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(45);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(46);
 
 my %secret = (
 	stripe => 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24),
@@ -67,6 +67,7 @@ http {
     payflow_route priority currency=EUR stripe paystack;
     payflow_route weighted currency=GBP stripe:80 paystack:20;
     payflow_route lowest_cost currency=ZAR stripe:2.9%+30 paystack:1.5%+100;
+    payflow_route success_rate currency=CAD flaky stripe;
 
     lua_shared_dict stripe 4m;
     lua_shared_dict paystack 4m;
@@ -328,6 +329,11 @@ is(payment(pay({ currency => 'zar', amount => 100000,
 	payment_method => 'pm_card_visa',
 	customer => { email => 'success+c@example.com' } }))->{provider},
 	'paystack', 'lowest cost for 1000.00: paystack (1600 against 2930)');
+
+# success rate: flaky failed three of its four charges, stripe none
+$p = payment(pay({ currency => 'cad', payment_method => 'pm_card_visa' }));
+is("$p->{provider} $p->{routing}", 'stripe success_rate: stripe',
+	'success_rate: the provider that has been succeeding goes first');
 
 ###############################################################################
 
