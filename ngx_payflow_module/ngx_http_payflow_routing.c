@@ -484,6 +484,12 @@ ngx_http_payflow_providers_init_zone(ngx_shm_zone_t *zone, void *data)
 
     size = pmcf->providers.nelts * sizeof(ngx_http_payflow_provider_slot_t);
 
+    if (data) {
+        /* a reload kept the zone (same size: as many providers) */
+        ngx_memzero(shpool->data, size);
+        return NGX_OK;
+    }
+
     shpool->data = ngx_slab_calloc(shpool, size);
     if (shpool->data == NULL) {
         return NGX_ERROR;

@@ -17,7 +17,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(46);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(48);
 
 my %secret = (
 	stripe => 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24),
@@ -237,6 +237,11 @@ is("$req->{uri} $req->{body}", "/v3/transactions/$flw/refund "
 	. qq/{"amount":10.00,"comments":"$r->{json}{data}{id}"}/,
 	'POST /v3/transactions/:id/refund, in major units');
 
+$r = pay({ currency => 'ngn', provider => 'flutterwave',
+	customer => { email => 'failed+cy@example.com' } });
+is(settled(payment($r)->{id}, 'requires_action'), 'failed',
+	'Flutterwave: declined on the checkout page, failed once verified');
+
 ###############################################################################
 # failover: stripe_down takes no connection, so nothing can have moved;
 # the payment goes on to stripe, and says so
@@ -334,6 +339,12 @@ is(payment(pay({ currency => 'zar', amount => 100000,
 $p = payment(pay({ currency => 'cad', payment_method => 'pm_card_visa' }));
 is("$p->{provider} $p->{routing}", 'stripe success_rate: stripe',
 	'success_rate: the provider that has been succeeding goes first');
+
+# reloads keep the providers' zone (and start its slots afresh)
+$t->reload for 1 .. 3;
+is(payment(pay({ currency => 'usd', provider => 'stripe',
+	payment_method => 'pm_card_visa' }))->{status}, 'succeeded',
+	'after three reloads: payments go on');
 
 ###############################################################################
 
