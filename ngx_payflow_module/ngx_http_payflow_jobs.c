@@ -73,7 +73,7 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
         "payflow_reconcile_claim",
         "SELECT id, status, livemode, provider, provider_reference, amount, "
         "currency, capture_method, payment_method, description, "
-        "return_url, email FROM payflow_reconcile_claim("
+        "return_url, email, age FROM payflow_reconcile_claim("
         NGX_HTTP_PAYFLOW_RECONCILE_BATCH ", $1::interval)", 1);
 
     pmcf->st.reconcile_apply = pf_pg_statement_add(pmcf->db,
@@ -283,7 +283,8 @@ ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs)
 /*
  * Row: id, status, livemode, provider, provider_reference, amount,
  * currency, capture_method, payment_method, description, return_url,
- * email.  The strings live in the run's pool (the results do).
+ * email, age (seconds).  The strings live in the run's pool (the results
+ * do).
  */
 
 static void
@@ -338,6 +339,8 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     check->op.description = ngx_http_payflow_value(9);
     check->op.return_url = ngx_http_payflow_value(10);
     check->op.email = ngx_http_payflow_value(11);
+    check->op.age = ngx_atoof((u_char *) PQgetvalue(res, row, 12),
+                              PQgetlength(res, row, 12));
 
 #undef ngx_http_payflow_value
 
@@ -472,7 +475,13 @@ ngx_http_payflow_jobs_checked(pf_curl_call_t *call)
                       "payflow reconcile: payment %V at \"%V\" is still "
                       "undecided (%s)", &check->op.payment_id, &pv->name,
                       res.code ? res.code : check->status);
-        goto done;
+
+        if (res.reference.len == 0 || check->op.reference.len) {
+            goto done;
+        }
+
+        /* the provider's id, learnt: kept, so it is asked by it */
+        res.status = check->status;
     }
 
     values = ngx_pcalloc(jobs->pool, 6 * sizeof(char *));

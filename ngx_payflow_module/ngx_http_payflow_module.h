@@ -109,6 +109,7 @@ typedef struct {
     const pf_pg_statement_t    *pay_outcome;
     const pf_pg_statement_t    *pay_finish;
     const pf_pg_statement_t    *pay_reroute;
+    const pf_pg_statement_t    *pay_reference;
     const pf_pg_statement_t    *pay_get;
     const pf_pg_statement_t    *idem_get;
     const pf_pg_statement_t    *idem_finish;
@@ -245,6 +246,7 @@ typedef struct {
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    created:1;     /* made a payment: outcome */
+    unsigned                    ambiguous:1;   /* the provider may have */
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;
     unsigned                    auth_done:1;

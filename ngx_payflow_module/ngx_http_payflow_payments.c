@@ -158,7 +158,6 @@ const char  *ngx_http_payflow_idem_names[] = {
 static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
-static ngx_http_payflow_money_t  ngx_http_payflow_remote_op;
 
 
 static pf_error_t  ngx_http_payflow_no_refund = {
@@ -263,6 +262,12 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3 "
         "AND payment_id = $4 AND phase = 'payment_created' "
         "RETURNING response_body", 7);
+
+    st->pay_reference = pf_pg_statement_add(pmcf->db,
+        "payflow_pay_reference",
+        "UPDATE payments SET provider_reference = $2 "
+        "WHERE id = $1 AND status = 'processing' "
+        "AND provider_reference IS NULL", 2);
 
     st->pay_reroute = pf_pg_statement_add(pmcf->db, "payflow_pay_reroute",
         "UPDATE payments SET provider = $2, routing = $3 "
@@ -448,6 +453,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
     if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
         || st->pay_outcome == NULL || st->pay_reroute == NULL
+        || st->pay_reference == NULL
         || st->pay_finish == NULL || st->pay_get == NULL
         || st->idem_get == NULL || st->idem_finish == NULL
         || st->idem_settle == NULL)
@@ -1034,6 +1040,25 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
         ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_outcome;
         ngx_http_payflow_db_stmt(q, i)->nparams = 6;
         ngx_http_payflow_db_stmt(q, i++)->values = values;
+
+    } else if (res->reference.len) {
+        /* undecided, but the provider's id is known: it is asked by it */
+
+        values = ngx_pcalloc(r->pool, 2 * sizeof(char *));
+        if (values == NULL) {
+            return NGX_ERROR;
+        }
+
+        values[0] = finish[3];
+        values[1] = ngx_http_payflow_db_str(r->pool, &res->reference);
+
+        if (values[1] == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_reference;
+        ngx_http_payflow_db_stmt(q, i)->nparams = 2;
+        ngx_http_payflow_db_stmt(q, i++)->values = values;
     }
 
     if (ctx->idem_key.len == 0) {
@@ -1221,6 +1246,20 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
     ngx_http_payflow_provider_record(pmcf, pv, NGX_HTTP_PAYFLOW_OP_CHARGE,
                                      &res, call->elapsed);
 
+    /*
+     * An earlier attempt at this provider that may have charged makes
+     * every later refusal as undecided as it was: no failover, no
+     * failure, the reconciler asks the provider.
+     */
+
+    if (res.status == NULL && !res.not_taken) {
+        ctx->ambiguous = 1;
+
+    } else if (res.status == NULL && ctx->ambiguous) {
+        res.not_taken = 0;
+        res.declined = 0;
+    }
+
     left = plan->deadline - ngx_current_msec;
 
     if (res.status == NULL && res.retry && ctx->attempts <= pv->retries
@@ -1292,7 +1331,8 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
                       &ctx->payment_id, &pv->name, res.code);
     }
 
-    n = (res.status ? 1 : 0) + (ctx->idem_key.len ? 2 : 1);
+    n = (res.status || res.reference.len ? 1 : 0)
+        + (ctx->idem_key.len ? 2 : 1);
 
     q = ngx_http_payflow_db_query(r, n, 1);
     if (q == NULL
@@ -1311,10 +1351,14 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_payments_rerouted(ngx_http_request_t *r, pf_pg_query_t *q)
 {
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
     if (PQntuples(ngx_http_payflow_db_result(q, 0)) != 1) {
         /* moved on meanwhile (verified by the reconciler): as it is now */
-        return ngx_http_payflow_payments_get(r,
-                   ngx_http_get_module_ctx(r, ngx_http_payflow_module));
+        ctx->params[0] = ctx->payment_id;
+        return ngx_http_payflow_payments_get(r, ctx);
     }
 
     return ngx_http_payflow_payments_attempt(r);
@@ -2288,6 +2332,8 @@ static ngx_int_t
 ngx_http_payflow_money_remote(ngx_http_request_t *r)
 {
     pf_pg_query_t                  *q;
+    const char                    **values;
+    ngx_http_payflow_money_t       *remote;
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_money_t       *m;
     ngx_http_payflow_main_conf_t   *pmcf;
@@ -2297,19 +2343,29 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
     m = (ngx_http_payflow_money_t *) ctx->money;
 
     if (m == &ngx_http_payflow_refund_op) {
-        ngx_http_payflow_remote_op = *m;
-        ngx_http_payflow_remote_op.plain = pmcf->st.refund_remote;
-        ngx_http_payflow_remote_op.keyed = pmcf->st.refund_remote_keyed;
-        ngx_http_payflow_remote_op.follow = pmcf->st.refund_route;
-        ngx_http_payflow_remote_op.answer = ngx_http_payflow_refund_reserved;
+        /* this request's own: the statics are shared by the worker */
+        remote = ngx_palloc(r->pool, sizeof(ngx_http_payflow_money_t));
+        if (remote == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-        return ngx_http_payflow_money_run(r, ctx,
-                                          &ngx_http_payflow_remote_op,
-                                          ctx->money_values, ctx->money_n,
-                                          ctx->money_id);
+        *remote = *m;
+        remote->plain = pmcf->st.refund_remote;
+        remote->keyed = pmcf->st.refund_remote_keyed;
+        remote->follow = pmcf->st.refund_route;
+        remote->answer = ngx_http_payflow_refund_reserved;
+
+        return ngx_http_payflow_money_run(r, ctx, remote, ctx->money_values,
+                                          ctx->money_n, ctx->money_id);
     }
 
-    q = ngx_http_payflow_db_query(r, 1, 1);
+    /*
+     * With a key, the key is looked at before the provider is asked: a
+     * key that exists is answered from (replayed, in use, or another
+     * request's), and the provider never hears of it.
+     */
+
+    q = ngx_http_payflow_db_query(r, ctx->idem_key.len ? 2 : 1, 1);
     if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -2317,6 +2373,17 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
     ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_route;
     ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
     ngx_http_payflow_db_stmt(q, 0)->values = ctx->money_values;
+
+    if (ctx->idem_key.len) {
+        values = ngx_http_payflow_idem_values(r, 3);
+        if (values == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
+        ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
+        ngx_http_payflow_db_stmt(q, 1)->values = values;
+    }
 
     ctx->db_sql_ok = 0;
 
@@ -2342,6 +2409,13 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     row = ngx_http_payflow_db_result(q, 0);
+
+    if (ctx->idem_key.len
+        && PQntuples(ngx_http_payflow_db_result(q, 1)) == 1)
+    {
+        return ngx_http_payflow_idem_other(r,
+                                           ngx_http_payflow_db_result(q, 1));
+    }
 
     if (PQntuples(row) != 1) {
         rc = ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
@@ -2435,6 +2509,7 @@ ngx_http_payflow_payments_exponent(const char *currency)
 static ngx_int_t
 ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
 {
+    ngx_http_payflow_money_t            *remote;
     ngx_http_payflow_ctx_t              *ctx;
     ngx_http_payflow_provider_t         *pv;
     ngx_http_payflow_operation_t        *op;
@@ -2450,24 +2525,44 @@ ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
 
     ngx_http_payflow_provider_record(pmcf, pv, op->op, &res, call->elapsed);
 
-    if (res.status) {
+    if (res.status
+        && ngx_strcmp(res.status, (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE
+                                   ? "succeeded" : "canceled")) == 0)
+    {
         /* done at the provider: now in the books, with the key */
 
-        ngx_http_payflow_remote_op = *(ngx_http_payflow_money_t *) ctx->money;
-
-        if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE) {
-            ngx_http_payflow_remote_op.plain = pmcf->st.capture_remote;
-            ngx_http_payflow_remote_op.keyed = pmcf->st.capture_remote_keyed;
-
-        } else {
-            ngx_http_payflow_remote_op.plain = pmcf->st.cancel_remote;
-            ngx_http_payflow_remote_op.keyed = pmcf->st.cancel_remote_keyed;
+        remote = ngx_palloc(r->pool, sizeof(ngx_http_payflow_money_t));
+        if (remote == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_payflow_money_run(r, ctx,
-                                          &ngx_http_payflow_remote_op,
-                                          ctx->money_values, ctx->money_n,
-                                          ctx->money_id);
+        *remote = *(ngx_http_payflow_money_t *) ctx->money;
+
+        if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE) {
+            remote->plain = pmcf->st.capture_remote;
+            remote->keyed = pmcf->st.capture_remote_keyed;
+
+        } else {
+            remote->plain = pmcf->st.cancel_remote;
+            remote->keyed = pmcf->st.cancel_remote_keyed;
+        }
+
+        return ngx_http_payflow_money_run(r, ctx, remote, ctx->money_values,
+                                          ctx->money_n, ctx->money_id);
+    }
+
+    if (res.status) {
+        /* answered, but not with what was asked: nothing is recorded */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow provider: \"%V\" answered %s to a %s of "
+                      "payment %V; nothing recorded", &pv->name, res.status,
+                      op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE
+                      ? "capture" : "cancel", &op->payment_id);
+
+        return ngx_http_payflow_provider_error(r, NGX_HTTP_CONFLICT,
+                   "provider_unexpected_state",
+                   "the provider reports the payment in another state",
+                   NULL);
     }
 
     if (res.not_taken) {

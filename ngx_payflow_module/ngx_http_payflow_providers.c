@@ -348,7 +348,12 @@ ngx_http_payflow_provider_run(ngx_http_request_t *r, pf_curl_call_t *call,
     ctx->call = call;
     ctx->provider_ok = ok;
 
-    r->read_event_handler = ngx_http_test_reading;
+    /*
+     * Not ngx_http_test_reading: a client that goes away must not end the
+     * request (and cancel the call) while money may be moving; its answer
+     * still goes into the database, the write to the client just fails.
+     */
+    r->read_event_handler = ngx_http_block_reading;
     r->main->count++;
 
     return NGX_DONE;

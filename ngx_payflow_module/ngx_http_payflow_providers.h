@@ -57,6 +57,7 @@ typedef struct {
     const char                 *return_url;     /* or NULL */
     const char                 *email;          /* or NULL */
     const char                 *reason;         /* refund reason, or NULL */
+    int64_t                     age;            /* OP_VERIFY: seconds */
     unsigned                    manual:1;
 } ngx_http_payflow_operation_t;
 

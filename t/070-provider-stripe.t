@@ -18,7 +18,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(64);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(66);
 
 my $secret = 'sk_test_' . join '', map { ('a' .. 'z')[rand 26] } 1 .. 24;
 $t->write_file('stripe.key', "$secret\n");
@@ -226,8 +226,9 @@ my $held2 = pay({ payment_method => 'pm_card_visa',
 my $paid = pay({ payment_method => 'pm_card_visa' })->{json}{data}{id};
 my $pi = row($held->{id}, 'provider_reference');
 
+my $ck = 'capture-' . int(rand 1e9);
 $r = bearer($key, 'POST', "/v1/payments/$held->{id}/capture",
-	{ amount => 4000 });
+	{ amount => 4000 }, headers => ["Idempotency-Key: $ck"]);
 is($r->{json}{data}{status} . ' ' . $r->{json}{data}{amount_received},
 	'succeeded 4000', 'partial capture at Stripe');
 ($req) = reverse @{requests()};
@@ -239,6 +240,13 @@ is($req->{idempotency_key}, "$held->{id}-capture",
 is(err(bearer($key, 'POST', "/v1/payments/$held->{id}/capture", {})),
 	'409 payment_not_capturable -',
 	'a second capture is refused');
+
+my $nr = @{requests()};
+is(err(bearer($key, 'POST', "/v1/payments/$held2/cancel", {},
+	headers => ["Idempotency-Key: $ck"])),
+	'422 idempotency_key_reused Idempotency-Key',
+	'the capture\'s key reused for a cancel: refused');
+is(@{requests()} - $nr, 0, 'before Stripe is asked anything');
 
 $r = bearer($key, 'POST', "/v1/payments/$held2/cancel", {});
 is($r->{json}{data}{status}, 'canceled', 'cancel at Stripe');

@@ -17,7 +17,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(48);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(51);
 
 my %secret = (
 	stripe => 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24),
@@ -278,6 +278,17 @@ is(join(' ', map { $_->{idempotency_key} } @creates), "$p->{id} $p->{id}",
 	'both sends under the payment\'s key: Stripe charged once');
 is($t->psql("SELECT count(*) FROM ledger_entries "
 	. "WHERE payment_id = '$p->{id}'"), 2, 'one charge in the ledger');
+
+# a 500 (it may have charged), then 429 on both retries: still undecided,
+# never failed over
+$np = @{requests('paystack')};
+fault('stripe', $_) for qw/500 429 429/;
+$p = payment(pay({ currency => 'eur', payment_method => 'pm_card_visa',
+	customer => { email => 'success+eve@example.com' } }));
+is("$p->{status} $p->{provider}", 'processing stripe',
+	'a refusal after an undecided attempt: still processing, same provider');
+is(@{requests('paystack')} - $np, 0, 'and no other provider was called');
+is(settled($p->{id}, 'processing'), 'succeeded', 'settled by the reconciler');
 
 ###############################################################################
 # the circuit breaker: three outages within the window open it

@@ -77,7 +77,18 @@ ngx_http_payflow_stripe_request(ngx_http_payflow_provider_t *p,
          * The charge's answer was lost: the same request under the same
          * Idempotency-Key gets Stripe's stored answer (or, had the first
          * never arrived, makes the charge the payment asked for, once).
+         * Stripe keeps a key 24 hours: after that the same request would
+         * be a new charge, so an old payment is left for an operator.
          */
+
+        if (op->age > 23 * 3600) {
+            ngx_log_error(NGX_LOG_ERR, call->log, 0,
+                          "payflow provider: payment %V at \"%V\" has no "
+                          "PaymentIntent id and is too old to ask Stripe "
+                          "again by key: check it by hand",
+                          &op->payment_id, &p->name);
+            return NGX_DECLINED;
+        }
 
         /* fall through */
 
