@@ -185,11 +185,12 @@ sub send_op {
 }
 
 sub op_create {
-	my ($tn) = @_;
+	my ($tn, %force) = @_;
 	my $x = rand;
 	my $tail = $x < 0.04 ? 2 : $x < 0.08 ? 5 : $x < 0.16 ? 8
 		: $x < 0.21 ? 9 : undef;
 	my $manual = rand() < 0.4;
+	($tail, $manual) = (undef, 1) if $force{requires_capture};
 	my %req = (amount => amount($tail),
 		currency => pick(qw/usd usd eur jpy kwd/),
 		capture_method => $manual ? 'manual' : 'automatic');
@@ -379,7 +380,12 @@ sub op_race_refunds {
 sub op_race_capture_cancel {
 	my ($tn) = @_;
 	my @p = grep { $_->{status} eq 'requires_capture' } @{$tn->{pays}};
-	return unless @p;
+	unless (@p) {
+		# none to race over: one is made, so that every run races
+		op_create($tn, requires_capture => 1);
+		@p = grep { $_->{status} eq 'requires_capture' } @{$tn->{pays}};
+		return unless @p;
+	}
 	my $m = pick(@p);
 
 	my @s = (start($tn, 'POST', "/v1/payments/$m->{id}/capture", '{}'),
