@@ -291,6 +291,7 @@ static void
 ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     ngx_uint_t row)
 {
+    ngx_int_t                      exponent;
     ngx_str_t                      name;
     ngx_http_payflow_check_t      *check;
     ngx_http_payflow_provider_t   *pv;
@@ -332,8 +333,8 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     check->op.amount = ngx_atoof((u_char *) PQgetvalue(res, row, 5),
                                  PQgetlength(res, row, 5));
     check->op.currency = PQgetvalue(res, row, 6);
-    check->op.exponent = ngx_http_payflow_payments_exponent(
-                                                        check->op.currency);
+    exponent = ngx_http_payflow_payments_exponent(check->op.currency);
+    check->op.exponent = (exponent == NGX_ERROR) ? 2 : exponent;
     check->op.manual = (PQgetvalue(res, row, 7)[0] == 'm');
     check->op.payment_method = ngx_http_payflow_value(8);
     check->op.description = ngx_http_payflow_value(9);
@@ -357,6 +358,7 @@ static void
 ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
     PGresult *res, ngx_uint_t row)
 {
+    ngx_int_t                      exponent;
     ngx_str_t                      name;
     ngx_http_payflow_check_t      *check;
     ngx_http_payflow_provider_t   *pv;
@@ -392,8 +394,8 @@ ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
     check->op.amount = ngx_atoof((u_char *) PQgetvalue(res, row, 6),
                                  PQgetlength(res, row, 6));
     check->op.currency = PQgetvalue(res, row, 7);
-    check->op.exponent = ngx_http_payflow_payments_exponent(
-                                                        check->op.currency);
+    exponent = ngx_http_payflow_payments_exponent(check->op.currency);
+    check->op.exponent = (exponent == NGX_ERROR) ? 2 : exponent;
     check->op.reason = PQgetisnull(res, row, 8) ? NULL
                                                 : PQgetvalue(res, row, 8);
 

@@ -110,8 +110,6 @@ static ngx_int_t ngx_http_payflow_money_unsupported(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_money_remote(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_money_routed(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_remote_operation(
-    ngx_http_payflow_operation_t *op);
 static ngx_int_t ngx_http_payflow_money_called(ngx_http_request_t *r,
     pf_curl_call_t *call);
 static ngx_int_t ngx_http_payflow_refund_reserved(ngx_http_request_t *r,
@@ -155,9 +153,18 @@ const char  *ngx_http_payflow_idem_names[] = {
 };
 
 
+/*
+ * The money operations, filled once per worker when the statements are
+ * known: as the sandbox does them, and after a network provider did its
+ * part (remote).
+ */
+
 static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_capture_remote_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_cancel_remote_op;
+static ngx_http_payflow_money_t  ngx_http_payflow_refund_remote_op;
 
 
 static pf_error_t  ngx_http_payflow_no_refund = {
@@ -461,6 +468,40 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         return NGX_ERROR;
     }
 
+    ngx_http_payflow_capture_op.what = "capturing a payment";
+    ngx_http_payflow_capture_op.plain = st->capture;
+    ngx_http_payflow_capture_op.keyed = st->capture_keyed;
+    ngx_http_payflow_capture_op.get = st->pay_get;
+    ngx_http_payflow_capture_op.answer = ngx_http_payflow_capture_answer;
+
+    ngx_http_payflow_capture_remote_op = ngx_http_payflow_capture_op;
+    ngx_http_payflow_capture_remote_op.plain = st->capture_remote;
+    ngx_http_payflow_capture_remote_op.keyed = st->capture_remote_keyed;
+
+    ngx_http_payflow_cancel_op.what = "canceling a payment";
+    ngx_http_payflow_cancel_op.plain = st->cancel;
+    ngx_http_payflow_cancel_op.keyed = st->cancel_keyed;
+    ngx_http_payflow_cancel_op.get = st->pay_get;
+    ngx_http_payflow_cancel_op.answer = ngx_http_payflow_cancel_answer;
+
+    ngx_http_payflow_cancel_remote_op = ngx_http_payflow_cancel_op;
+    ngx_http_payflow_cancel_remote_op.plain = st->cancel_remote;
+    ngx_http_payflow_cancel_remote_op.keyed = st->cancel_remote_keyed;
+
+    ngx_http_payflow_refund_op.what = "refunding a payment";
+    ngx_http_payflow_refund_op.plain = st->refund;
+    ngx_http_payflow_refund_op.keyed = st->refund_keyed;
+    ngx_http_payflow_refund_op.follow = st->refund_succeed;
+    ngx_http_payflow_refund_op.get = st->refund_get;
+    ngx_http_payflow_refund_op.answer = ngx_http_payflow_refund_answer;
+
+    ngx_http_payflow_refund_remote_op = ngx_http_payflow_refund_op;
+    ngx_http_payflow_refund_remote_op.plain = st->refund_remote;
+    ngx_http_payflow_refund_remote_op.keyed = st->refund_remote_keyed;
+    ngx_http_payflow_refund_remote_op.follow = st->refund_route;
+    ngx_http_payflow_refund_remote_op.answer =
+                                           ngx_http_payflow_refund_reserved;
+
     return NGX_OK;
 }
 
@@ -489,7 +530,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_http_payflow_operation_t   *op;
     ngx_http_payflow_provider_t    *pv;
     ngx_http_payflow_provider_result_t  res;
-    ngx_http_payflow_currency_t    *c;
+    ngx_int_t                       exponent;
     ngx_http_payflow_loc_conf_t    *plcf;
     ngx_http_payflow_main_conf_t   *pmcf;
 
@@ -535,7 +576,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     currency = NULL;
-    c = NULL;
+    exponent = NGX_ERROR;
 
     if (json_is_string(v) && json_string_length(v) == 3) {
         currency = ngx_pnalloc(r->pool, 4);
@@ -549,13 +590,9 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
         currency[3] = '\0';
 
-        for (c = ngx_http_payflow_currencies; c->code; c++) {
-            if (ngx_strcmp(c->code, currency) == 0) {
-                break;
-            }
-        }
+        exponent = ngx_http_payflow_payments_exponent(currency);
 
-        if (c->code == NULL) {
+        if (exponent == NGX_ERROR) {
             currency = NULL;
         }
     }
@@ -891,7 +928,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         op->payment_id = ctx->payment_id;
         op->amount = amount;
         op->currency = currency;
-        op->exponent = c->exponent;
+        op->exponent = exponent;
         op->payment_method = method;
         op->description = values[7];
         op->return_url = values[10];
@@ -2333,7 +2370,6 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
 {
     pf_pg_query_t                  *q;
     const char                    **values;
-    ngx_http_payflow_money_t       *remote;
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_money_t       *m;
     ngx_http_payflow_main_conf_t   *pmcf;
@@ -2343,20 +2379,10 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
     m = (ngx_http_payflow_money_t *) ctx->money;
 
     if (m == &ngx_http_payflow_refund_op) {
-        /* this request's own: the statics are shared by the worker */
-        remote = ngx_palloc(r->pool, sizeof(ngx_http_payflow_money_t));
-        if (remote == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        *remote = *m;
-        remote->plain = pmcf->st.refund_remote;
-        remote->keyed = pmcf->st.refund_remote_keyed;
-        remote->follow = pmcf->st.refund_route;
-        remote->answer = ngx_http_payflow_refund_reserved;
-
-        return ngx_http_payflow_money_run(r, ctx, remote, ctx->money_values,
-                                          ctx->money_n, ctx->money_id);
+        return ngx_http_payflow_money_run(r, ctx,
+                                          &ngx_http_payflow_refund_remote_op,
+                                          ctx->money_values, ctx->money_n,
+                                          ctx->money_id);
     }
 
     /*
@@ -2397,6 +2423,7 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
 {
+    ngx_int_t                       exponent;
     PGresult                       *row;
     ngx_int_t                       rc;
     ngx_str_t                       name;
@@ -2439,9 +2466,12 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
     op->reference.len = PQgetlength(row, 0, 1);
     op->currency = PQgetvalue(row, 0, 2);
 
-    if (ngx_http_payflow_remote_operation(op) != NGX_OK) {
+    exponent = ngx_http_payflow_payments_exponent(op->currency);
+    if (exponent == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    op->exponent = exponent;
 
     if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE && ctx->money_values[1]) {
         op->amount = ngx_atoof((u_char *) ctx->money_values[1],
@@ -2472,17 +2502,16 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
-/* the exponent of the operation's currency */
+/* the minor-unit exponent of an accepted currency, or NGX_ERROR */
 
-static ngx_int_t
-ngx_http_payflow_remote_operation(ngx_http_payflow_operation_t *op)
+ngx_int_t
+ngx_http_payflow_payments_exponent(const char *currency)
 {
     ngx_http_payflow_currency_t  *c;
 
     for (c = ngx_http_payflow_currencies; c->code; c++) {
-        if (ngx_strcmp(c->code, op->currency) == 0) {
-            op->exponent = c->exponent;
-            return NGX_OK;
+        if (ngx_strcmp(c->code, currency) == 0) {
+            return c->exponent;
         }
     }
 
@@ -2490,26 +2519,9 @@ ngx_http_payflow_remote_operation(ngx_http_payflow_operation_t *op)
 }
 
 
-/* of a currency PayFlow accepted; 2 for one it does not know */
-
-ngx_uint_t
-ngx_http_payflow_payments_exponent(const char *currency)
-{
-    ngx_http_payflow_operation_t  op;
-
-    op.currency = currency;
-    op.exponent = 2;
-
-    (void) ngx_http_payflow_remote_operation(&op);
-
-    return op.exponent;
-}
-
-
 static ngx_int_t
 ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
 {
-    ngx_http_payflow_money_t            *remote;
     ngx_http_payflow_ctx_t              *ctx;
     ngx_http_payflow_provider_t         *pv;
     ngx_http_payflow_operation_t        *op;
@@ -2531,24 +2543,11 @@ ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
     {
         /* done at the provider: now in the books, with the key */
 
-        remote = ngx_palloc(r->pool, sizeof(ngx_http_payflow_money_t));
-        if (remote == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        *remote = *(ngx_http_payflow_money_t *) ctx->money;
-
-        if (op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE) {
-            remote->plain = pmcf->st.capture_remote;
-            remote->keyed = pmcf->st.capture_remote_keyed;
-
-        } else {
-            remote->plain = pmcf->st.cancel_remote;
-            remote->keyed = pmcf->st.cancel_remote_keyed;
-        }
-
-        return ngx_http_payflow_money_run(r, ctx, remote, ctx->money_values,
-                                          ctx->money_n, ctx->money_id);
+        return ngx_http_payflow_money_run(r, ctx,
+                   op->op == NGX_HTTP_PAYFLOW_OP_CAPTURE
+                   ? &ngx_http_payflow_capture_remote_op
+                   : &ngx_http_payflow_cancel_remote_op,
+                   ctx->money_values, ctx->money_n, ctx->money_id);
     }
 
     if (res.status) {
@@ -2588,6 +2587,7 @@ ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
 static ngx_int_t
 ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
 {
+    ngx_int_t                       exponent;
     PGresult                       *op_row, *row;
     ngx_int_t                       rc;
     ngx_str_t                       name;
@@ -2629,9 +2629,12 @@ ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
                            PQgetlength(row, 0, 3));
     op->reason = PQgetisnull(row, 0, 5) ? NULL : PQgetvalue(row, 0, 5);
 
-    if (ngx_http_payflow_remote_operation(op) != NGX_OK) {
+    exponent = ngx_http_payflow_payments_exponent(op->currency);
+    if (exponent == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    op->exponent = exponent;
 
     name.data = (u_char *) PQgetvalue(row, 0, 0);
     name.len = PQgetlength(row, 0, 0);
@@ -2759,9 +2762,6 @@ ngx_http_payflow_payments_capture(ngx_http_request_t *r,
     ngx_int_t                       rc;
     pf_error_t                      err;
     const char                    **values;
-    ngx_http_payflow_main_conf_t   *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     rc = pf_json_check_fields(r->pool, ctx->body,
                               ngx_http_payflow_capture_fields, &err);
@@ -2791,13 +2791,6 @@ ngx_http_payflow_payments_capture(ngx_http_request_t *r,
     if (values[0] == NULL || (v && values[1] == NULL)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_http_payflow_capture_op.what = "capturing a payment";
-    ngx_http_payflow_capture_op.plain = pmcf->st.capture;
-    ngx_http_payflow_capture_op.keyed = pmcf->st.capture_keyed;
-    ngx_http_payflow_capture_op.follow = NULL;
-    ngx_http_payflow_capture_op.get = pmcf->st.pay_get;
-    ngx_http_payflow_capture_op.answer = ngx_http_payflow_capture_answer;
 
     return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_capture_op,
                                       values, 2, values[0]);
@@ -2849,10 +2842,7 @@ ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
     ngx_int_t                       rc;
     pf_error_t                      err;
     const char                    **values;
-    ngx_http_payflow_main_conf_t   *pmcf;
     static const char              *none[] = { NULL };
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     rc = pf_json_check_fields(r->pool, ctx->body, none, &err);
     if (rc != NGX_OK) {
@@ -2869,13 +2859,6 @@ ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
     if (values[0] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_http_payflow_cancel_op.what = "canceling a payment";
-    ngx_http_payflow_cancel_op.plain = pmcf->st.cancel;
-    ngx_http_payflow_cancel_op.keyed = pmcf->st.cancel_keyed;
-    ngx_http_payflow_cancel_op.follow = NULL;
-    ngx_http_payflow_cancel_op.get = pmcf->st.pay_get;
-    ngx_http_payflow_cancel_op.answer = ngx_http_payflow_cancel_answer;
 
     return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_cancel_op,
                                       values, 1, values[0]);
@@ -2918,9 +2901,6 @@ ngx_http_payflow_refunds_create(ngx_http_request_t *r,
     ngx_str_t                       id;
     pf_error_t                      err;
     const char                    **values;
-    ngx_http_payflow_main_conf_t   *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     rc = pf_json_check_fields(r->pool, ctx->body,
                               ngx_http_payflow_refund_fields, &err);
@@ -2983,13 +2963,6 @@ ngx_http_payflow_refunds_create(ngx_http_request_t *r,
     if (values[0] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_http_payflow_refund_op.what = "refunding a payment";
-    ngx_http_payflow_refund_op.plain = pmcf->st.refund;
-    ngx_http_payflow_refund_op.keyed = pmcf->st.refund_keyed;
-    ngx_http_payflow_refund_op.follow = pmcf->st.refund_succeed;
-    ngx_http_payflow_refund_op.get = pmcf->st.refund_get;
-    ngx_http_payflow_refund_op.answer = ngx_http_payflow_refund_answer;
 
     return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_refund_op,
                                       values, 4, values[0]);

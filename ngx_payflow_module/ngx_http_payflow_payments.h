@@ -26,7 +26,7 @@ ngx_int_t ngx_http_payflow_refunds_create(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_refunds_get(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
-ngx_uint_t ngx_http_payflow_payments_exponent(const char *currency);
+ngx_int_t ngx_http_payflow_payments_exponent(const char *currency);
 ngx_int_t ngx_http_payflow_payment_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
