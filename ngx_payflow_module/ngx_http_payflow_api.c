@@ -57,7 +57,7 @@ static ngx_int_t ngx_http_payflow_api_not_found(ngx_http_request_t *r);
 
 
 static const char  *ngx_http_payflow_route_specials[] = {
-    "health", "ready", "metrics", "unmatched"
+    "health", "ready", "metrics", "unmatched", "webhook"
 };
 
 
@@ -435,6 +435,9 @@ ngx_http_payflow_route_index(ngx_http_request_t *r,
     case NGX_HTTP_PAYFLOW_METRICS:
         return NGX_HTTP_PAYFLOW_ROUTES + 2;
 
+    case NGX_HTTP_PAYFLOW_WEBHOOK:
+        return NGX_HTTP_PAYFLOW_ROUTES + 4;
+
     case NGX_HTTP_PAYFLOW_API:
     case NGX_HTTP_PAYFLOW_ADMIN:
         break;
@@ -481,7 +484,7 @@ ngx_http_payflow_route_label(ngx_uint_t i, u_char *buf, size_t len)
         path = ngx_http_payflow_admin_routes[i - NGX_HTTP_PAYFLOW_API_ROUTES]
                    .path;
 
-    } else if (i < NGX_HTTP_PAYFLOW_ROUTES + 4) {
+    } else if (i < NGX_HTTP_PAYFLOW_ROUTES + 5) {
         path = ngx_http_payflow_route_specials[i - NGX_HTTP_PAYFLOW_ROUTES];
         return ngx_cpymem(buf, path, ngx_strlen(path)) - buf;
 

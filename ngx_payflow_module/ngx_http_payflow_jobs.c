@@ -67,7 +67,8 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
 {
     pmcf->st.jobs = pf_pg_statement_add(pmcf->db, "payflow_jobs",
         "SELECT payflow_purge_idempotency_keys(1000), "
-        "payflow_complete_idempotency_keys(100)", 0);
+        "payflow_complete_idempotency_keys(100), "
+        "payflow_webhook_retry(100)", 0);
 
     pmcf->st.reconcile_claim = pf_pg_statement_add(pmcf->db,
         "payflow_reconcile_claim",

@@ -20,6 +20,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_providers.h"
+#include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_routing.h"
 
 
@@ -259,7 +260,7 @@ static ngx_http_variable_t  ngx_http_payflow_vars[] = {
 
 static const char  *ngx_http_payflow_kind_names[] = {
     "", "payflow_health", "payflow_ready", "payflow_api", "payflow_admin",
-    "payflow_metrics"
+    "payflow_metrics", "payflow_webhook"
 };
 
 
@@ -460,6 +461,43 @@ ngx_http_payflow_send_db_error(ngx_http_request_t *r, pf_pg_query_t *q)
     ngx_http_payflow_db_error(q, &err);
 
     return ngx_http_payflow_send_error(r, &err);
+}
+
+
+/* the first request header of that name: NGX_OK, or NGX_DECLINED */
+
+ngx_int_t
+ngx_http_payflow_header(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NGX_DECLINED;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            *value = h[i].value;
+            return NGX_OK;
+        }
+    }
 }
 
 
@@ -1253,7 +1291,8 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_keys_init(pmcf) != NGX_OK
             || ngx_http_payflow_payments_init(pmcf) != NGX_OK
             || ngx_http_payflow_lists_init(pmcf) != NGX_OK
-            || ngx_http_payflow_jobs_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_jobs_init(pmcf) != NGX_OK
+            || ngx_http_payflow_webhook_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }

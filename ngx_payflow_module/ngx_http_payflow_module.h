@@ -34,7 +34,8 @@ typedef enum {
     NGX_HTTP_PAYFLOW_READY,
     NGX_HTTP_PAYFLOW_API,
     NGX_HTTP_PAYFLOW_ADMIN,
-    NGX_HTTP_PAYFLOW_METRICS
+    NGX_HTTP_PAYFLOW_METRICS,
+    NGX_HTTP_PAYFLOW_WEBHOOK
 } ngx_http_payflow_kind_e;
 
 
@@ -141,6 +142,7 @@ typedef struct {
     const pf_pg_statement_t    *refund_list;
     const pf_pg_statement_t    *ledger_list;
     const pf_pg_statement_t    *balance;
+    const pf_pg_statement_t    *webhook_receive;
 } ngx_http_payflow_statements_t;
 
 
@@ -256,6 +258,8 @@ typedef struct {
 
 ngx_http_payflow_ctx_t *ngx_http_payflow_get_ctx(ngx_http_request_t *r);
 ngx_str_t *ngx_http_payflow_request_id(ngx_http_request_t *r);
+ngx_int_t ngx_http_payflow_header(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
 ngx_int_t ngx_http_payflow_send_data(ngx_http_request_t *r,
     ngx_uint_t status, json_t *data);
 ngx_int_t ngx_http_payflow_send_json(ngx_http_request_t *r,

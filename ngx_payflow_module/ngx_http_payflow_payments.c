@@ -138,8 +138,6 @@ static ngx_int_t ngx_http_payflow_idem_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 static ngx_int_t ngx_http_payflow_fingerprint(ngx_http_request_t *r,
     u_char *hex);
-static ngx_int_t ngx_http_payflow_header(ngx_http_request_t *r,
-    const char *name, ngx_str_t *value);
 static ngx_int_t ngx_http_payflow_bad(ngx_http_request_t *r,
     const char *param, const char *code, const char *message);
 static char *ngx_http_payflow_text(ngx_http_request_t *r, json_t *v);
@@ -1845,41 +1843,6 @@ done:
     EVP_MD_CTX_free(md);
 
     return rc;
-}
-
-
-static ngx_int_t
-ngx_http_payflow_header(ngx_http_request_t *r, const char *name,
-    ngx_str_t *value)
-{
-    size_t            len;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    len = ngx_strlen(name);
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NGX_DECLINED;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            *value = h[i].value;
-            return NGX_OK;
-        }
-    }
 }
 
 

@@ -14,8 +14,12 @@
 
 #include "ngx_http_payflow_providers.h"
 
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+
 
 static void ngx_http_payflow_provider_done(pf_curl_call_t *call);
+static ngx_int_t ngx_http_payflow_hex(u_char c);
 
 
 static const ngx_http_payflow_adapter_t  *ngx_http_payflow_adapters[] = {
@@ -599,11 +603,10 @@ ngx_http_payflow_provider_bearer(pf_curl_call_t *call,
 }
 
 
-/* a string member of an object, copied into the call's pool, or NULL */
+/* a string (or integer) member of an object, copied into pool, or NULL */
 
 const char *
-ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
-    const char *name)
+ngx_http_payflow_json_string(ngx_pool_t *pool, json_t *o, const char *name)
 {
     u_char  *p;
     json_t  *v;
@@ -613,7 +616,7 @@ ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
 
     if (json_is_integer(v)) {
         /* numeric ids, as Paystack's and Flutterwave's */
-        p = ngx_pnalloc(call->pool, NGX_INT64_LEN + 1);
+        p = ngx_pnalloc(pool, NGX_INT64_LEN + 1);
         if (p == NULL) {
             return NULL;
         }
@@ -628,7 +631,7 @@ ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
 
     len = json_string_length(v);
 
-    p = ngx_pnalloc(call->pool, len + 1);
+    p = ngx_pnalloc(pool, len + 1);
     if (p == NULL) {
         return NULL;
     }
@@ -661,4 +664,85 @@ ngx_http_payflow_major_units(u_char *buf, int64_t amount,
     }
 
     return buf;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_hex(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    c |= 0x20;
+
+    return (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+}
+
+
+/*
+ * A webhook signature (hex) against the HMAC of data under each secret of
+ * the location: NGX_OK if one matches, NGX_DECLINED if none does.  The
+ * comparison takes the same time wherever the bytes differ.
+ */
+
+ngx_int_t
+ngx_http_payflow_webhook_hmac(ngx_http_payflow_webhook_conf_t *wcf,
+    const EVP_MD *md, u_char *data, size_t len, u_char *sig, size_t siglen)
+{
+    u_char        got[EVP_MAX_MD_SIZE], want[EVP_MAX_MD_SIZE];
+    ngx_int_t     h, l;
+    ngx_str_t    *secret;
+    ngx_uint_t    i, n;
+    unsigned int  wlen;
+
+    n = EVP_MD_get_size(md);
+
+    if (siglen != 2 * n) {
+        return NGX_DECLINED;
+    }
+
+    for (i = 0; i < n; i++) {
+        h = ngx_http_payflow_hex(sig[2 * i]);
+        l = ngx_http_payflow_hex(sig[2 * i + 1]);
+
+        if (h < 0 || l < 0) {
+            return NGX_DECLINED;
+        }
+
+        got[i] = (u_char) (h << 4 | l);
+    }
+
+    secret = wcf->secrets.elts;
+
+    for (i = 0; i < wcf->secrets.nelts; i++) {
+
+        if (HMAC(md, secret[i].data, (int) secret[i].len, data, len, want,
+                 &wlen)
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+
+        if (wlen == n && CRYPTO_memcmp(got, want, n) == 0) {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* a string member of a webhook's object, or an empty string */
+
+void
+ngx_http_payflow_webhook_str(ngx_pool_t *pool, json_t *o, const char *name,
+    ngx_str_t *value)
+{
+    const char  *s;
+
+    s = ngx_http_payflow_json_string(pool, o, name);
+
+    value->data = (u_char *) s;
+    value->len = s ? ngx_strlen(s) : 0;
 }

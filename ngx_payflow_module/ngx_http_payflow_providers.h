@@ -81,6 +81,57 @@ typedef struct {
 } ngx_http_payflow_provider_result_t;
 
 
+/* how a webhook's signature was judged (a metric label each) */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_WEBHOOK_VALID = 0,
+    NGX_HTTP_PAYFLOW_WEBHOOK_MISSING,     /* no signature header */
+    NGX_HTTP_PAYFLOW_WEBHOOK_INVALID,     /* no signature matches */
+    NGX_HTTP_PAYFLOW_WEBHOOK_STALE,       /* signed too long ago */
+    NGX_HTTP_PAYFLOW_WEBHOOK_REFUSED,     /* from an address not allowed */
+    NGX_HTTP_PAYFLOW_WEBHOOK_NVERIFY
+} ngx_http_payflow_webhook_verify_e;
+
+
+/* what became of a verified webhook (a metric label each) */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_WEBHOOK_APPLIED = 0, /* moved a payment or refund */
+    NGX_HTTP_PAYFLOW_WEBHOOK_UNCHANGED,   /* matched, nothing to move */
+    NGX_HTTP_PAYFLOW_WEBHOOK_UNMATCHED,   /* no such object (yet) */
+    NGX_HTTP_PAYFLOW_WEBHOOK_IGNORED,     /* an event type not acted on */
+    NGX_HTTP_PAYFLOW_WEBHOOK_MISMATCH,    /* another amount or currency */
+    NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE,   /* delivered before */
+    NGX_HTTP_PAYFLOW_WEBHOOK_MALFORMED,   /* signed, but not an event */
+    NGX_HTTP_PAYFLOW_WEBHOOK_FAILED,      /* not stored: retried by them */
+    NGX_HTTP_PAYFLOW_WEBHOOK_NRESULTS
+} ngx_http_payflow_webhook_result_e;
+
+
+/* what a verified webhook tells, in PayFlow's terms */
+
+typedef struct {
+    ngx_str_t                   id;         /* the provider's event id */
+    ngx_str_t                   type;
+    const char                 *object;     /* "payment", "refund", NULL */
+    ngx_str_t                   payment_id; /* ours, as the event has it */
+    ngx_str_t                   refund_id;  /* ours, or empty */
+    int64_t                     amount;     /* minor units; -1: not told */
+    const char                 *currency;   /* upper case, or NULL */
+    ngx_http_payflow_provider_result_t  res;    /* status, reference... */
+} ngx_http_payflow_webhook_event_t;
+
+
+/* a webhook location's provider, secrets and tolerance */
+
+typedef struct {
+    ngx_http_payflow_provider_t  *provider;
+    ngx_array_t                   secrets;      /* ngx_str_t */
+    time_t                        tolerance;
+    ngx_array_t                  *allow;        /* ngx_cidr_t, or NULL */
+} ngx_http_payflow_webhook_conf_t;
+
+
 struct ngx_http_payflow_adapter_s {
     const char                 *type;
     ngx_str_t                   default_url;
@@ -99,6 +150,16 @@ struct ngx_http_payflow_adapter_s {
                                           pf_curl_call_t *call,
                                           ngx_http_payflow_provider_result_t
                                               *res);
+
+    /* judges a webhook's signature over its raw body, or NGX_ERROR */
+    ngx_int_t                 (*webhook_verify)(ngx_http_request_t *r,
+                                  ngx_http_payflow_webhook_conf_t *wcf,
+                                  ngx_str_t *body);
+
+    /* reads a verified webhook: NGX_OK, NGX_DECLINED (malformed) */
+    ngx_int_t                 (*webhook_parse)(ngx_pool_t *pool,
+                                  json_t *doc,
+                                  ngx_http_payflow_webhook_event_t *ev);
 };
 
 
@@ -129,10 +190,14 @@ ngx_int_t ngx_http_payflow_provider_json(pf_curl_call_t *call,
     ngx_http_payflow_provider_t *p, pf_json_out_t *out);
 void ngx_http_payflow_provider_refused(ngx_http_payflow_provider_t *p,
     pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
-const char *ngx_http_payflow_json_string(pf_curl_call_t *call, json_t *o,
+const char *ngx_http_payflow_json_string(ngx_pool_t *pool, json_t *o,
     const char *name);
 u_char *ngx_http_payflow_major_units(u_char *buf, int64_t amount,
     ngx_uint_t exponent);
+ngx_int_t ngx_http_payflow_webhook_hmac(ngx_http_payflow_webhook_conf_t *wcf,
+    const EVP_MD *md, u_char *data, size_t len, u_char *sig, size_t siglen);
+void ngx_http_payflow_webhook_str(ngx_pool_t *pool, json_t *o,
+    const char *name, ngx_str_t *value);
 
 
 extern const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter;

@@ -81,6 +81,8 @@ typedef struct {
     ngx_atomic_t                    latency[NGX_HTTP_PAYFLOW_CALL_BUCKETS];
     ngx_atomic_t                    latency_ms;
     ngx_atomic_t                    latency_count;
+    ngx_atomic_t                    verified[NGX_HTTP_PAYFLOW_WEBHOOK_NVERIFY];
+    ngx_atomic_t                    events[NGX_HTTP_PAYFLOW_WEBHOOK_NRESULTS];
 } ngx_http_payflow_provider_slot_t;
 
 
@@ -102,6 +104,15 @@ static const char  *ngx_http_payflow_op_names[] = {
 
 static const char  *ngx_http_payflow_outcome_names[] = {
     "ok", "declined", "error", "unknown"
+};
+
+static const char  *ngx_http_payflow_verify_names[] = {
+    "valid", "missing", "invalid", "stale", "refused"
+};
+
+static const char  *ngx_http_payflow_webhook_names[] = {
+    "applied", "unchanged", "unmatched", "ignored", "mismatch", "duplicate",
+    "malformed", "failed"
 };
 
 static const char  *ngx_http_payflow_breaker_names[] = {
@@ -1031,5 +1042,59 @@ ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
         pf_prom_printf(out, "payflow_provider_circuit_opened_total{provider="
                        "\"%V\",mode=\"%s\"} %uA\n", &pv[i].name,
                        pv[i].livemode ? "live" : "test", s->opened);
+    }
+
+    pf_prom_family(out, "payflow_webhook_verifications_total", "counter",
+                   "Provider webhooks by provider and how their signature "
+                   "was judged (valid, missing, invalid, stale, refused: "
+                   "address not allowed).");
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        s = ngx_http_payflow_slot(pmcf, &pv[i]);
+
+        for (k = 0; k < NGX_HTTP_PAYFLOW_WEBHOOK_NVERIFY; k++) {
+            pf_prom_printf(out, "payflow_webhook_verifications_total{"
+                           "provider=\"%V\",mode=\"%s\",result=\"%s\"} "
+                           "%uA\n", &pv[i].name,
+                           pv[i].livemode ? "live" : "test",
+                           ngx_http_payflow_verify_names[k], s->verified[k]);
+        }
+    }
+
+    pf_prom_family(out, "payflow_webhook_events_total", "counter",
+                   "Verified provider webhooks by provider and what became "
+                   "of them.");
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        s = ngx_http_payflow_slot(pmcf, &pv[i]);
+
+        for (k = 0; k < NGX_HTTP_PAYFLOW_WEBHOOK_NRESULTS; k++) {
+            pf_prom_printf(out, "payflow_webhook_events_total{provider="
+                           "\"%V\",mode=\"%s\",result=\"%s\"} %uA\n",
+                           &pv[i].name, pv[i].livemode ? "live" : "test",
+                           ngx_http_payflow_webhook_names[k], s->events[k]);
+        }
+    }
+}
+
+
+/* result: an ngx_http_payflow_webhook_result_e, or -1 (not verified) */
+
+void
+ngx_http_payflow_webhook_count(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_http_payflow_provider_t *p, ngx_uint_t verify, ngx_int_t result)
+{
+    ngx_http_payflow_provider_slot_t  *s;
+
+    if (pmcf->providers_zone == NULL) {
+        return;
+    }
+
+    s = ngx_http_payflow_slot(pmcf, p);
+
+    (void) ngx_atomic_fetch_add(&s->verified[verify], 1);
+
+    if (result >= 0) {
+        (void) ngx_atomic_fetch_add(&s->events[result], 1);
     }
 }

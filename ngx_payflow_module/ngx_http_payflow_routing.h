@@ -54,6 +54,8 @@ ngx_uint_t ngx_http_payflow_breaker_allow(ngx_http_payflow_main_conf_t *pmcf,
 void ngx_http_payflow_provider_record(ngx_http_payflow_main_conf_t *pmcf,
     ngx_http_payflow_provider_t *p, ngx_http_payflow_op_e op,
     ngx_http_payflow_provider_result_t *res, ngx_msec_t elapsed);
+void ngx_http_payflow_webhook_count(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_http_payflow_provider_t *p, ngx_uint_t verify, ngx_int_t result);
 void ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
     pf_prom_t *out);
 

@@ -4,12 +4,78 @@
  *
  * ngx_http_payflow_webhook_module: inbound provider webhooks.
  *
- * The module is registered so that the suite's shared object has its final
- * shape; its directives arrive with the webhook ingestion work.
+ *     location = /webhooks/stripe {
+ *         payflow_webhook  stripe secret_file=/etc/payflow/stripe.whsec;
+ *     }
+ *
+ * The raw body (in memory or in nginx's temporary file) is checked as the
+ * provider signs it, by its adapter; a delivery that fails is answered 401,
+ * counted and logged without its body, and goes no further.  A verified
+ * one is read by the adapter into PayFlow's terms and handed to the
+ * database in one statement (payflow_webhook_receive) that stores it once
+ * and applies it through the state machine in the same transaction; the
+ * provider is answered as soon as that commits, never after a call of
+ * ours to anyone else.
  */
 
 
-#include "pf_common.h"
+#include "ngx_http_payflow_webhook.h"
+#include "ngx_http_payflow_routing.h"
+
+
+#define NGX_HTTP_PAYFLOW_WEBHOOK_SECRETS    4
+#define NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX  255
+
+
+typedef struct {
+    ngx_http_payflow_webhook_conf_t     wh;
+    ngx_str_t                           name;       /* of the provider */
+    ngx_uint_t                          line;
+    ngx_str_t                           file;
+} ngx_http_payflow_webhook_loc_conf_t;
+
+
+static ngx_int_t ngx_http_payflow_webhook_handler(ngx_http_request_t *r);
+static void ngx_http_payflow_webhook_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_webhook_read(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_payflow_webhook_event(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_loc_conf_t *wlcf, ngx_str_t *body);
+static ngx_int_t ngx_http_payflow_webhook_stored(ngx_http_request_t *r,
+    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_webhook_refuse(ngx_http_request_t *r,
+    ngx_uint_t verify);
+static ngx_int_t ngx_http_payflow_webhook_malformed(ngx_http_request_t *r,
+    const char *message);
+static ngx_uint_t ngx_http_payflow_webhook_allowed(ngx_http_request_t *r,
+    ngx_array_t *allow);
+static char *ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_payflow_webhook_allow(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static void *ngx_http_payflow_webhook_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
+
+
+static ngx_command_t  ngx_http_payflow_webhook_commands[] = {
+
+    { ngx_string("payflow_webhook"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_webhook,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_webhook_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_webhook_allow,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
 
 
 static ngx_http_module_t  ngx_http_payflow_webhook_module_ctx = {
@@ -22,15 +88,15 @@ static ngx_http_module_t  ngx_http_payflow_webhook_module_ctx = {
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_http_payflow_webhook_create_loc_conf,  /* create location conf */
+    ngx_http_payflow_webhook_merge_loc_conf    /* merge location conf */
 };
 
 
 ngx_module_t  ngx_http_payflow_webhook_module = {
     NGX_MODULE_V1,
     &ngx_http_payflow_webhook_module_ctx,  /* module context */
-    NULL,                                  /* module directives */
+    ngx_http_payflow_webhook_commands,     /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
@@ -41,3 +107,720 @@ ngx_module_t  ngx_http_payflow_webhook_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static const char  *ngx_http_payflow_webhook_results[] = {
+    "applied", "unchanged", "unmatched", "ignored", "mismatch", NULL
+};
+
+
+/* called by ngx_http_payflow_module once the statements are known */
+
+ngx_int_t
+ngx_http_payflow_webhook_init(ngx_http_payflow_main_conf_t *pmcf)
+{
+    pmcf->st.webhook_receive = pf_pg_statement_add(pmcf->db,
+        "payflow_webhook_receive",
+        "SELECT id, result, payment_id, refund_id, duplicate "
+        "FROM payflow_webhook_receive($1, $2::boolean, $3, $4, $5, $6, $7, "
+        "$8, $9, $10, $11, $12, $13, $14::bigint, $15, $16)", 16);
+
+    return pmcf->st.webhook_receive ? NGX_OK : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                             rc;
+    pf_error_t                            err;
+    ngx_http_payflow_ctx_t               *ctx;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+
+    ctx = ngx_http_payflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->provider = wlcf->wh.provider;
+
+    if (r->method != NGX_HTTP_POST) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_memzero(&err, sizeof(pf_error_t));
+
+        err.status = NGX_HTTP_NOT_ALLOWED;
+        err.type = PF_ERROR_INVALID_REQUEST;
+        err.code = "method_not_allowed";
+        err.message = "webhooks are delivered with POST";
+
+        return ngx_http_payflow_send_error(r, &err);
+    }
+
+    if (wlcf->wh.allow
+        && !ngx_http_payflow_webhook_allowed(r, wlcf->wh.allow))
+    {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_payflow_webhook_refuse(r,
+                                             NGX_HTTP_PAYFLOW_WEBHOOK_REFUSED);
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_payflow_webhook_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_payflow_webhook_body(ngx_http_request_t *r)
+{
+    ngx_int_t                             rc, verify;
+    ngx_str_t                             body;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+
+    rc = ngx_http_payflow_webhook_read(r, &body);
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    verify = wlcf->wh.provider->adapter->webhook_verify(r, &wlcf->wh, &body);
+
+    if (verify == NGX_ERROR) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    } else if (verify != NGX_HTTP_PAYFLOW_WEBHOOK_VALID) {
+        rc = ngx_http_payflow_webhook_refuse(r, verify);
+
+    } else {
+        rc = ngx_http_payflow_webhook_event(r, wlcf, &body);
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/* the whole body, contiguous: from memory, or from the temporary file */
+
+static ngx_int_t
+ngx_http_payflow_webhook_read(ngx_http_request_t *r, ngx_str_t *body)
+{
+    off_t         len;
+    u_char       *p;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    body->len = 0;
+    body->data = (u_char *) "";
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    p = ngx_pnalloc(r->pool, (size_t) len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->in_file) {
+            /* nginx's own temporary file, just written: the page cache */
+            n = ngx_read_file(b->file, p, (size_t) (b->file_last
+                                                    - b->file_pos),
+                              b->file_pos);
+
+            if (n != b->file_last - b->file_pos) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "payflow webhook: the body's temporary file "
+                              "could not be read");
+                return NGX_ERROR;
+            }
+
+            p += n;
+            continue;
+        }
+
+        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    }
+
+    *p = '\0';
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_webhook_event(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_loc_conf_t *wlcf, ngx_str_t *body)
+{
+    json_t                            *doc;
+    ngx_int_t                          rc;
+    json_error_t                       jerr;
+    const char                       **v;
+    pf_pg_query_t                     *q;
+    ngx_http_payflow_provider_t       *pv;
+    ngx_http_payflow_main_conf_t      *pmcf;
+    ngx_http_payflow_webhook_event_t   ev;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    pv = wlcf->wh.provider;
+
+    if (ngx_strlen(body->data) != body->len) {
+        return ngx_http_payflow_webhook_malformed(r, "the body holds a NUL");
+    }
+
+    doc = json_loadb((char *) body->data, body->len, JSON_REJECT_DUPLICATES,
+                     &jerr);
+
+    if (!json_is_object(doc)) {
+        if (doc) {
+            json_decref(doc);
+        }
+
+        return ngx_http_payflow_webhook_malformed(r,
+                                                  "the body is not a JSON "
+                                                  "object");
+    }
+
+    ngx_memzero(&ev, sizeof(ngx_http_payflow_webhook_event_t));
+    ev.amount = -1;
+
+    /* the adapter copies what it keeps into the request's pool */
+    rc = pv->adapter->webhook_parse(r->pool, doc, &ev);
+
+    json_decref(doc);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED
+        || ev.id.len > NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX
+        || ev.type.len > NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX
+        || ev.payment_id.len > NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX
+        || ev.refund_id.len > NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX
+        || ev.res.reference.len > NGX_HTTP_PAYFLOW_WEBHOOK_FIELD_MAX
+        || ev.res.redirect_url.len > 2048)
+    {
+        return ngx_http_payflow_webhook_malformed(r,
+                                                  "the body is not an event "
+                                                  "of this provider");
+    }
+
+    if (ev.currency && ngx_strlen(ev.currency) != 3) {
+        ev.currency = NULL;
+        ev.amount = -1;
+    }
+
+    q = ngx_http_payflow_db_query(r, 1, 0);
+    v = ngx_pcalloc(r->pool, 16 * sizeof(char *));
+
+    if (q == NULL || v == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v[0] = ngx_http_payflow_db_str(r->pool, &pv->name);
+    v[1] = pv->livemode ? "t" : "f";
+    v[2] = ngx_http_payflow_db_str(r->pool, &ev.id);
+    v[3] = ngx_http_payflow_db_str(r->pool, &ev.type);
+    v[4] = (const char *) body->data;
+    v[5] = ev.object;
+    v[6] = ngx_http_payflow_nullable(r, &ev.payment_id);
+    v[7] = ngx_http_payflow_nullable(r, &ev.refund_id);
+    v[8] = ngx_http_payflow_nullable(r, &ev.res.reference);
+    v[9] = ev.res.status;
+    v[10] = ev.res.code;
+    v[11] = ev.res.message;
+    v[12] = ngx_http_payflow_nullable(r, &ev.res.redirect_url);
+    v[13] = (ev.amount >= 0) ? ngx_http_payflow_int(r, ev.amount) : NULL;
+    v[14] = ev.currency;
+    v[15] = ngx_http_payflow_db_str(r->pool, ngx_http_payflow_request_id(r));
+
+    if (v[0] == NULL || v[2] == NULL || v[3] == NULL || v[15] == NULL
+        || (ev.amount >= 0 && v[13] == NULL))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->stmts[0].statement = pmcf->st.webhook_receive;
+    q->stmts[0].values = v;
+    q->stmts[0].nparams = 16;
+
+    rc = ngx_http_payflow_db_run(r, q, "storing a webhook",
+                                 ngx_http_payflow_webhook_stored);
+
+    if (rc != NGX_DONE) {
+        /* not stored: the provider delivers it again later */
+        ngx_http_payflow_webhook_count(pmcf, pv,
+                                       NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                       NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_webhook_stored(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    char                                 *result;
+    PGresult                             *res;
+    ngx_int_t                             k;
+    ngx_str_t                             data;
+    pf_json_out_t                         out;
+    ngx_http_payflow_ctx_t               *ctx;
+    ngx_http_payflow_main_conf_t         *pmcf;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    res = q->results[0];
+
+    if (PQntuples(res) != 1) {
+        ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
+                                       NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                       NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    result = PQgetvalue(res, 0, 1);
+
+    for (k = 0; ngx_http_payflow_webhook_results[k]; k++) {
+        if (ngx_strcmp(result, ngx_http_payflow_webhook_results[k]) == 0) {
+            break;
+        }
+    }
+
+    if (PQgetvalue(res, 0, 4)[0] == 't') {
+        k = NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE;
+    }
+
+    if (ngx_http_payflow_webhook_results[k] == NULL
+        && k != NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE)
+    {
+        k = NGX_HTTP_PAYFLOW_WEBHOOK_UNCHANGED;
+    }
+
+    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
+                                   NGX_HTTP_PAYFLOW_WEBHOOK_VALID, k);
+
+    if (!PQgetisnull(res, 0, 2)) {
+        ctx->payment_id.len = PQgetlength(res, 0, 2);
+        ctx->payment_id.data = ngx_pnalloc(r->pool, ctx->payment_id.len);
+        if (ctx->payment_id.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(ctx->payment_id.data, PQgetvalue(res, 0, 2),
+                   ctx->payment_id.len);
+    }
+
+    if (k == NGX_HTTP_PAYFLOW_WEBHOOK_MISMATCH) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow webhook: \"%V\" event %s tells another "
+                      "amount or currency than its object's: not applied, "
+                      "check it by hand", &wlcf->wh.provider->name,
+                      PQgetvalue(res, 0, 0));
+    }
+
+    if (pf_json_out_init(&out, r->pool, 256) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    pf_json_out_open(&out, '{');
+    pf_json_out_key(&out, "received");
+    pf_json_out_bool(&out, 1);
+    pf_json_out_key(&out, "event");
+    pf_json_out_cstr(&out, PQgetvalue(res, 0, 0));
+    pf_json_out_key(&out, "result");
+    pf_json_out_cstr(&out, result);
+    pf_json_out_key(&out, "duplicate");
+    pf_json_out_bool(&out, k == NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE);
+    pf_json_out_close(&out, '}');
+
+    if (pf_json_out_result(&out, &data) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+}
+
+
+/* never applied, and the body never logged */
+
+static ngx_int_t
+ngx_http_payflow_webhook_refuse(ngx_http_request_t *r, ngx_uint_t verify)
+{
+    pf_error_t                            err;
+    ngx_http_payflow_main_conf_t         *pmcf;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    static const char  *why[] = {
+        "", "no signature", "a signature that does not match",
+        "a signature older than the tolerance", "an address not allowed"
+    };
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+
+    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider, verify, -1);
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "payflow webhook: \"%V\" delivery refused: %s",
+                  &wlcf->wh.provider->name, why[verify]);
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.type = PF_ERROR_AUTHENTICATION;
+
+    switch (verify) {
+
+    case NGX_HTTP_PAYFLOW_WEBHOOK_REFUSED:
+        err.status = NGX_HTTP_FORBIDDEN;
+        err.type = PF_ERROR_PERMISSION;
+        err.code = "address_not_allowed";
+        err.message = "webhooks are not accepted from this address";
+        break;
+
+    case NGX_HTTP_PAYFLOW_WEBHOOK_MISSING:
+        err.status = NGX_HTTP_UNAUTHORIZED;
+        err.code = "signature_missing";
+        err.message = "the webhook carries no signature";
+        break;
+
+    case NGX_HTTP_PAYFLOW_WEBHOOK_STALE:
+        err.status = NGX_HTTP_UNAUTHORIZED;
+        err.code = "signature_expired";
+        err.message = "the webhook's signature timestamp is outside the "
+                      "tolerance";
+        break;
+
+    default:
+        err.status = NGX_HTTP_UNAUTHORIZED;
+        err.code = "signature_invalid";
+        err.message = "the webhook's signature does not match";
+    }
+
+    return ngx_http_payflow_send_error(r, &err);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_webhook_malformed(ngx_http_request_t *r,
+    const char *message)
+{
+    pf_error_t                            err;
+    ngx_http_payflow_main_conf_t         *pmcf;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+
+    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
+                                   NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                   NGX_HTTP_PAYFLOW_WEBHOOK_MALFORMED);
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "payflow webhook: \"%V\" delivery signed but not "
+                  "understood: %s", &wlcf->wh.provider->name, message);
+
+    pf_json_param_error(&err, "body", "webhook_malformed", message);
+
+    return ngx_http_payflow_send_error(r, &err);
+}
+
+
+static ngx_uint_t
+ngx_http_payflow_webhook_allowed(ngx_http_request_t *r, ngx_array_t *allow)
+{
+    return ngx_cidr_match(r->connection->sockaddr, allow) == NGX_OK;
+}
+
+
+/* payflow_webhook <provider> [secret_file=|secret_env=]... [tolerance=] */
+
+static char *
+ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_webhook_loc_conf_t *wlcf = conf;
+
+    ngx_str_t                    *value, *secret, spec, s;
+    ngx_uint_t                    i;
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_payflow_loc_conf_t  *plcf;
+
+    if (wlcf->name.len) {
+        return "is duplicate";
+    }
+
+    /* a PayFlow location: request id, JSON error pages, route metrics */
+
+    plcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_payflow_module);
+
+    if (plcf->kind != NGX_HTTP_PAYFLOW_NONE) {
+        return "conflicts with another PayFlow handler in the location";
+    }
+
+    plcf->kind = NGX_HTTP_PAYFLOW_WEBHOOK;
+
+    value = cf->args->elts;
+
+    wlcf->name = value[1];
+    wlcf->line = cf->conf_file->line;
+    wlcf->file = cf->conf_file->file.name;
+
+    if (ngx_array_init(&wlcf->wh.secrets, cf->pool, 2, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "secret_file=", 12) == 0
+            || ngx_strncmp(value[i].data, "secret_env=", 11) == 0)
+        {
+            if (wlcf->wh.secrets.nelts == NGX_HTTP_PAYFLOW_WEBHOOK_SECRETS) {
+                return "takes at most 4 secrets";
+            }
+
+            secret = ngx_array_push(&wlcf->wh.secrets);
+            if (secret == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            /* pf_conf_secret() reads "file=..." and "env=..." */
+            spec.data = value[i].data + sizeof("secret_") - 1;
+            spec.len = value[i].len - (sizeof("secret_") - 1);
+
+            if (pf_conf_secret(cf, "payflow_webhook", &spec, 8, secret)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "tolerance=", 10) == 0) {
+            s.data = value[i].data + 10;
+            s.len = value[i].len - 10;
+
+            wlcf->wh.tolerance = ngx_parse_time(&s, 1);
+            if (wlcf->wh.tolerance == (time_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid tolerance \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_payflow_webhook_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* payflow_webhook_allow <address | CIDR | all>... */
+
+static char *
+ngx_http_payflow_webhook_allow(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_payflow_webhook_loc_conf_t *wlcf = conf;
+
+    ngx_int_t    rc;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+    ngx_cidr_t  *cidr;
+
+    value = cf->args->elts;
+
+    if (wlcf->wh.allow == NULL) {
+        wlcf->wh.allow = ngx_array_create(cf->pool, 4, sizeof(ngx_cidr_t));
+        if (wlcf->wh.allow == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        cidr = ngx_array_push(wlcf->wh.allow);
+        if (cidr == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_strcmp(value[i].data, "all") == 0) {
+            ngx_memzero(cidr, sizeof(ngx_cidr_t));
+            cidr->family = AF_INET;
+
+#if (NGX_HAVE_INET6)
+            cidr = ngx_array_push(wlcf->wh.allow);
+            if (cidr == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_memzero(cidr, sizeof(ngx_cidr_t));
+            cidr->family = AF_INET6;
+#endif
+            continue;
+        }
+
+        rc = ngx_ptocidr(&value[i], cidr);
+
+        if (rc == NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid address \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (rc == NGX_DONE) {
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "low address bits of %V are meaningless",
+                               &value[i]);
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_payflow_webhook_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_payflow_webhook_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_webhook_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->wh.provider = NULL;
+     *     conf->wh.allow = NULL;
+     *     conf->name = { 0, NULL };
+     */
+
+    conf->wh.tolerance = NGX_CONF_UNSET;
+
+    return conf;
+}
+
+
+/*
+ * After the whole http block: the provider named (declared anywhere in it)
+ * and its secrets are resolved here.
+ */
+
+static char *
+ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_payflow_webhook_loc_conf_t *prev = parent;
+    ngx_http_payflow_webhook_loc_conf_t *conf = child;
+
+    ngx_str_t                     *secret;
+    ngx_uint_t                     i;
+    ngx_http_payflow_provider_t   *pv;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    if (conf->wh.allow == NULL) {
+        conf->wh.allow = prev->wh.allow;
+    }
+
+    ngx_conf_merge_sec_value(conf->wh.tolerance, prev->wh.tolerance, 300);
+
+    if (conf->name.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_payflow_module);
+
+    if (pmcf->db == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_webhook\" in %V:%ui requires "
+                           "\"payflow_db\" in the http block",
+                           &conf->file, conf->line);
+        return NGX_CONF_ERROR;
+    }
+
+    pv = pmcf->providers.elts;
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        if (pv[i].name.len == conf->name.len
+            && ngx_strncmp(pv[i].name.data, conf->name.data,
+                           conf->name.len) == 0)
+        {
+            conf->wh.provider = &pv[i];
+            break;
+        }
+    }
+
+    if (conf->wh.provider == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_webhook\" in %V:%ui names \"%V\", "
+                           "which no \"payflow_provider\" declares",
+                           &conf->file, conf->line, &conf->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->wh.secrets.nelts == 0) {
+
+        if (ngx_strcmp(conf->wh.provider->adapter->type, "paystack") != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"payflow_webhook\" in %V:%ui needs the "
+                               "provider's signing secret: secret_file= or "
+                               "secret_env=", &conf->file, conf->line);
+            return NGX_CONF_ERROR;
+        }
+
+        /* Paystack signs its webhooks with the API secret key */
+
+        secret = ngx_array_push(&conf->wh.secrets);
+        if (secret == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *secret = conf->wh.provider->secret;
+    }
+
+    return NGX_CONF_OK;
+}

@@ -15,6 +15,9 @@
 
 
 #include "ngx_http_payflow_providers.h"
+#include "ngx_http_payflow_payments.h"
+
+#include <openssl/crypto.h>
 
 
 static ngx_int_t ngx_http_payflow_flutterwave_request(
@@ -26,6 +29,11 @@ static void ngx_http_payflow_flutterwave_response(
 static void ngx_http_payflow_flutterwave_verified(
     ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *data,
     ngx_http_payflow_provider_result_t *res);
+static ngx_int_t ngx_http_payflow_flutterwave_webhook_verify(
+    ngx_http_request_t *r, ngx_http_payflow_webhook_conf_t *wcf,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool,
+    json_t *doc, ngx_http_payflow_webhook_event_t *ev);
 
 
 const ngx_http_payflow_adapter_t  ngx_http_payflow_flutterwave_adapter = {
@@ -35,7 +43,9 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_flutterwave_adapter = {
     1,                                      /* needs the customer's e-mail */
     0,
     ngx_http_payflow_flutterwave_request,
-    ngx_http_payflow_flutterwave_response
+    ngx_http_payflow_flutterwave_response,
+    ngx_http_payflow_flutterwave_webhook_verify,
+    ngx_http_payflow_flutterwave_webhook_parse
 };
 
 
@@ -158,8 +168,8 @@ ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
                      &jerr);
 
     data = json_is_object(doc) ? json_object_get(doc, "data") : NULL;
-    s = ngx_http_payflow_json_string(call, doc, "status");
-    res->message = ngx_http_payflow_json_string(call, doc, "message");
+    s = ngx_http_payflow_json_string(call->pool, doc, "status");
+    res->message = ngx_http_payflow_json_string(call->pool, doc, "message");
 
     if (call->status == 200 && s && ngx_strcmp(s, "success") == 0
         && json_is_object(data))
@@ -169,7 +179,7 @@ ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
         switch (op->op) {
 
         case NGX_HTTP_PAYFLOW_OP_CHARGE:
-            s = ngx_http_payflow_json_string(call, data, "link");
+            s = ngx_http_payflow_json_string(call->pool, data, "link");
             if (s) {
                 res->status = "requires_action";
                 res->redirect_url.data = (u_char *) s;
@@ -184,13 +194,13 @@ ngx_http_payflow_flutterwave_response(ngx_http_payflow_provider_t *p,
             break;
 
         default: /* NGX_HTTP_PAYFLOW_OP_REFUND, OP_REFUND_STATUS */
-            s = ngx_http_payflow_json_string(call, data, "id");
+            s = ngx_http_payflow_json_string(call->pool, data, "id");
             if (s) {
                 res->reference.data = (u_char *) s;
                 res->reference.len = ngx_strlen(s);
             }
 
-            s = ngx_http_payflow_json_string(call, data, "status");
+            s = ngx_http_payflow_json_string(call->pool, data, "status");
 
             if (s && ngx_strncmp(s, "completed", 9) == 0) {
                 res->status = "succeeded";
@@ -252,9 +262,9 @@ ngx_http_payflow_flutterwave_verified(ngx_http_payflow_operation_t *op,
     json_t      *amount;
     const char  *status, *currency, *id;
 
-    status = ngx_http_payflow_json_string(call, data, "status");
-    currency = ngx_http_payflow_json_string(call, data, "currency");
-    id = ngx_http_payflow_json_string(call, data, "id");
+    status = ngx_http_payflow_json_string(call->pool, data, "status");
+    currency = ngx_http_payflow_json_string(call->pool, data, "currency");
+    id = ngx_http_payflow_json_string(call->pool, data, "id");
     amount = json_object_get(data, "amount");
 
     if (id) {
@@ -298,10 +308,164 @@ ngx_http_payflow_flutterwave_verified(ngx_http_payflow_operation_t *op,
         res->status = "failed";
         res->declined = 1;
         res->code = "card_declined";
-        res->message = ngx_http_payflow_json_string(call, data,
+        res->message = ngx_http_payflow_json_string(call->pool, data,
                                                     "processor_response");
         return;
     }
 
     /* pending: not yet */
+}
+
+
+/*
+ * verif-hash: the secret hash set in Flutterwave's dashboard, sent as is.
+ * Compared as SHA-256 digests, so the time taken tells neither where the
+ * bytes differ nor how long the secret is.
+ */
+
+static ngx_int_t
+ngx_http_payflow_flutterwave_webhook_verify(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_conf_t *wcf, ngx_str_t *body)
+{
+    u_char      got[PF_SHA256_LEN], want[PF_SHA256_LEN];
+    ngx_str_t   hash, *secret;
+    ngx_uint_t  i, match;
+
+    if (ngx_http_payflow_header(r, "verif-hash", &hash) != NGX_OK
+        || hash.len == 0)
+    {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_MISSING;
+    }
+
+    if (EVP_Digest(hash.data, hash.len, got, NULL, EVP_sha256(), NULL)
+        != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    secret = wcf->secrets.elts;
+    match = 0;
+
+    for (i = 0; i < wcf->secrets.nelts; i++) {
+
+        if (EVP_Digest(secret[i].data, secret[i].len, want, NULL,
+                       EVP_sha256(), NULL)
+            != 1)
+        {
+            return NGX_ERROR;
+        }
+
+        match |= (CRYPTO_memcmp(got, want, PF_SHA256_LEN) == 0);
+    }
+
+    return match ? NGX_HTTP_PAYFLOW_WEBHOOK_VALID
+                 : NGX_HTTP_PAYFLOW_WEBHOOK_INVALID;
+}
+
+
+/*
+ * {"event": "charge.completed", "data": {"id", "tx_ref", "amount",
+ * "currency", "status", ...}} and refund events {"event": "refund...",
+ * "data": {"id", "tx_id", "amount_refunded", "status"}}.  v3 events carry
+ * no id of their own: the event name, the object's id and its status
+ * make one.
+ */
+
+static ngx_int_t
+ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool, json_t *doc,
+    ngx_http_payflow_webhook_event_t *ev)
+{
+    u_char      *p;
+    double       major, scale;
+    json_t      *data, *amount;
+    ngx_int_t    exponent;
+    ngx_str_t    oid;
+    const char  *status;
+
+    ngx_http_payflow_webhook_str(pool, doc, "event", &ev->type);
+    data = json_object_get(doc, "data");
+
+    if (ev->type.len == 0 || !json_is_object(data)) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_payflow_webhook_str(pool, data, "id", &oid);
+    status = ngx_http_payflow_json_string(pool, data, "status");
+
+    if (oid.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    ev->id.len = ev->type.len + oid.len + 2
+                 + (status ? ngx_strlen(status) : 0);
+    ev->id.data = ngx_pnalloc(pool, ev->id.len);
+    if (ev->id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(ev->id.data, "%V:%V:%s", &ev->type, &oid,
+                    status ? status : "");
+    ev->id.len = p - ev->id.data;
+
+    ev->currency = ngx_http_payflow_json_string(pool, data, "currency");
+    ev->res.reference = oid;
+
+    /* major units to minor, exactly, for a currency PayFlow knows */
+
+    amount = json_object_get(data, "amount");
+    if (amount == NULL) {
+        amount = json_object_get(data, "amount_refunded");
+    }
+
+    exponent = ev->currency
+               ? ngx_http_payflow_payments_exponent(ev->currency) : NGX_ERROR;
+
+    if (json_is_number(amount) && exponent != NGX_ERROR) {
+        major = json_number_value(amount);
+        scale = (exponent == 3) ? 1000 : (exponent == 2) ? 100 : 1;
+
+        if (major >= 0 && major < 1e15) {
+            ev->amount = (int64_t) (major * scale + 0.5);
+        }
+    }
+
+    if (status == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(ev->type.data, "charge.completed") == 0) {
+        ev->object = "payment";
+        ngx_http_payflow_webhook_str(pool, data, "tx_ref", &ev->payment_id);
+
+        if (ngx_strcmp(status, "successful") == 0) {
+            ev->res.status = "succeeded";
+
+        } else if (ngx_strcmp(status, "failed") == 0) {
+            ev->res.status = "failed";
+            ev->res.declined = 1;
+            ev->res.code = "card_declined";
+            ev->res.message = ngx_http_payflow_json_string(pool, data,
+                                                    "processor_response");
+        }
+
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(ev->type.data, "refund.", 7) == 0) {
+        ev->object = "refund";
+        ngx_http_payflow_webhook_str(pool, data, "tx_ref", &ev->payment_id);
+
+        if (ngx_strncmp(status, "completed", 9) == 0) {
+            ev->res.status = "succeeded";
+
+        } else if (ngx_strcmp(status, "failed") == 0) {
+            ev->res.status = "failed";
+            ev->res.code = "refund_failed";
+
+        } else {
+            ev->res.status = "pending";
+        }
+    }
+
+    return NGX_OK;
 }

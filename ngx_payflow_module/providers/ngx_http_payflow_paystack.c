@@ -23,6 +23,11 @@ static ngx_int_t ngx_http_payflow_paystack_request(
 static void ngx_http_payflow_paystack_response(
     ngx_http_payflow_provider_t *p, ngx_http_payflow_operation_t *op,
     pf_curl_call_t *call, ngx_http_payflow_provider_result_t *res);
+static ngx_int_t ngx_http_payflow_paystack_webhook_verify(
+    ngx_http_request_t *r, ngx_http_payflow_webhook_conf_t *wcf,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool,
+    json_t *doc, ngx_http_payflow_webhook_event_t *ev);
 static void ngx_http_payflow_paystack_verified(
     ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *data,
     ngx_http_payflow_provider_result_t *res);
@@ -35,7 +40,9 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_paystack_adapter = {
     1,                                      /* needs the customer's e-mail */
     0,
     ngx_http_payflow_paystack_request,
-    ngx_http_payflow_paystack_response
+    ngx_http_payflow_paystack_response,
+    ngx_http_payflow_paystack_webhook_verify,
+    ngx_http_payflow_paystack_webhook_parse
 };
 
 
@@ -144,7 +151,7 @@ ngx_http_payflow_paystack_response(ngx_http_payflow_provider_t *p,
                      &jerr);
 
     data = json_is_object(doc) ? json_object_get(doc, "data") : NULL;
-    res->message = ngx_http_payflow_json_string(call, doc, "message");
+    res->message = ngx_http_payflow_json_string(call->pool, doc, "message");
 
     if (call->status == 200 && json_is_true(json_object_get(doc, "status"))
         && json_is_object(data))
@@ -152,7 +159,7 @@ ngx_http_payflow_paystack_response(ngx_http_payflow_provider_t *p,
         switch (op->op) {
 
         case NGX_HTTP_PAYFLOW_OP_CHARGE:
-            s = ngx_http_payflow_json_string(call, data,
+            s = ngx_http_payflow_json_string(call->pool, data,
                                              "authorization_url");
             if (s) {
                 res->status = "requires_action";
@@ -169,13 +176,13 @@ ngx_http_payflow_paystack_response(ngx_http_payflow_provider_t *p,
             break;
 
         default: /* NGX_HTTP_PAYFLOW_OP_REFUND, OP_REFUND_STATUS */
-            s = ngx_http_payflow_json_string(call, data, "id");
+            s = ngx_http_payflow_json_string(call->pool, data, "id");
             if (s) {
                 res->reference.data = (u_char *) s;
                 res->reference.len = ngx_strlen(s);
             }
 
-            s = ngx_http_payflow_json_string(call, data, "status");
+            s = ngx_http_payflow_json_string(call->pool, data, "status");
 
             if (s && ngx_strcmp(s, "processed") == 0) {
                 res->status = "succeeded";
@@ -242,8 +249,8 @@ ngx_http_payflow_paystack_verified(ngx_http_payflow_operation_t *op,
     json_t      *amount;
     const char  *status, *currency;
 
-    status = ngx_http_payflow_json_string(call, data, "status");
-    currency = ngx_http_payflow_json_string(call, data, "currency");
+    status = ngx_http_payflow_json_string(call->pool, data, "status");
+    currency = ngx_http_payflow_json_string(call->pool, data, "currency");
     amount = json_object_get(data, "amount");
 
     res->message = NULL;
@@ -281,10 +288,142 @@ ngx_http_payflow_paystack_verified(ngx_http_payflow_operation_t *op,
         res->status = "failed";
         res->declined = 1;
         res->code = "card_declined";
-        res->message = ngx_http_payflow_json_string(call, data,
+        res->message = ngx_http_payflow_json_string(call->pool, data,
                                                     "gateway_response");
         return;
     }
 
     /* abandoned, ongoing, pending, processing, queued: not yet */
+}
+
+
+/* x-paystack-signature: hex HMAC-SHA512 of the raw body, secret key */
+
+static ngx_int_t
+ngx_http_payflow_paystack_webhook_verify(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_conf_t *wcf, ngx_str_t *body)
+{
+    ngx_int_t  rc;
+    ngx_str_t  sig;
+
+    if (ngx_http_payflow_header(r, "x-paystack-signature", &sig) != NGX_OK
+        || sig.len == 0)
+    {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_MISSING;
+    }
+
+    rc = ngx_http_payflow_webhook_hmac(wcf, EVP_sha512(), body->data,
+                                       body->len, sig.data, sig.len);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    return (rc == NGX_OK) ? NGX_HTTP_PAYFLOW_WEBHOOK_VALID
+                          : NGX_HTTP_PAYFLOW_WEBHOOK_INVALID;
+}
+
+
+/*
+ * {"event": "charge.success", "data": {transaction}} or "refund.processed"
+ * (and .pending, .processing, .failed) with {refund}.  Paystack's events
+ * have no id of their own: the event name and its object's id make one,
+ * the same on every retry of a delivery.
+ */
+
+static ngx_int_t
+ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool, json_t *doc,
+    ngx_http_payflow_webhook_event_t *ev)
+{
+    u_char      *p;
+    json_t      *data, *amount;
+    ngx_str_t    oid;
+    const char  *status, *currency;
+
+    ngx_http_payflow_webhook_str(pool, doc, "event", &ev->type);
+    data = json_object_get(doc, "data");
+
+    if (ev->type.len == 0 || !json_is_object(data)) {
+        return NGX_DECLINED;
+    }
+
+    status = ngx_http_payflow_json_string(pool, data, "status");
+    currency = ngx_http_payflow_json_string(pool, data, "currency");
+    amount = json_object_get(data, "amount");
+
+    ngx_http_payflow_webhook_str(pool, data, "id", &oid);
+
+    if (oid.len == 0) {
+        ngx_http_payflow_webhook_str(pool, data, "refund_reference", &oid);
+    }
+
+    if (oid.len == 0) {
+        ngx_http_payflow_webhook_str(pool, data, "reference", &oid);
+    }
+
+    if (oid.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    ev->id.len = ev->type.len + 1 + oid.len;
+    ev->id.data = ngx_pnalloc(pool, ev->id.len);
+    if (ev->id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(ev->id.data, ev->type.data, ev->type.len);
+    *p++ = ':';
+    ngx_memcpy(p, oid.data, oid.len);
+
+    if (json_is_integer(amount)) {
+        ev->amount = json_integer_value(amount);
+    }
+
+    ev->currency = currency;
+
+    if (status == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(ev->type.data, "charge.success") == 0
+        || ngx_strcmp(ev->type.data, "charge.failed") == 0)
+    {
+        ev->object = "payment";
+        ngx_http_payflow_webhook_str(pool, data, "reference",
+                                     &ev->payment_id);
+        ev->res.reference = ev->payment_id;
+
+        if (ngx_strcmp(status, "success") == 0) {
+            ev->res.status = "succeeded";
+
+        } else if (ngx_strcmp(status, "failed") == 0) {
+            ev->res.status = "failed";
+            ev->res.declined = 1;
+            ev->res.code = "card_declined";
+            ev->res.message = ngx_http_payflow_json_string(pool, data,
+                                                    "gateway_response");
+        }
+
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(ev->type.data, "refund.", 7) == 0) {
+        ev->object = "refund";
+        ngx_http_payflow_webhook_str(pool, data, "transaction_reference",
+                                     &ev->payment_id);
+        ev->res.reference = oid;
+
+        if (ngx_strcmp(status, "processed") == 0) {
+            ev->res.status = "succeeded";
+
+        } else if (ngx_strcmp(status, "failed") == 0) {
+            ev->res.status = "failed";
+            ev->res.code = "refund_failed";
+
+        } else {
+            ev->res.status = "pending";
+        }
+    }
+
+    return NGX_OK;
 }

@@ -28,13 +28,17 @@ static ngx_int_t ngx_http_payflow_stripe_headers(
 static void ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
     ngx_http_payflow_operation_t *op, pf_curl_call_t *call,
     ngx_http_payflow_provider_result_t *res);
-static void ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
-    pf_curl_call_t *call, json_t *o, ngx_http_payflow_provider_result_t *res);
-static void ngx_http_payflow_stripe_refund(pf_curl_call_t *call, json_t *o,
+static void ngx_http_payflow_stripe_intent(ngx_pool_t *pool, json_t *o,
+    ngx_uint_t cancel, ngx_http_payflow_provider_result_t *res);
+static void ngx_http_payflow_stripe_refund(ngx_pool_t *pool, json_t *o,
     ngx_http_payflow_provider_result_t *res);
 static void ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
     ngx_http_payflow_operation_t *op, pf_curl_call_t *call, json_t *doc,
     ngx_http_payflow_provider_result_t *res);
+static ngx_int_t ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_conf_t *wcf, ngx_str_t *body);
+static ngx_int_t ngx_http_payflow_stripe_webhook_parse(ngx_pool_t *pool,
+    json_t *doc, ngx_http_payflow_webhook_event_t *ev);
 
 
 const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter = {
@@ -44,7 +48,9 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter = {
     0,
     1,                                      /* manual capture */
     ngx_http_payflow_stripe_request,
-    ngx_http_payflow_stripe_response
+    ngx_http_payflow_stripe_response,
+    ngx_http_payflow_stripe_webhook_verify,
+    ngx_http_payflow_stripe_webhook_parse
 };
 
 
@@ -303,10 +309,12 @@ ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
         if (op->op == NGX_HTTP_PAYFLOW_OP_REFUND
             || op->op == NGX_HTTP_PAYFLOW_OP_REFUND_STATUS)
         {
-            ngx_http_payflow_stripe_refund(call, doc, res);
+            ngx_http_payflow_stripe_refund(call->pool, doc, res);
 
         } else {
-            ngx_http_payflow_stripe_intent(op, call, doc, res);
+            ngx_http_payflow_stripe_intent(call->pool, doc,
+                                           op->op == NGX_HTTP_PAYFLOW_OP_CANCEL,
+                                           res);
         }
 
     } else {
@@ -322,14 +330,14 @@ ngx_http_payflow_stripe_response(ngx_http_payflow_provider_t *p,
 /* a PaymentIntent, in PayFlow's terms */
 
 static void
-ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
-    pf_curl_call_t *call, json_t *o, ngx_http_payflow_provider_result_t *res)
+ngx_http_payflow_stripe_intent(ngx_pool_t *pool, json_t *o, ngx_uint_t cancel,
+    ngx_http_payflow_provider_result_t *res)
 {
     json_t      *e;
     const char  *status, *s;
 
-    status = ngx_http_payflow_json_string(call, o, "status");
-    s = ngx_http_payflow_json_string(call, o, "id");
+    status = ngx_http_payflow_json_string(pool, o, "status");
+    s = ngx_http_payflow_json_string(pool, o, "id");
 
     if (s) {
         res->reference.data = (u_char *) s;
@@ -348,7 +356,7 @@ ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
         res->status = status;
 
         e = json_object_get(o, "next_action");
-        s = ngx_http_payflow_json_string(call,
+        s = ngx_http_payflow_json_string(pool,
                 json_object_get(e, "redirect_to_url"), "url");
 
         if (s) {
@@ -356,9 +364,7 @@ ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
             res->redirect_url.len = ngx_strlen(s);
         }
 
-    } else if (ngx_strcmp(status, "canceled") == 0
-               && op->op == NGX_HTTP_PAYFLOW_OP_CANCEL)
-    {
+    } else if (ngx_strcmp(status, "canceled") == 0 && cancel) {
         res->status = status;
 
     } else if (ngx_strcmp(status, "requires_payment_method") == 0
@@ -368,17 +374,17 @@ ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
         res->status = "failed";
         res->declined = 1;
         res->not_taken = 1;
-        res->code = ngx_http_payflow_json_string(call, e, "decline_code");
+        res->code = ngx_http_payflow_json_string(pool, e, "decline_code");
 
         if (res->code == NULL) {
-            res->code = ngx_http_payflow_json_string(call, e, "code");
+            res->code = ngx_http_payflow_json_string(pool, e, "code");
         }
 
         if (res->code == NULL) {
             res->code = "payment_failed";
         }
 
-        res->message = ngx_http_payflow_json_string(call, e, "message");
+        res->message = ngx_http_payflow_json_string(pool, e, "message");
     }
 
     /* "processing": Stripe is still at it; verified later */
@@ -386,13 +392,13 @@ ngx_http_payflow_stripe_intent(ngx_http_payflow_operation_t *op,
 
 
 static void
-ngx_http_payflow_stripe_refund(pf_curl_call_t *call, json_t *o,
+ngx_http_payflow_stripe_refund(ngx_pool_t *pool, json_t *o,
     ngx_http_payflow_provider_result_t *res)
 {
     const char  *status, *s;
 
-    status = ngx_http_payflow_json_string(call, o, "status");
-    s = ngx_http_payflow_json_string(call, o, "id");
+    status = ngx_http_payflow_json_string(pool, o, "status");
+    s = ngx_http_payflow_json_string(pool, o, "id");
 
     if (s) {
         res->reference.data = (u_char *) s;
@@ -410,7 +416,7 @@ ngx_http_payflow_stripe_refund(pf_curl_call_t *call, json_t *o,
                || ngx_strcmp(status, "canceled") == 0)
     {
         res->status = "failed";
-        res->code = ngx_http_payflow_json_string(call, o, "failure_reason");
+        res->code = ngx_http_payflow_json_string(pool, o, "failure_reason");
         if (res->code == NULL) {
             res->code = "refund_failed";
         }
@@ -432,14 +438,14 @@ ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
 
     e = json_is_object(doc) ? json_object_get(doc, "error") : NULL;
 
-    res->code = ngx_http_payflow_json_string(call, e, "decline_code");
+    res->code = ngx_http_payflow_json_string(call->pool, e, "decline_code");
     if (res->code == NULL) {
-        res->code = ngx_http_payflow_json_string(call, e, "code");
+        res->code = ngx_http_payflow_json_string(call->pool, e, "code");
     }
 
-    res->message = ngx_http_payflow_json_string(call, e, "message");
+    res->message = ngx_http_payflow_json_string(call->pool, e, "message");
 
-    s = ngx_http_payflow_json_string(call,
+    s = ngx_http_payflow_json_string(call->pool,
                                      json_object_get(e, "payment_intent"),
                                      "id");
     if (s && op->op != NGX_HTTP_PAYFLOW_OP_REFUND
@@ -479,4 +485,169 @@ ngx_http_payflow_stripe_error(ngx_http_payflow_provider_t *p,
          */
         ngx_http_payflow_provider_refused(p, call, res);
     }
+}
+
+
+/*
+ * Stripe-Signature: t=<unix time>,v1=<hex>[,v1=<hex>...] (v0 and other
+ * schemes ignored), each v1 an HMAC-SHA256 of "<t>.<raw body>" under the
+ * endpoint's signing secret; during a secret roll Stripe signs with both,
+ * and any match is enough.  A genuine signature older (or newer) than
+ * the tolerance is a replay: stale.
+ */
+
+static ngx_int_t
+ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_conf_t *wcf, ngx_str_t *body)
+{
+    u_char      *p, *last, *end, *data;
+    time_t       t;
+    ngx_int_t    rc;
+    ngx_str_t    header, ts;
+    ngx_uint_t   n;
+
+    if (ngx_http_payflow_header(r, "Stripe-Signature", &header) != NGX_OK
+        || header.len == 0)
+    {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_MISSING;
+    }
+
+    ngx_str_null(&ts);
+
+    last = header.data + header.len;
+
+    for (p = header.data; p < last; p = end + 1) {
+        end = ngx_strlchr(p, last, ',');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (end - p > 2 && p[0] == 't' && p[1] == '=' && ts.len == 0) {
+            ts.data = p + 2;
+            ts.len = end - p - 2;
+        }
+    }
+
+    t = (ts.len && ts.len <= NGX_TIME_T_LEN) ? ngx_atotm(ts.data, ts.len)
+                                              : NGX_ERROR;
+    if (t == NGX_ERROR) {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_INVALID;
+    }
+
+    data = ngx_pnalloc(r->pool, ts.len + 1 + body->len);
+    if (data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(data, ts.data, ts.len);
+    *p++ = '.';
+    p = ngx_cpymem(p, body->data, body->len);
+
+    rc = NGX_DECLINED;
+    n = 0;
+
+    for (p = header.data; p < last && n < 8; p = end + 1) {
+        end = ngx_strlchr(p, last, ',');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (end - p > 3 && ngx_strncmp(p, "v1=", 3) == 0) {
+            n++;
+
+            rc = ngx_http_payflow_webhook_hmac(wcf, EVP_sha256(), data,
+                                               ts.len + 1 + body->len,
+                                               p + 3, end - p - 3);
+            if (rc != NGX_DECLINED) {
+                break;
+            }
+        }
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_INVALID;
+    }
+
+    if (wcf->tolerance
+        && (ngx_time() - t > wcf->tolerance || t - ngx_time() > wcf->tolerance))
+    {
+        return NGX_HTTP_PAYFLOW_WEBHOOK_STALE;
+    }
+
+    return NGX_HTTP_PAYFLOW_WEBHOOK_VALID;
+}
+
+
+/*
+ * An Event: {"id": "evt_...", "type": "payment_intent.succeeded", "data":
+ * {"object": {...}}}.  PaymentIntents carry our payment id in their
+ * metadata, refunds our refund id; the object's status, not the event's
+ * name, says where it is.
+ */
+
+static ngx_int_t
+ngx_http_payflow_stripe_webhook_parse(ngx_pool_t *pool, json_t *doc,
+    ngx_http_payflow_webhook_event_t *ev)
+{
+    u_char      *p;
+    json_t      *o, *amount, *meta;
+    const char  *kind, *status, *currency;
+
+    ngx_http_payflow_webhook_str(pool, doc, "id", &ev->id);
+    ngx_http_payflow_webhook_str(pool, doc, "type", &ev->type);
+
+    if (ev->id.len == 0 || ev->type.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    o = json_object_get(json_object_get(doc, "data"), "object");
+    meta = json_object_get(o, "metadata");
+    kind = ngx_http_payflow_json_string(pool, o, "object");
+    status = ngx_http_payflow_json_string(pool, o, "status");
+    currency = ngx_http_payflow_json_string(pool, o, "currency");
+    amount = json_object_get(o, "amount");
+
+    if (kind == NULL || status == NULL) {
+        return NGX_OK;
+    }
+
+    if (json_is_integer(amount)) {
+        ev->amount = json_integer_value(amount);
+    }
+
+    if (currency && ngx_strlen(currency) == 3) {
+        p = (u_char *) currency;
+        p[0] = ngx_toupper(p[0]);
+        p[1] = ngx_toupper(p[1]);
+        p[2] = ngx_toupper(p[2]);
+        ev->currency = currency;
+    }
+
+    if (ngx_strcmp(kind, "payment_intent") == 0) {
+        ev->object = "payment";
+        ngx_http_payflow_webhook_str(pool, meta, "payflow_payment_id",
+                                     &ev->payment_id);
+
+        ngx_http_payflow_stripe_intent(pool, o, 1, &ev->res);
+
+        if (ngx_strcmp(status, "processing") == 0) {
+            ev->res.status = "processing";
+        }
+
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(kind, "refund") == 0) {
+        ev->object = "refund";
+        ngx_http_payflow_webhook_str(pool, meta, "payflow_refund_id",
+                                     &ev->refund_id);
+
+        ngx_http_payflow_stripe_refund(pool, o, &ev->res);
+    }
+
+    return NGX_OK;
 }

@@ -16,6 +16,12 @@
 -- one of exactly 13 (minor units): that one is "pending" and stays pending,
 -- so that asynchronous refunds can be tested (GET /v1/refunds/{id}).
 --
+-- The customer's side of a redirect (3D Secure): POST
+-- /_emulator/complete/:payment_intent with body succeeded or failed moves
+-- an intent that requires action on, as finishing (or failing) the
+-- challenge would; PayFlow then learns it from a webhook or a
+-- verification.
+--
 -- Idempotency-Key replays the first answer of a POST, as Stripe does.
 -- Faults for the next API request are queued with POST /_emulator/fault
 -- (body: timeout, drop, 500, 429 or refuse): "timeout" and "drop" do the
@@ -85,6 +91,31 @@ if uri == "/_emulator/requests" then
     ngx.header["Content-Type"] = "application/json"
     ngx.print("[" .. table.concat(list, ",") .. "]")
     return ngx.exit(200)
+end
+
+local cpid = uri:match("^/_emulator/complete/(pi_[%w]+)$")
+if cpid then
+    ngx.req.read_body()
+    local stored = dict:get("pi:" .. cpid)
+    local pi = stored and cjson.decode(stored)
+    if not pi or pi.status ~= "requires_action" then
+        return send(404, { error = "no intent " .. cpid
+            .. " that requires action" })
+    end
+    pi.next_action = cjson.null
+    if ngx.req.get_body_data() == "failed" then
+        pi.status = "requires_payment_method"
+        pi.last_payment_error = { type = "card_error",
+            code = "payment_intent_authentication_failure",
+            message = "The provided PaymentMethod has failed "
+                .. "authentication." }
+    else
+        pi.status = "succeeded"
+        pi.amount_received = pi.amount
+        pi.latest_charge = random_id("ch_")
+    end
+    dict:set("pi:" .. pi.id, cjson.encode(pi))
+    return send(200, pi)
 end
 
 -- the API
