@@ -76,6 +76,7 @@ bench: deps build
 	@bench/ratelimit
 	@bench/payments
 	@bench/providers
+	@bench/webhooks
 
 static:
 	@scripts/static-build

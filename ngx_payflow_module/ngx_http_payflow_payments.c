@@ -2831,7 +2831,10 @@ ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult  *op, *pay;
+    PGresult                *op, *pay;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
     op = ngx_http_payflow_db_result(q, 0);
     pay = ngx_http_payflow_db_result(q, 1);
@@ -2842,7 +2845,15 @@ ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
                                             "no such payment", "id");
     }
 
-    if (PQntuples(op) == 1) {
+    if (PQntuples(op) == 1
+        || (ctx->money == &ngx_http_payflow_cancel_remote_op
+            && ngx_strstr(PQgetvalue(pay, 0, 0),
+                          "\"status\": \"canceled\"")))
+    {
+        /*
+         * Canceled: by this request, or (at a network provider, which
+         * just confirmed it) by the provider's webhook, recorded first.
+         */
         return ngx_http_payflow_money_data(r, pay);
     }
 

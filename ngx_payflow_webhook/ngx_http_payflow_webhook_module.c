@@ -32,6 +32,10 @@ typedef struct {
     ngx_str_t                           name;       /* of the provider */
     ngx_uint_t                          line;
     ngx_str_t                           file;
+
+    /* this worker's refusal log: a line a second at most */
+    ngx_msec_t                          logged;
+    ngx_uint_t                          quiet;
 } ngx_http_payflow_webhook_loc_conf_t;
 
 
@@ -495,9 +499,24 @@ ngx_http_payflow_webhook_refuse(ngx_http_request_t *r, ngx_uint_t verify)
 
     ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider, verify, -1);
 
-    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "payflow webhook: \"%V\" delivery refused: %s",
-                  &wlcf->wh.provider->name, why[verify]);
+    /*
+     * A flood of forged deliveries must not turn into a flood of log
+     * writes: one line a second per location and worker, telling how many
+     * it stands for; the metric counts each.
+     */
+
+    if (wlcf->logged == 0 || ngx_current_msec - wlcf->logged >= 1000) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "payflow webhook: \"%V\" delivery refused: %s "
+                      "(%ui more refused since the last such line)",
+                      &wlcf->wh.provider->name, why[verify], wlcf->quiet);
+
+        wlcf->logged = ngx_current_msec;
+        wlcf->quiet = 0;
+
+    } else {
+        wlcf->quiet++;
+    }
 
     ngx_memzero(&err, sizeof(pf_error_t));
 

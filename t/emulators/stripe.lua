@@ -24,9 +24,10 @@
 --
 -- Idempotency-Key replays the first answer of a POST, as Stripe does.
 -- Faults for the next API request are queued with POST /_emulator/fault
--- (body: timeout, drop, 500, 429 or refuse): "timeout" and "drop" do the
--- work (create, capture, cancel, refund, or a replay) and then sleep or
--- close the connection, the ambiguous cases.  Every API request is recorded
+-- (body: timeout, drop, slow, 500, 429 or refuse): "timeout" and "drop"
+-- do the work (create, capture, cancel, refund, or a replay) and then
+-- sleep or close the connection, the ambiguous cases; "slow" answers
+-- after 500 ms (a webhook can overtake the answer).  Every API request is recorded
 -- (GET /_emulator/requests).
 --
 -- nginx.conf:  lua_shared_dict stripe 4m;
@@ -167,6 +168,8 @@ end
 local function hide_answer()
     if fault == "timeout" then
         ngx.sleep(tonumber(dict:get("timeout_sleep") or 3))
+    elseif fault == "slow" then
+        ngx.sleep(0.5)
     elseif fault == "drop" then
         return ngx.exit(444)
     end
