@@ -39,7 +39,6 @@ static ngx_int_t ngx_http_payflow_dispatch(ngx_http_request_t *r,
 static ngx_uint_t ngx_http_payflow_route_match(ngx_str_t *uri,
     const char *path, ngx_str_t *params);
 static void ngx_http_payflow_body_ready(ngx_http_request_t *r);
-static ngx_int_t ngx_http_payflow_not_allowed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_forbidden(ngx_http_request_t *r,
     ngx_uint_t perm);
 static ngx_int_t ngx_http_payflow_api_not_found(ngx_http_request_t *r);
@@ -304,7 +303,9 @@ ngx_http_payflow_route_match(ngx_str_t *uri, const char *path,
 }
 
 
-static ngx_int_t
+/* 405, in the envelope, the body discarded */
+
+ngx_int_t
 ngx_http_payflow_not_allowed(ngx_http_request_t *r)
 {
     ngx_int_t   rc;

@@ -746,3 +746,32 @@ ngx_http_payflow_webhook_str(ngx_pool_t *pool, json_t *o, const char *name,
     value->data = (u_char *) s;
     value->len = s ? ngx_strlen(s) : 0;
 }
+
+
+/*
+ * An event id for providers whose events have none: "<type>:<object
+ * id>[:<tail>]", the same on every delivery of the event.
+ */
+
+ngx_int_t
+ngx_http_payflow_webhook_id(ngx_pool_t *pool,
+    ngx_http_payflow_webhook_event_t *ev, ngx_str_t *oid, const char *tail)
+{
+    u_char  *p;
+
+    ev->id.data = ngx_pnalloc(pool, ev->type.len + oid->len + 2
+                                    + (tail ? ngx_strlen(tail) : 0));
+    if (ev->id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(ev->id.data, "%V:%V", &ev->type, oid);
+
+    if (tail) {
+        p = ngx_sprintf(p, ":%s", tail);
+    }
+
+    ev->id.len = p - ev->id.data;
+
+    return NGX_OK;
+}

@@ -198,6 +198,8 @@ ngx_int_t ngx_http_payflow_webhook_hmac(ngx_http_payflow_webhook_conf_t *wcf,
     const EVP_MD *md, u_char *data, size_t len, u_char *sig, size_t siglen);
 void ngx_http_payflow_webhook_str(ngx_pool_t *pool, json_t *o,
     const char *name, ngx_str_t *value);
+ngx_int_t ngx_http_payflow_webhook_id(ngx_pool_t *pool,
+    ngx_http_payflow_webhook_event_t *ev, ngx_str_t *oid, const char *tail);
 
 
 extern const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter;

@@ -20,6 +20,7 @@
 
 
 #include "ngx_http_payflow_webhook.h"
+#include "ngx_http_payflow_api.h"
 #include "ngx_http_payflow_routing.h"
 
 
@@ -137,7 +138,6 @@ static ngx_int_t
 ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
 {
     ngx_int_t                             rc;
-    pf_error_t                            err;
     ngx_http_payflow_ctx_t               *ctx;
     ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
@@ -151,19 +151,7 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
     ctx->provider = wlcf->wh.provider;
 
     if (r->method != NGX_HTTP_POST) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        ngx_memzero(&err, sizeof(pf_error_t));
-
-        err.status = NGX_HTTP_NOT_ALLOWED;
-        err.type = PF_ERROR_INVALID_REQUEST;
-        err.code = "method_not_allowed";
-        err.message = "webhooks are delivered with POST";
-
-        return ngx_http_payflow_send_error(r, &err);
+        return ngx_http_payflow_not_allowed(r);
     }
 
     if (wlcf->wh.allow

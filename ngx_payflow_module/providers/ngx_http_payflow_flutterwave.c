@@ -375,7 +375,6 @@ static ngx_int_t
 ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool, json_t *doc,
     ngx_http_payflow_webhook_event_t *ev)
 {
-    u_char      *p;
     double       major, scale;
     json_t      *data, *amount;
     ngx_int_t    exponent;
@@ -396,16 +395,11 @@ ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool, json_t *doc,
         return NGX_DECLINED;
     }
 
-    ev->id.len = ev->type.len + oid.len + 2
-                 + (status ? ngx_strlen(status) : 0);
-    ev->id.data = ngx_pnalloc(pool, ev->id.len);
-    if (ev->id.data == NULL) {
+    if (ngx_http_payflow_webhook_id(pool, ev, &oid, status ? status : "")
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    p = ngx_sprintf(ev->id.data, "%V:%V:%s", &ev->type, &oid,
-                    status ? status : "");
-    ev->id.len = p - ev->id.data;
 
     ev->currency = ngx_http_payflow_json_string(pool, data, "currency");
     ev->res.reference = oid;

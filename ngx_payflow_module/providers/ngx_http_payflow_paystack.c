@@ -335,7 +335,6 @@ static ngx_int_t
 ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool, json_t *doc,
     ngx_http_payflow_webhook_event_t *ev)
 {
-    u_char      *p;
     json_t      *data, *amount;
     ngx_str_t    oid;
     const char  *status, *currency;
@@ -365,15 +364,9 @@ ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool, json_t *doc,
         return NGX_DECLINED;
     }
 
-    ev->id.len = ev->type.len + 1 + oid.len;
-    ev->id.data = ngx_pnalloc(pool, ev->id.len);
-    if (ev->id.data == NULL) {
+    if (ngx_http_payflow_webhook_id(pool, ev, &oid, NULL) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    p = ngx_cpymem(ev->id.data, ev->type.data, ev->type.len);
-    *p++ = ':';
-    ngx_memcpy(p, oid.data, oid.len);
 
     if (json_is_integer(amount)) {
         ev->amount = json_integer_value(amount);
