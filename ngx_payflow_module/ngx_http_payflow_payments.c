@@ -141,6 +141,8 @@ static ngx_int_t ngx_http_payflow_fingerprint(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_bad(ngx_http_request_t *r,
     const char *param, const char *code, const char *message);
 static char *ngx_http_payflow_text(ngx_http_request_t *r, json_t *v);
+static ngx_uint_t ngx_http_payflow_status_is(PGresult *pay,
+    const char *status);
 static char *ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n);
 static ngx_http_payflow_outcome_t *ngx_http_payflow_sandbox(
     json_int_t amount, ngx_uint_t manual);
@@ -2763,7 +2765,6 @@ ngx_http_payflow_payments_capture(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_capture_answer(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    char      *status;
     PGresult  *op, *pay;
 
     op = ngx_http_payflow_db_result(q, 0);
@@ -2779,11 +2780,7 @@ ngx_http_payflow_capture_answer(ngx_http_request_t *r, pf_pg_query_t *q)
         return ngx_http_payflow_money_data(r, pay);
     }
 
-    /* jsonb's text form; an escaped metadata value cannot look like it */
-    status = ngx_strstr(PQgetvalue(pay, 0, 0),
-                        "\"status\": \"requires_capture\"");
-
-    if (status) {
+    if (ngx_http_payflow_status_is(pay, "requires_capture")) {
         return ngx_http_payflow_money_error(r, NGX_HTTP_BAD_REQUEST,
                    "amount_invalid",
                    "amount exceeds the capturable amount", "amount");
@@ -2793,6 +2790,27 @@ ngx_http_payflow_capture_answer(ngx_http_request_t *r, pf_pg_query_t *q)
                "payment_not_capturable",
                "only a payment that requires capture can be captured",
                NULL);
+}
+
+
+/* the status in a payment's JSON as the database wrote it */
+
+static ngx_uint_t
+ngx_http_payflow_status_is(PGresult *pay, const char *status)
+{
+    json_t      *doc, *v;
+    ngx_uint_t   is;
+
+    doc = json_loads(PQgetvalue(pay, 0, 0), 0, NULL);
+    v = json_object_get(doc, "status");
+
+    is = json_is_string(v) && ngx_strcmp(json_string_value(v), status) == 0;
+
+    if (doc) {
+        json_decref(doc);
+    }
+
+    return is;
 }
 
 
@@ -2847,8 +2865,7 @@ ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
 
     if (PQntuples(op) == 1
         || (ctx->money == &ngx_http_payflow_cancel_remote_op
-            && ngx_strstr(PQgetvalue(pay, 0, 0),
-                          "\"status\": \"canceled\"")))
+            && ngx_http_payflow_status_is(pay, "canceled")))
     {
         /*
          * Canceled: by this request, or (at a network provider, which

@@ -101,6 +101,7 @@ typedef enum {
     NGX_HTTP_PAYFLOW_WEBHOOK_UNMATCHED,   /* no such object (yet) */
     NGX_HTTP_PAYFLOW_WEBHOOK_IGNORED,     /* an event type not acted on */
     NGX_HTTP_PAYFLOW_WEBHOOK_MISMATCH,    /* another amount or currency */
+    NGX_HTTP_PAYFLOW_WEBHOOK_VERIFYING,   /* the reconciler asks first */
     NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE,   /* delivered before */
     NGX_HTTP_PAYFLOW_WEBHOOK_MALFORMED,   /* signed, but not an event */
     NGX_HTTP_PAYFLOW_WEBHOOK_FAILED,      /* not stored: retried by them */
@@ -118,6 +119,7 @@ typedef struct {
     ngx_str_t                   refund_id;  /* ours, or empty */
     int64_t                     amount;     /* minor units; -1: not told */
     const char                 *currency;   /* upper case, or NULL */
+    ngx_int_t                   livemode;   /* as the event says; -1 */
     ngx_http_payflow_provider_result_t  res;    /* status, reference... */
 } ngx_http_payflow_webhook_event_t;
 
@@ -150,6 +152,14 @@ struct ngx_http_payflow_adapter_s {
                                           pf_curl_call_t *call,
                                           ngx_http_payflow_provider_result_t
                                               *res);
+
+    /*
+     * webhooks: the signature's header (checked before the body is read);
+     * verify_by_api: the signature covers no body, so a webhook only makes
+     * the object's verification at the provider due
+     */
+    const char                 *webhook_header;
+    ngx_uint_t                  verify_by_api;
 
     /* judges a webhook's signature over its raw body, or NGX_ERROR */
     ngx_int_t                 (*webhook_verify)(ngx_http_request_t *r,

@@ -111,8 +111,8 @@ static const char  *ngx_http_payflow_verify_names[] = {
 };
 
 static const char  *ngx_http_payflow_webhook_names[] = {
-    "applied", "unchanged", "unmatched", "ignored", "mismatch", "duplicate",
-    "malformed", "failed"
+    "applied", "unchanged", "unmatched", "ignored", "mismatch", "verifying",
+    "duplicate", "malformed", "failed"
 };
 
 static const char  *ngx_http_payflow_breaker_names[] = {

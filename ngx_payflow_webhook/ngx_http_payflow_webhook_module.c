@@ -31,6 +31,7 @@
 typedef struct {
     ngx_http_payflow_webhook_conf_t     wh;
     ngx_str_t                           name;       /* of the provider */
+    ngx_uint_t                          livemode;   /* its mode */
     ngx_uint_t                          line;
     ngx_str_t                           file;
 
@@ -115,7 +116,8 @@ ngx_module_t  ngx_http_payflow_webhook_module = {
 
 
 static const char  *ngx_http_payflow_webhook_results[] = {
-    "applied", "unchanged", "unmatched", "ignored", "mismatch", NULL
+    "applied", "unchanged", "unmatched", "ignored", "mismatch", "verifying",
+    NULL
 };
 
 
@@ -128,7 +130,8 @@ ngx_http_payflow_webhook_init(ngx_http_payflow_main_conf_t *pmcf)
         "payflow_webhook_receive",
         "SELECT id, result, payment_id, refund_id, duplicate "
         "FROM payflow_webhook_receive($1, $2::boolean, $3, $4, $5, $6, $7, "
-        "$8, $9, $10, $11, $12, $13, $14::bigint, $15, $16)", 16);
+        "$8, $9, $10, $11, $12, $13, $14::bigint, $15, $16, $17::boolean)",
+        17);
 
     return pmcf->st.webhook_receive ? NGX_OK : NGX_ERROR;
 }
@@ -138,6 +141,7 @@ static ngx_int_t
 ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
 {
     ngx_int_t                             rc;
+    ngx_str_t                             sig;
     ngx_http_payflow_ctx_t               *ctx;
     ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
@@ -164,6 +168,21 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
 
         return ngx_http_payflow_webhook_refuse(r,
                                              NGX_HTTP_PAYFLOW_WEBHOOK_REFUSED);
+    }
+
+    /* no signature: the body is not worth reading */
+
+    if (ngx_http_payflow_header(r, wlcf->wh.provider->adapter->webhook_header,
+                                &sig)
+        != NGX_OK || sig.len == 0)
+    {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_payflow_webhook_refuse(r,
+                                             NGX_HTTP_PAYFLOW_WEBHOOK_MISSING);
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_payflow_webhook_body);
@@ -273,6 +292,7 @@ static ngx_int_t
 ngx_http_payflow_webhook_event(ngx_http_request_t *r,
     ngx_http_payflow_webhook_loc_conf_t *wlcf, ngx_str_t *body)
 {
+    u_char                            *p;
     json_t                            *doc;
     ngx_int_t                          rc;
     json_error_t                       jerr;
@@ -304,6 +324,7 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
 
     ngx_memzero(&ev, sizeof(ngx_http_payflow_webhook_event_t));
     ev.amount = -1;
+    ev.livemode = -1;
 
     /* the adapter copies what it keeps into the request's pool */
     rc = pv->adapter->webhook_parse(r->pool, doc, &ev);
@@ -327,13 +348,34 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
                                                   "of this provider");
     }
 
-    if (ev.currency && ngx_strlen(ev.currency) != 3) {
-        ev.currency = NULL;
-        ev.amount = -1;
+    if (ev.livemode != -1 && ev.livemode != (ngx_int_t) pv->livemode) {
+        return ngx_http_payflow_webhook_malformed(r,
+                                                  pv->livemode
+                                                  ? "a test-mode event at a "
+                                                    "live-mode endpoint"
+                                                  : "a live-mode event at a "
+                                                    "test-mode endpoint");
+    }
+
+    /* a currency PayFlow can compare, or none (never applied then) */
+
+    if (ev.currency) {
+        p = (u_char *) ev.currency;
+
+        if (ngx_strlen(ev.currency) == 3 && isalpha(p[0]) && isalpha(p[1])
+            && isalpha(p[2]))
+        {
+            p[0] = ngx_toupper(p[0]);
+            p[1] = ngx_toupper(p[1]);
+            p[2] = ngx_toupper(p[2]);
+
+        } else {
+            ev.currency = NULL;
+        }
     }
 
     q = ngx_http_payflow_db_query(r, 1, 0);
-    v = ngx_pcalloc(r->pool, 16 * sizeof(char *));
+    v = ngx_pcalloc(r->pool, 17 * sizeof(char *));
 
     if (q == NULL || v == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -355,6 +397,7 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
     v[13] = (ev.amount >= 0) ? ngx_http_payflow_int(r, ev.amount) : NULL;
     v[14] = ev.currency;
     v[15] = ngx_http_payflow_db_str(r->pool, ngx_http_payflow_request_id(r));
+    v[16] = pv->adapter->verify_by_api ? "t" : "f";
 
     if (v[0] == NULL || v[2] == NULL || v[3] == NULL || v[15] == NULL
         || (ev.amount >= 0 && v[13] == NULL))
@@ -364,7 +407,7 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
 
     q->stmts[0].statement = pmcf->st.webhook_receive;
     q->stmts[0].values = v;
-    q->stmts[0].nparams = 16;
+    q->stmts[0].nparams = 17;
 
     rc = ngx_http_payflow_db_run(r, q, "storing a webhook",
                                  ngx_http_payflow_webhook_stored);
@@ -413,14 +456,12 @@ ngx_http_payflow_webhook_stored(ngx_http_request_t *r, pf_pg_query_t *q)
         }
     }
 
-    if (PQgetvalue(res, 0, 4)[0] == 't') {
-        k = NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE;
+    if (ngx_http_payflow_webhook_results[k] == NULL) {
+        k = NGX_HTTP_PAYFLOW_WEBHOOK_UNCHANGED;
     }
 
-    if (ngx_http_payflow_webhook_results[k] == NULL
-        && k != NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE)
-    {
-        k = NGX_HTTP_PAYFLOW_WEBHOOK_UNCHANGED;
+    if (PQgetvalue(res, 0, 4)[0] == 't') {
+        k = NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE;
     }
 
     ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
@@ -574,7 +615,10 @@ ngx_http_payflow_webhook_allowed(ngx_http_request_t *r, ngx_array_t *allow)
 }
 
 
-/* payflow_webhook <provider> [secret_file=|secret_env=]... [tolerance=] */
+/*
+ * payflow_webhook <provider> [mode=test|live] [secret_file=|secret_env=]...
+ *     [tolerance=]
+ */
 
 static char *
 ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -636,6 +680,13 @@ ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "mode=test") == 0
+            || ngx_strcmp(value[i].data, "mode=live") == 0)
+        {
+            wlcf->livemode = (value[i].data[5] == 'l');
             continue;
         }
 
@@ -791,10 +842,13 @@ ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     pv = pmcf->providers.elts;
 
+    /* a provider name is declared once per mode */
+
     for (i = 0; i < pmcf->providers.nelts; i++) {
         if (pv[i].name.len == conf->name.len
             && ngx_strncmp(pv[i].name.data, conf->name.data,
-                           conf->name.len) == 0)
+                           conf->name.len) == 0
+            && pv[i].livemode == conf->livemode)
         {
             conf->wh.provider = &pv[i];
             break;
@@ -803,9 +857,10 @@ ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     if (conf->wh.provider == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"payflow_webhook\" in %V:%ui names \"%V\", "
-                           "which no \"payflow_provider\" declares",
-                           &conf->file, conf->line, &conf->name);
+                           "\"payflow_webhook\" in %V:%ui names \"%V\" in "
+                           "%s mode, which no \"payflow_provider\" declares",
+                           &conf->file, conf->line, &conf->name,
+                           conf->livemode ? "live" : "test");
         return NGX_CONF_ERROR;
     }
 

@@ -32,7 +32,7 @@ my $node_dir = "$FindBin::Bin/node";
 push @{$t->{skip}}, 'the stripe npm package is not installed (make deps)'
 	unless -f "$node_dir/node_modules/stripe/package.json";
 
-$t->plan(105);
+$t->plan(117);
 
 sub rand_str { my ($n, @c) = @_; join '', map { $c[rand @c] } 1 .. $n }
 
@@ -44,6 +44,7 @@ my %secret = (
 my %whsec = (
 	stripe => 'whsec_' . rand_str(32, 'a' .. 'z', 'A' .. 'Z', '0' .. '9'),
 	stripe_old => 'whsec_' . rand_str(32, 'a' .. 'z', 'A' .. 'Z'),
+	stripe_live => 'whsec_' . rand_str(32, 'a' .. 'z', '0' .. '9'),
 	flutterwave => rand_str(24, 'a' .. 'z', '0' .. '9'),
 );
 $t->write_file("$_.key", "$secret{$_}\n") for keys %secret;
@@ -69,6 +70,9 @@ http {
     payflow_reconcile_after 1h;
 
     payflow_provider stripe type=stripe
+                     base_url=http://127.0.0.1:%%PORT_8091%%
+                     secret_file=%%TESTDIR%%/stripe.key timeout=2s;
+    payflow_provider stripe type=stripe mode=live
                      base_url=http://127.0.0.1:%%PORT_8091%%
                      secret_file=%%TESTDIR%%/stripe.key timeout=2s;
     payflow_provider paystack type=paystack
@@ -104,15 +108,25 @@ http {
                             secret_file=%%TESTDIR%%/flutterwave.whsec;
         }
 
+        location = /webhooks/stripe-live {
+            payflow_webhook stripe mode=live
+                            secret_file=%%TESTDIR%%/stripe_live.whsec;
+        }
+
         location = /webhooks/stripe-small {
             payflow_webhook stripe secret_file=%%TESTDIR%%/stripe.whsec;
-            client_body_buffer_size 1k;
+            client_body_in_file_only clean;
             client_max_body_size 64k;
         }
 
         location = /webhooks/stripe-allow {
             payflow_webhook stripe secret_file=%%TESTDIR%%/stripe.whsec;
             payflow_webhook_allow 10.0.0.0/8 192.168.1.1;
+        }
+
+        location = /webhooks/stripe-local {
+            payflow_webhook stripe secret_file=%%TESTDIR%%/stripe.whsec;
+            payflow_webhook_allow 127.0.0.0/8;
         }
     }
 
@@ -145,6 +159,8 @@ $t->write_file_expand('nginx.conf', $conf);
 for my $bad (
 	[ 'payflow_webhook paystack;', 'payflow_webhook nosuch;',
 		'which no "payflow_provider" declares', 'an unknown provider' ],
+	[ 'payflow_webhook paystack;', 'payflow_webhook paystack mode=live;',
+		'"paystack" in live mode, which no', 'a provider of the other mode' ],
 	[ 'payflow_webhook paystack;', 'payflow_webhook flutterwave;',
 		"needs the provider's signing secret", 'no secret' ],
 	[ 'payflow_webhook paystack;', 'payflow_webhook paystack tolerance=x;',
@@ -186,9 +202,9 @@ sub events_of {
 		// [];
 }
 
-sub webhook_events {
+sub successes {
 	my $id = shift;
-	return scalar grep { $_->{source} eq 'webhook' } @{events_of($id)};
+	return scalar grep { $_->{to_status} eq 'succeeded' } @{events_of($id)};
 }
 
 sub deliver {
@@ -242,6 +258,7 @@ my $evt = 0;
 my %p = (
 	stripe => {
 		path => '/webhooks/stripe',
+		applies => 'applied', source => 'webhook',
 		sign => sub { stripe_sign($_[0], $whsec{stripe}) },
 		wrong => sub { stripe_sign($_[0], 'whsec_' . 'x' x 32) },
 		create => sub {
@@ -289,6 +306,7 @@ my %p = (
 
 	paystack => {
 		path => '/webhooks/paystack',
+		applies => 'applied', source => 'webhook',
 		sign => sub { 'x-paystack-signature: '
 			. hmac_sha512_hex($_[0], $secret{paystack}) },
 		wrong => sub { 'x-paystack-signature: '
@@ -326,8 +344,10 @@ my %p = (
 				amount => 100 } }) },
 	},
 
+	# verif-hash signs no body: the webhook makes the reconciler ask
 	flutterwave => {
 		path => '/webhooks/flutterwave',
+		applies => 'verifying', source => 'system',
 		sign => sub { "verif-hash: $whsec{flutterwave}" },
 		wrong => sub { 'verif-hash: ' . rand_str(24, 'a' .. 'z') },
 		create => sub {
@@ -398,26 +418,30 @@ for my $name (qw(stripe paystack flutterwave)) {
 	# applied once
 	my $ok = deliver($p->{path}, $body, $name eq 'stripe'
 		? stripe_lib($body, $whsec{stripe}) : $p->{sign}->($body));
-	is(answer($ok), '200 applied', "$name: a valid delivery is applied"
+	is(answer($ok), "200 $p->{applies}", "$name: a valid delivery is "
+		. $p->{applies}
 		. ($name eq 'stripe' ? ' (signed by the stripe package)' : ''));
+	$t->poll(5, sub { get($pay->{id})->{status} eq 'succeeded' });
 	my $now = get($pay->{id});
 	is("$now->{status} $now->{amount_received}",
 		"succeeded $pay->{amount}", "$name: the payment succeeded");
-	my ($ev) = grep { $_->{source} eq 'webhook' } @{events_of($pay->{id})};
-	is(join(' ', map { $_ // '-' } @$ev{qw(type from_status to_status
-		provider)}), "payment.succeeded requires_action succeeded $name",
-		"$name: its event says it came from the provider's webhook");
-	is($ev->{request_id}, $ok->{headers}{'x-request-id'},
-		"$name: with the delivery's request id");
+	my ($ev) = grep { $_->{to_status} eq 'succeeded' }
+		@{events_of($pay->{id})};
+	is(join(' ', map { $_ // '-' } @$ev{qw(type from_status source
+		provider)}), "payment.succeeded requires_action $p->{source} $name",
+		"$name: its event tells where it came from");
+	is($ev->{request_id} // '-', $p->{source} eq 'webhook'
+		? $ok->{headers}{'x-request-id'} : '-',
+		"$name: with the delivery's request id (if the webhook moved it)");
 	is(ledger_balanced(), '0 0', "$name: the ledger balances, its chain "
 		. 'verifies');
 
 	my $dup = deliver($p->{path}, $body, $p->{sign}->($body));
 	is(answer($dup) . ' ' . ($dup->{json}{data}{duplicate} ? 'dup' : '-'),
-		'200 applied dup', "$name: a duplicate is acknowledged as such");
+		"200 $p->{applies} dup", "$name: a duplicate is acknowledged as such");
 	is($ok->{json}{data}{event}, $dup->{json}{data}{event},
 		"$name: the same stored event");
-	is(webhook_events($pay->{id}), 1, "$name: and moves nothing again");
+	is(successes($pay->{id}), 1, "$name: and moves nothing again");
 
 	# a late event never moves it back
 	my $late = $p->{paid}->($pay, %{$p->{late}});
@@ -437,7 +461,8 @@ for my $name (qw(stripe paystack flutterwave)) {
 		. ($_->{json}{data}{duplicate} ? 'dup' : 'new')}++ for @race;
 	is(join(',', map { "$_=$seen{$_}" } sort keys %seen),
 		'200 dup=7,200 new=1', "$name: eight at once: one applies it");
-	is(webhook_events($pay2->{id}) . ' ' . get($pay2->{id})->{status},
+	$t->poll(5, sub { get($pay2->{id})->{status} eq 'succeeded' });
+	is(successes($pay2->{id}) . ' ' . get($pay2->{id})->{status},
 		'1 succeeded', "$name: one transition");
 
 	# a refund the provider settles later
@@ -450,7 +475,9 @@ for my $name (qw(stripe paystack flutterwave)) {
 		. 'provider');
 	my $rbody = $p->{refunded}->($refund);
 	is(answer(deliver($p->{path}, $rbody, $p->{sign}->($rbody))),
-		'200 applied', "$name: its webhook is applied");
+		"200 $p->{applies}", "$name: its webhook is $p->{applies}");
+	$t->poll(5, sub { bearer($key, 'GET', "/v1/refunds/$refund->{id}")
+		->{json}{data}{status} eq 'succeeded' });
 	$r = bearer($key, 'GET', "/v1/refunds/$refund->{id}");
 	is($r->{json}{data}{status}, 'succeeded', "$name: the refund "
 		. 'succeeded');
@@ -515,6 +542,8 @@ $body = encode_json($big);
 $r = deliver('/webhooks/stripe-small', $body, stripe_sign($body,
 	$whsec{stripe}));
 is(answer($r), '200 applied', 'a body in the temporary file is verified');
+ok($t->poll(3, sub { !glob("$t->{dir}/client_body_temp/*") }),
+	'and the file is gone');
 is(answer(deliver('/webhooks/stripe-small', 'x' x 70000,
 	stripe_sign('x', $whsec{stripe}))), '413 request_too_large',
 	'larger than client_max_body_size: 413');
@@ -523,6 +552,10 @@ is(answer(deliver('/webhooks/stripe-small', 'x' x 70000,
 is(answer(deliver('/webhooks/stripe-allow', $body,
 	stripe_sign($body, $whsec{stripe}))), '403 address_not_allowed',
 	'from an address not allowed: 403');
+$body = $s->{other}->();
+is(answer(deliver('/webhooks/stripe-local', $body,
+	stripe_sign($body, $whsec{stripe}))), '200 ignored',
+	'from an address allowed: accepted');
 $r = http_parse(http_get('/webhooks/stripe'));
 is(answer($r), '405 method_not_allowed', 'GET: 405');
 
@@ -563,6 +596,43 @@ is(($r->{status} // 'none') . ' ' . ($r->{json}{data}{status} // '-'),
 	'200 canceled', 'the cancel answers 200 all the same')
 	or diag($r->{body});
 
+# modes and providers never mix
+$pay = $s->{create}->();
+$body = $s->{paid}->($pay);
+is(answer(deliver('/webhooks/stripe-live', $body,
+	stripe_sign($body, $whsec{stripe_live}))), '400 webhook_malformed',
+	'a test-mode event at the live endpoint: 400');
+my $as_live = decode_json($body);
+$as_live->{livemode} = JSON::PP::true;
+$as_live->{id} = 'evt_' . rand_str(24, 'A' .. 'Z');
+$body = encode_json($as_live);
+is(answer(deliver('/webhooks/stripe-live', $body,
+	stripe_sign($body, $whsec{stripe_live}))), '200 unmatched',
+	'a live event naming a test payment: unmatched');
+$body = encode_json({ event => 'charge.success', data => { id => 991,
+	domain => 'test', status => 'success', reference => $pay->{id},
+	amount => $pay->{amount}, currency => 'USD' } });
+is(answer(deliver('/webhooks/paystack', $body, $p{paystack}{sign}->($body))),
+	'200 unmatched', 'a Paystack event naming a Stripe payment: unmatched');
+
+# a Stripe event about another PaymentIntent than the payment's
+my $other_pi = decode_json($s->{paid}->($pay));
+$other_pi->{data}{object}{id} = 'pi_' . rand_str(24, 'a' .. 'z');
+$body = encode_json($other_pi);
+is(answer(deliver('/webhooks/stripe', $body,
+	stripe_sign($body, $whsec{stripe}))), '200 mismatch',
+	'another PaymentIntent naming the payment: a mismatch');
+
+# a success that does not say for how much is never applied
+$body = encode_json({ event => 'charge.success', data => { id => 992,
+	domain => 'test', status => 'success', reference => 'pay_x' } });
+my $pp = $p{paystack}{create}->();
+$body =~ s/pay_x/$pp->{id}/;
+is(answer(deliver('/webhooks/paystack', $body, $p{paystack}{sign}->($body))),
+	'200 mismatch', 'a success without amount or currency: a mismatch');
+is(get($pay->{id})->{status} . ' ' . get($pp->{id})->{status},
+	'requires_action requires_action', 'none of them moved a payment');
+
 # an event whose payment is not known (yet): kept, tried again by the jobs
 my $ghost = decode_json($s->{paid}->($pay));
 $ghost->{data}{object}{metadata}{payflow_payment_id} = 'pay_notyet';
@@ -570,8 +640,12 @@ $body = encode_json($ghost);
 $r = deliver('/webhooks/stripe', $body, stripe_sign($body, $whsec{stripe}));
 is(answer($r), '200 unmatched', 'an unknown payment: acknowledged');
 my $wid = $r->{json}{data}{event};
+sub schedule { $t->psql("SELECT attempts || ' ' || round(extract(epoch "
+	. "FROM retry_at - processed_at)) FROM webhook_events WHERE id = '$wid'") }
+is(schedule(), '1 2', 'tried again in 2 s');
 ok($t->poll(5, sub { $t->psql('SELECT attempts > 1 FROM webhook_events '
 	. "WHERE id = '$wid'") eq 't' }), 'tried again by the jobs');
+is(schedule(), '2 4', 'then in 4 s');
 # as if the payment it meant had been created since
 $t->psql("UPDATE webhook_events SET payment_ref = '$pay->{id}', "
 	. "retry_at = now() WHERE id = '$wid'");
@@ -580,6 +654,20 @@ ok($t->poll(5, sub { get($pay->{id})->{status} eq 'succeeded' }),
 is($t->psql("SELECT result || ' ' || (retry_at IS NULL) FROM "
 	. "webhook_events WHERE id = '$wid'"), 'applied true',
 	'and no longer retried');
+
+# one left unmatched is applied when the provider delivers it again
+$pay = $s->{create}->();
+my $late_one = decode_json($s->{paid}->($pay));
+$late_one->{data}{object}{metadata}{payflow_payment_id} = 'pay_notyet2';
+my $lbody = encode_json($late_one);
+$r = deliver('/webhooks/stripe', $lbody, stripe_sign($lbody, $whsec{stripe}));
+my $lid = $r->{json}{data}{event};
+$t->psql("UPDATE webhook_events SET payment_ref = '$pay->{id}', "
+	. "retry_at = NULL WHERE id = '$lid'");
+$r = deliver('/webhooks/stripe', $lbody, stripe_sign($lbody, $whsec{stripe}));
+is(answer($r) . ' ' . ($r->{json}{data}{duplicate} ? 'dup' : '-') . ' '
+	. get($pay->{id})->{status}, '200 applied dup succeeded',
+	'an unmatched event delivered again is applied');
 
 # stored as received, never changed
 is($t->psql("SELECT payload = \$\$$body\$\$ FROM webhook_events "
@@ -610,9 +698,10 @@ is(metric('payflow_webhook_events_total', provider => 'paystack',
 	mode => 'test', result => 'duplicate'), 8,
 	'duplicates counted');
 is(metric('payflow_webhook_events_total', provider => 'stripe',
-	mode => 'test', result => 'mismatch'), 1, 'mismatches');
+	mode => 'test', result => 'mismatch'), 2, 'mismatches');
 is(metric('payflow_webhook_events_total', provider => 'flutterwave',
-	mode => 'test', result => 'applied'), 3, 'and applied ones');
+	mode => 'test', result => 'verifying'), 3,
+	'and ones left to the reconciler to verify');
 
 SKIP: {
 	skip 'promtool not installed (package prometheus)', 1
@@ -625,8 +714,9 @@ SKIP: {
 $t->stop;
 
 my $log = $t->read_file('error.log');
-ok($log =~ /payflow webhook: "stripe" delivery refused: no signature \(0 more/,
-	'refusals are logged, at most a line a second');
+my $lines = () = $log =~ /payflow webhook: "stripe" delivery refused/g;
+ok($lines >= 1 && $lines < 8, "refusals are logged, at most a line a second "
+	. "($lines lines for 8)");
 my @leaks = grep { index($log, $_) >= 0 }
 	(values %whsec, values %secret, 'payment_intent.succeeded',
 	 'charge.success', 'success+hook');

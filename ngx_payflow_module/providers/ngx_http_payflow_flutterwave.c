@@ -44,6 +44,8 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_flutterwave_adapter = {
     0,
     ngx_http_payflow_flutterwave_request,
     ngx_http_payflow_flutterwave_response,
+    "verif-hash",
+    1,                                      /* verif-hash signs no body */
     ngx_http_payflow_flutterwave_webhook_verify,
     ngx_http_payflow_flutterwave_webhook_parse
 };
@@ -368,7 +370,9 @@ ngx_http_payflow_flutterwave_webhook_verify(ngx_http_request_t *r,
  * "currency", "status", ...}} and refund events {"event": "refund...",
  * "data": {"id", "tx_id", "amount_refunded", "status"}}.  v3 events carry
  * no id of their own: the event name, the object's id and its status
- * make one.
+ * make one.  As verif-hash signs no body, such an event moves nothing by
+ * itself (verify_by_api): it makes the reconciler verify the payment now,
+ * which also records the transaction's id.
  */
 
 static ngx_int_t
@@ -402,7 +406,6 @@ ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool, json_t *doc,
     }
 
     ev->currency = ngx_http_payflow_json_string(pool, data, "currency");
-    ev->res.reference = oid;
 
     /* major units to minor, exactly, for a currency PayFlow knows */
 
@@ -448,6 +451,7 @@ ngx_http_payflow_flutterwave_webhook_parse(ngx_pool_t *pool, json_t *doc,
     if (ngx_strncmp(ev->type.data, "refund.", 7) == 0) {
         ev->object = "refund";
         ngx_http_payflow_webhook_str(pool, data, "tx_ref", &ev->payment_id);
+        ev->res.reference = oid;
 
         if (ngx_strncmp(status, "completed", 9) == 0) {
             ev->res.status = "succeeded";

@@ -41,6 +41,8 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_paystack_adapter = {
     0,
     ngx_http_payflow_paystack_request,
     ngx_http_payflow_paystack_response,
+    "x-paystack-signature",
+    0,
     ngx_http_payflow_paystack_webhook_verify,
     ngx_http_payflow_paystack_webhook_parse
 };
@@ -337,7 +339,7 @@ ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool, json_t *doc,
 {
     json_t      *data, *amount;
     ngx_str_t    oid;
-    const char  *status, *currency;
+    const char  *status, *currency, *domain;
 
     ngx_http_payflow_webhook_str(pool, doc, "event", &ev->type);
     data = json_object_get(doc, "data");
@@ -349,6 +351,11 @@ ngx_http_payflow_paystack_webhook_parse(ngx_pool_t *pool, json_t *doc,
     status = ngx_http_payflow_json_string(pool, data, "status");
     currency = ngx_http_payflow_json_string(pool, data, "currency");
     amount = json_object_get(data, "amount");
+    domain = ngx_http_payflow_json_string(pool, data, "domain");
+
+    if (domain) {
+        ev->livemode = (ngx_strcmp(domain, "live") == 0);
+    }
 
     ngx_http_payflow_webhook_str(pool, data, "id", &oid);
 

@@ -49,6 +49,8 @@ const ngx_http_payflow_adapter_t  ngx_http_payflow_stripe_adapter = {
     1,                                      /* manual capture */
     ngx_http_payflow_stripe_request,
     ngx_http_payflow_stripe_response,
+    "Stripe-Signature",
+    0,
     ngx_http_payflow_stripe_webhook_verify,
     ngx_http_payflow_stripe_webhook_parse
 };
@@ -593,7 +595,6 @@ static ngx_int_t
 ngx_http_payflow_stripe_webhook_parse(ngx_pool_t *pool, json_t *doc,
     ngx_http_payflow_webhook_event_t *ev)
 {
-    u_char      *p;
     json_t      *o, *amount, *meta;
     const char  *kind, *status, *currency;
 
@@ -602,6 +603,11 @@ ngx_http_payflow_stripe_webhook_parse(ngx_pool_t *pool, json_t *doc,
 
     if (ev->id.len == 0 || ev->type.len == 0) {
         return NGX_DECLINED;
+    }
+
+    o = json_object_get(doc, "livemode");
+    if (json_is_boolean(o)) {
+        ev->livemode = json_is_true(o);
     }
 
     o = json_object_get(json_object_get(doc, "data"), "object");
@@ -619,13 +625,7 @@ ngx_http_payflow_stripe_webhook_parse(ngx_pool_t *pool, json_t *doc,
         ev->amount = json_integer_value(amount);
     }
 
-    if (currency && ngx_strlen(currency) == 3) {
-        p = (u_char *) currency;
-        p[0] = ngx_toupper(p[0]);
-        p[1] = ngx_toupper(p[1]);
-        p[2] = ngx_toupper(p[2]);
-        ev->currency = currency;
-    }
+    ev->currency = currency;
 
     if (ngx_strcmp(kind, "payment_intent") == 0) {
         ev->object = "payment";
