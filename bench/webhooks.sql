@@ -17,4 +17,4 @@ SELECT id, result, payment_id, refund_id, duplicate
        NULL,
        'pay_' || :prefix || lpad(:k::text, 24 - length(:prefix), '0'),
        'succeeded', NULL, NULL, NULL, 4200, 'NGN',
-       'req_pgbench');
+       'req_pgbench', false);
