@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_lists.h"
+#include "ngx_http_payflow_webhook.h"
 
 
 #define NGX_HTTP_PAYFLOW_ECHO_MAX  128
@@ -97,6 +98,36 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
 
     { NGX_HTTP_GET, "/v1/payments/{}/events", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_payments_events },
+
+    { NGX_HTTP_GET, "/v1/webhook_endpoints", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_endpoints_list },
+
+    { NGX_HTTP_POST, "/v1/webhook_endpoints", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_endpoints_create },
+
+    { NGX_HTTP_GET, "/v1/webhook_endpoints/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_endpoints_get },
+
+    { NGX_HTTP_PATCH, "/v1/webhook_endpoints/{}",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_endpoints_update },
+
+    { NGX_HTTP_DELETE, "/v1/webhook_endpoints/{}",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_endpoints_delete },
+
+    { NGX_HTTP_POST, "/v1/webhook_endpoints/{}/rotate_secret",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_endpoints_rotate },
+
+    { NGX_HTTP_GET, "/v1/events", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_events_list },
+
+    { NGX_HTTP_GET, "/v1/events/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_events_get },
+
+    { NGX_HTTP_GET, "/v1/events/{}/deliveries", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_events_deliveries },
+
+    { NGX_HTTP_POST, "/v1/events/{}/redeliver", NGX_HTTP_PAYFLOW_PERM_WRITE,
+      ngx_http_payflow_events_redeliver },
 
     { NGX_HTTP_GET, "/v1/refunds", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_refunds_list },
@@ -204,7 +235,7 @@ ngx_http_payflow_dispatch(ngx_http_request_t *r,
         return ngx_http_payflow_forbidden(r, rt->perm);
     }
 
-    if (!(r->method & NGX_HTTP_POST)) {
+    if (!(r->method & (NGX_HTTP_POST|NGX_HTTP_PATCH))) {
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;

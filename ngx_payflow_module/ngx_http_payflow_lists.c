@@ -24,9 +24,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char *what);
-static ngx_int_t ngx_http_payflow_list_run(ngx_http_request_t *r,
-    const pf_pg_statement_t *statement, const char **values,
-    ngx_uint_t nvalues, const char *what);
 static ngx_int_t ngx_http_payflow_list_sent(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_list_cursor(ngx_http_request_t *r,
@@ -163,7 +160,7 @@ ngx_http_payflow_payments_list(ngx_http_request_t *r,
         }
     }
 
-    return ngx_http_payflow_list_run(r, pmcf->st.pay_list, values,
+    return ngx_http_payflow_json_run(r, pmcf->st.pay_list, values,
                                      NGX_HTTP_PAYFLOW_LIST_ARGS,
                                      "listing payments");
 
@@ -234,7 +231,7 @@ ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
         return ngx_http_payflow_send_error(r, &err);
     }
 
-    return ngx_http_payflow_list_run(r, statement, values, 4, what);
+    return ngx_http_payflow_json_run(r, statement, values, 4, what);
 }
 
 
@@ -247,13 +244,18 @@ ngx_http_payflow_balance(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    return ngx_http_payflow_list_run(r, pmcf->st.balance, NULL, 0,
+    return ngx_http_payflow_json_run(r, pmcf->st.balance, NULL, 0,
                                      "reading the balance");
 }
 
 
-static ngx_int_t
-ngx_http_payflow_list_run(ngx_http_request_t *r,
+/*
+ * One statement in the request's scoped transaction whose one value is the
+ * answer's JSON; NULL (no such object of this tenant) answers 404.
+ */
+
+ngx_int_t
+ngx_http_payflow_json_run(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char **values,
     ngx_uint_t nvalues, const char *what)
 {
@@ -277,13 +279,26 @@ ngx_http_payflow_list_run(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_list_sent(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult   *res;
-    ngx_str_t   data;
+    PGresult    *res;
+    ngx_str_t    data;
+    pf_error_t   err;
 
     res = ngx_http_payflow_db_result(q, 0);
 
-    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+    if (PQntuples(res) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQgetisnull(res, 0, 0)) {
+        ngx_memzero(&err, sizeof(pf_error_t));
+
+        err.status = NGX_HTTP_NOT_FOUND;
+        err.type = PF_ERROR_INVALID_REQUEST;
+        err.code = "resource_missing";
+        err.message = "no such object";
+        err.param = "id";
+
+        return ngx_http_payflow_send_error(r, &err);
     }
 
     data.data = (u_char *) PQgetvalue(res, 0, 0);

@@ -30,6 +30,9 @@ typedef struct {
     ngx_atomic_t                cache[4];
     ngx_atomic_t                idem[5];       /* ngx_http_payflow_idem_e */
     ngx_atomic_t                created[5];    /* m_created[] */
+    ngx_atomic_t                outbox[NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS];
+    ngx_atomic_t                outbox_backlog;
+    ngx_atomic_t                outbox_lag_ms;
     pf_pg_metrics_t             pg;
 } ngx_http_payflow_metrics_sh_t;
 
@@ -153,6 +156,26 @@ ngx_http_payflow_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
     shpool->data = mz->sh;
 
     return NGX_OK;
+}
+
+
+/* an attempt of the outbox, or (result -1) the backlog it last saw */
+
+void
+ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t result, ngx_uint_t backlog, ngx_msec_t lag)
+{
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    mz = pmcf->metrics->data;
+
+    if (result >= 0) {
+        (void) ngx_atomic_fetch_add(&mz->sh->outbox[result], 1);
+        return;
+    }
+
+    mz->sh->outbox_backlog = backlog;
+    mz->sh->outbox_lag_ms = lag;
 }
 
 
@@ -541,6 +564,29 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
                        "%uA\n", ngx_http_payflow_m_created[i],
                        sh->created[i]);
     }
+
+    pf_prom_family(out, "payflow_outbox_deliveries_total", "counter",
+                   "Attempts to deliver webhooks to tenants: succeeded "
+                   "(2xx), retry (scheduled again), failed (given up), "
+                   "refused (the destination's address is not allowed), "
+                   "stale (its lease ran out first).");
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS; i++) {
+        pf_prom_printf(out, "payflow_outbox_deliveries_total{result=\"%s\"} "
+                       "%uA\n", ngx_http_payflow_outbox_names[i],
+                       sh->outbox[i]);
+    }
+
+    pf_prom_family(out, "payflow_outbox_backlog", "gauge",
+                   "Webhook deliveries due and not yet taken, as a worker "
+                   "last saw them.");
+    pf_prom_printf(out, "payflow_outbox_backlog %uA\n", sh->outbox_backlog);
+
+    pf_prom_family(out, "payflow_outbox_lag_seconds", "gauge",
+                   "How long the oldest due delivery has waited, as a "
+                   "worker last saw it.");
+    pf_prom_printf(out, "payflow_outbox_lag_seconds %.3f\n",
+                   (double) sh->outbox_lag_ms / 1000);
 }
 
 

@@ -12,7 +12,7 @@
 #include "pf_prom.h"
 
 
-#define NGX_HTTP_PAYFLOW_M_ROUTES    32
+#define NGX_HTTP_PAYFLOW_M_ROUTES    48
 #define NGX_HTTP_PAYFLOW_M_METHODS   6
 #define NGX_HTTP_PAYFLOW_M_STATUSES  20
 #define NGX_HTTP_PAYFLOW_M_BUCKETS   11
@@ -39,6 +39,8 @@ ngx_int_t ngx_http_payflow_metrics_init(ngx_conf_t *cf,
     ngx_http_payflow_main_conf_t *pmcf);
 pf_pg_metrics_t *ngx_http_payflow_metrics_pg(
     ngx_http_payflow_main_conf_t *pmcf);
+void ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t result, ngx_uint_t backlog, ngx_msec_t lag);
 ngx_int_t ngx_http_payflow_metrics_log(ngx_http_request_t *r);
 void ngx_http_payflow_metrics_auth(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);

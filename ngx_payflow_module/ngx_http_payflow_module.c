@@ -1292,7 +1292,9 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_payments_init(pmcf) != NGX_OK
             || ngx_http_payflow_lists_init(pmcf) != NGX_OK
             || ngx_http_payflow_jobs_init(pmcf) != NGX_OK
-            || ngx_http_payflow_webhook_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_webhook_init(pmcf) != NGX_OK
+            || ngx_http_payflow_outbox_init(cf, pmcf) != NGX_OK
+            || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -1369,7 +1371,9 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK) {
+    if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK
+        || ngx_http_payflow_outbox_start(cycle, pmcf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -1391,6 +1395,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
 
     if (pmcf->pool) {
         ngx_http_payflow_jobs_stop();
+        ngx_http_payflow_outbox_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }

@@ -143,6 +143,19 @@ typedef struct {
     const pf_pg_statement_t    *ledger_list;
     const pf_pg_statement_t    *balance;
     const pf_pg_statement_t    *webhook_receive;
+    const pf_pg_statement_t    *outbox_claim;
+    const pf_pg_statement_t    *outbox_result;
+    const pf_pg_statement_t    *outbox_backlog;
+    const pf_pg_statement_t    *endpoint_create;
+    const pf_pg_statement_t    *endpoint_list;
+    const pf_pg_statement_t    *endpoint_get;
+    const pf_pg_statement_t    *endpoint_update;
+    const pf_pg_statement_t    *endpoint_delete;
+    const pf_pg_statement_t    *endpoint_rotate;
+    const pf_pg_statement_t    *event_list;
+    const pf_pg_statement_t    *event_get;
+    const pf_pg_statement_t    *event_deliveries;
+    const pf_pg_statement_t    *event_redeliver;
 } ngx_http_payflow_statements_t;
 
 
@@ -200,6 +213,20 @@ typedef enum {
     NGX_HTTP_PAYFLOW_IDEM_IN_USE,     /* 409: another request holds it */
     NGX_HTTP_PAYFLOW_IDEM_REUSED      /* 422: another request's key */
 } ngx_http_payflow_idem_e;
+
+
+/* what an outbox attempt came to (a metric label each) */
+
+typedef enum {
+    NGX_HTTP_PAYFLOW_OUTBOX_SUCCEEDED = 0,
+    NGX_HTTP_PAYFLOW_OUTBOX_RETRY,
+    NGX_HTTP_PAYFLOW_OUTBOX_FAILED,
+    NGX_HTTP_PAYFLOW_OUTBOX_REFUSED,
+    NGX_HTTP_PAYFLOW_OUTBOX_STALE,
+    NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS
+} ngx_http_payflow_outbox_result_e;
+
+extern const char  *ngx_http_payflow_outbox_names[];
 
 
 typedef ngx_int_t (*ngx_http_payflow_db_ok_pt)(ngx_http_request_t *r,

@@ -59,6 +59,11 @@ static char *ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_payflow_webhook_allow(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_payflow_outbox_retries(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static void *ngx_http_payflow_webhook_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_payflow_webhook_init_main_conf(ngx_conf_t *cf,
+    void *conf);
 static void *ngx_http_payflow_webhook_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child);
@@ -80,6 +85,62 @@ static ngx_command_t  ngx_http_payflow_webhook_commands[] = {
       0,
       NULL },
 
+    { ngx_string("payflow_outbox"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, enabled),
+      NULL },
+
+    { ngx_string("payflow_outbox_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, interval),
+      NULL },
+
+    { ngx_string("payflow_outbox_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, timeout),
+      NULL },
+
+    { ngx_string("payflow_outbox_retries"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_outbox_retries,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_outbox_disable_after"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, disable_after),
+      NULL },
+
+    { ngx_string("payflow_outbox_secret_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, grace),
+      NULL },
+
+    { ngx_string("payflow_outbox_allow_private"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, allow_private),
+      NULL },
+
+    { ngx_string("payflow_outbox_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_outbox_conf_t, concurrency),
+      NULL },
+
       ngx_null_command
 };
 
@@ -88,8 +149,8 @@ static ngx_http_module_t  ngx_http_payflow_webhook_module_ctx = {
     NULL,                                  /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_payflow_webhook_create_main_conf, /* create main conf */
+    ngx_http_payflow_webhook_init_main_conf,   /* init main conf */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -883,6 +944,144 @@ ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
         *secret = conf->wh.provider->secret;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/* payflow_outbox_retries <time>...: the waits after the first attempt */
+
+static char *
+ngx_http_payflow_outbox_retries(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_payflow_outbox_conf_t *ocf = conf;
+
+    time_t      *t;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (ocf->retries != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    if (cf->args->nelts > 33) {
+        return "takes at most 32 waits";
+    }
+
+    ocf->retries = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                    sizeof(time_t));
+    if (ocf->retries == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        t = ngx_array_push(ocf->retries);
+        if (t == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *t = ngx_parse_time(&value[i], 1);
+
+        if (*t == (time_t) NGX_ERROR || *t == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid wait \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_payflow_webhook_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_payflow_outbox_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_outbox_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->enabled = NGX_CONF_UNSET;
+    conf->interval = NGX_CONF_UNSET_MSEC;
+    conf->timeout = NGX_CONF_UNSET_MSEC;
+    conf->retries = NGX_CONF_UNSET_PTR;
+    conf->disable_after = NGX_CONF_UNSET;
+    conf->grace = NGX_CONF_UNSET;
+    conf->allow_private = NGX_CONF_UNSET;
+    conf->concurrency = NGX_CONF_UNSET_UINT;
+
+    return conf;
+}
+
+
+/*
+ * Standard Webhooks' schedule by default: at once, then after 5 s, 5 min,
+ * 30 min, 2 h, 5 h, 10 h and 10 h.
+ */
+
+static char *
+ngx_http_payflow_webhook_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_payflow_outbox_conf_t *ocf = conf;
+
+    u_char      *p;
+    time_t      *t;
+    ngx_uint_t   i;
+
+    static time_t  schedule[] = { 5, 300, 1800, 7200, 18000, 36000, 36000 };
+
+    ngx_conf_init_value(ocf->enabled, 1);
+    ngx_conf_init_msec_value(ocf->interval, 1000);
+    ngx_conf_init_msec_value(ocf->timeout, 15000);
+    ngx_conf_init_value(ocf->disable_after, 5 * 86400);
+    ngx_conf_init_value(ocf->grace, 86400);
+    ngx_conf_init_value(ocf->allow_private, 0);
+    ngx_conf_init_uint_value(ocf->concurrency, 64);
+
+    if (ocf->concurrency == 0) {
+        ocf->concurrency = 1;
+    }
+
+    if (ocf->retries == NGX_CONF_UNSET_PTR) {
+        ocf->retries = ngx_array_create(cf->pool, 8, sizeof(time_t));
+        if (ocf->retries == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        for (i = 0; i < sizeof(schedule) / sizeof(time_t); i++) {
+            t = ngx_array_push(ocf->retries);
+            if (t == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            *t = schedule[i];
+        }
+    }
+
+    /* as the database takes it: an int[] literal */
+
+    p = ngx_pnalloc(cf->pool, 2 + ocf->retries->nelts * (NGX_TIME_T_LEN + 1));
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ocf->schedule.data = p;
+    *p++ = '{';
+
+    t = ocf->retries->elts;
+
+    for (i = 0; i < ocf->retries->nelts; i++) {
+        p = ngx_sprintf(p, i ? ",%T" : "%T", t[i]);
+    }
+
+    *p++ = '}';
+    *p = '\0';
+    ocf->schedule.len = p - ocf->schedule.data;
 
     return NGX_CONF_OK;
 }

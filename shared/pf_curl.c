@@ -44,6 +44,8 @@ static void pf_curl_finish(pf_curl_call_t *call);
 static size_t pf_curl_write(char *ptr, size_t size, size_t nmemb,
     void *userdata);
 static void pf_curl_cleanup(void *data);
+static curl_socket_t pf_curl_open_socket(void *data, curlsocktype purpose,
+    struct curl_sockaddr *address);
 
 
 static ngx_uint_t  pf_curl_initialized;
@@ -236,6 +238,16 @@ pf_curl_start(pf_curl_t *curl, pf_curl_call_t *call)
 
     if (ca) {
         (void) curl_easy_setopt(easy, CURLOPT_CAINFO, ca);
+    }
+
+    call->allowed = 0;
+    call->refused = 0;
+
+    if (call->check) {
+        (void) curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION,
+                                pf_curl_open_socket);
+        (void) curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, call);
+        (void) curl_easy_setopt(easy, CURLOPT_PROXY, "");
     }
 
     if (ngx_strcmp(call->method, "GET") == 0) {
@@ -512,5 +524,92 @@ pf_curl_done(pf_curl_t *curl)
                        call->elapsed);
 
         call->handler(call);
+    }
+}
+
+
+/* the one place a socket to a checked destination is opened */
+
+static curl_socket_t
+pf_curl_open_socket(void *data, curlsocktype purpose,
+    struct curl_sockaddr *address)
+{
+    pf_curl_call_t  *call = data;
+
+    if (purpose != CURLSOCKTYPE_IPCXN) {
+        return CURL_SOCKET_BAD;
+    }
+
+    if (call->check(call, &address->addr, address->addrlen) != NGX_OK) {
+        call->refused++;
+        return CURL_SOCKET_BAD;
+    }
+
+    call->allowed++;
+
+    if (call->probe) {
+        return CURL_SOCKET_BAD;
+    }
+
+    return socket(address->family, address->socktype, address->protocol);
+}
+
+
+/*
+ * An address on the public internet: not loopback, private (RFC 1918,
+ * unique local), link-local, carrier-grade NAT, multicast, reserved,
+ * unspecified, documentation or benchmarking space, and no IPv6 form
+ * that carries an IPv4 address (mapped, compatible, NAT64, 6to4).
+ */
+
+ngx_uint_t
+pf_curl_address_public(struct sockaddr *sa)
+{
+    u_char               *p;
+    uint32_t              a;
+    struct sockaddr_in   *sin;
+#if (NGX_HAVE_INET6)
+    struct sockaddr_in6  *sin6;
+#endif
+
+    switch (sa->sa_family) {
+
+    case AF_INET:
+        sin = (struct sockaddr_in *) sa;
+        a = ntohl(sin->sin_addr.s_addr);
+
+        return !((a >> 24) == 0                         /* 0.0.0.0/8 */
+                 || (a >> 24) == 10                     /* 10/8 */
+                 || (a >> 24) == 127                    /* loopback */
+                 || (a & 0xffc00000) == 0x64400000      /* 100.64/10 */
+                 || (a & 0xffff0000) == 0xa9fe0000      /* 169.254/16 */
+                 || (a & 0xfff00000) == 0xac100000      /* 172.16/12 */
+                 || (a & 0xffffff00) == 0xc0000000      /* 192.0.0/24 */
+                 || (a & 0xffffff00) == 0xc0000200      /* 192.0.2/24 */
+                 || (a & 0xffff0000) == 0xc0a80000      /* 192.168/16 */
+                 || (a & 0xfffe0000) == 0xc6120000      /* 198.18/15 */
+                 || (a & 0xffffff00) == 0xc6336400      /* 198.51.100/24 */
+                 || (a & 0xffffff00) == 0xcb007100      /* 203.0.113/24 */
+                 || (a >> 28) >= 0xe);                  /* 224/4, 240/4 */
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        sin6 = (struct sockaddr_in6 *) sa;
+        p = sin6->sin6_addr.s6_addr;
+
+        if ((p[0] & 0xe0) != 0x20) {
+            /* only global unicast, 2000::/3 */
+            return 0;
+        }
+
+        return !((p[0] == 0x20 && p[1] == 0x01 && p[2] == 0x0d
+                  && p[3] == 0xb8)                      /* 2001:db8::/32 */
+                 || (p[0] == 0x20 && p[1] == 0x02)      /* 6to4 */
+                 || (p[0] == 0x20 && p[1] == 0x01 && p[2] == 0
+                     && p[3] == 0));                    /* Teredo */
+#endif
+
+    default:
+        return 0;
     }
 }

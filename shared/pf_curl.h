@@ -18,6 +18,10 @@ typedef struct pf_curl_call_s  pf_curl_call_t;
 
 typedef void (*pf_curl_handler_pt)(pf_curl_call_t *call);
 
+/* NGX_OK: connect to this address; anything else: do not */
+typedef ngx_int_t (*pf_curl_check_pt)(pf_curl_call_t *call,
+    struct sockaddr *sa, socklen_t socklen);
+
 
 typedef enum {
     PF_CURL_OK = 0,          /* an HTTP response, whatever its status */
@@ -40,6 +44,17 @@ struct pf_curl_call_s {
 
     pf_curl_handler_pt       handler;        /* not called once canceled */
     void                    *data;
+
+    /*
+     * check: each address the name resolved to is judged before a socket
+     * is opened to it, so the connection goes only to an address that
+     * passed (and no proxy is used); probe: resolve and judge, connect
+     * to none (the call fails as PF_CURL_NOT_SENT)
+     */
+    pf_curl_check_pt         check;
+    unsigned                 probe:1;
+    ngx_uint_t               allowed;        /* addresses that passed */
+    ngx_uint_t               refused;        /* and those that did not */
     ngx_pool_t              *pool;
     ngx_log_t               *log;
 
@@ -65,6 +80,7 @@ pf_curl_t *pf_curl_create(ngx_cycle_t *cycle);
 void pf_curl_destroy(pf_curl_t *curl);
 ngx_int_t pf_curl_start(pf_curl_t *curl, pf_curl_call_t *call);
 void pf_curl_cancel(pf_curl_call_t *call);
+ngx_uint_t pf_curl_address_public(struct sockaddr *sa);
 ngx_int_t pf_curl_header(pf_curl_call_t *call, const char *name,
     ngx_str_t *value);
 
