@@ -264,6 +264,8 @@ ngx_http_payflow_endpoint_fields(ngx_http_request_t *r,
 
             for (k = 0; ngx_http_payflow_event_types[k]; k++) {
                 if (json_is_string(e)
+                    && json_string_length(e) == ngx_strlen(
+                                                   json_string_value(e))
                     && ngx_strcmp(json_string_value(e),
                                   ngx_http_payflow_event_types[k]) == 0)
                 {
@@ -359,10 +361,10 @@ ngx_http_payflow_endpoint_url(ngx_http_request_t *r,
         }
     }
 
-    if (len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
+    if (len > 8 && ngx_strncmp(p, "https://", 8) == 0) {
         p += 8;
 
-    } else if (len > 7 && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0) {
+    } else if (len > 7 && ngx_strncmp(p, "http://", 7) == 0) {
 
         if (ctx->auth.livemode && !ocf->allow_private) {
             pf_json_param_error(err, "url", "url_invalid",

@@ -27,7 +27,7 @@
 
 
 #define NGX_HTTP_PAYFLOW_OUTBOX_BATCH         32
-#define NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT  "8"
+#define NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT  "32"
 
 
 typedef struct {
@@ -37,6 +37,10 @@ typedef struct {
     ngx_event_t                       timer;
     ngx_event_t                       wake;
     ngx_pool_t                       *claim;    /* a claim in flight */
+    ngx_pool_t                       *flush;    /* results being stored */
+    ngx_pool_t                       *batch;    /* results waiting */
+    pf_json_out_t                     out;      /* of batch */
+    ngx_uint_t                        nbatch;
     ngx_uint_t                        inflight;
     unsigned                          again:1;
     unsigned                          stopped:1;
@@ -47,11 +51,16 @@ typedef struct {
     ngx_pool_t                       *pool;
     ngx_str_t                         id;
     ngx_str_t                         attempt;
+    ngx_str_t                         endpoint;
     pf_curl_call_t                    call;
     ngx_uint_t                        final;
 } ngx_http_payflow_delivery_t;
 
 
+static ngx_int_t ngx_http_payflow_outbox_claim(ngx_http_payflow_outbox_t *ob,
+    ngx_pool_t *pool, pf_pg_stmt_t *st, ngx_uint_t room);
+static ngx_uint_t ngx_http_payflow_outbox_take(ngx_http_payflow_outbox_t *ob,
+    PGresult *res);
 static void ngx_http_payflow_outbox_run(ngx_event_t *ev);
 static void ngx_http_payflow_outbox_claimed(pf_pg_query_t *q);
 static void ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob,
@@ -62,7 +71,8 @@ static ngx_int_t ngx_http_payflow_outbox_sign(
 static void ngx_http_payflow_outbox_sent(pf_curl_call_t *call);
 static void ngx_http_payflow_outbox_record(ngx_http_payflow_delivery_t *d,
     ngx_uint_t code, const char *error);
-static void ngx_http_payflow_outbox_recorded(pf_pg_query_t *q);
+static void ngx_http_payflow_outbox_flush(ngx_http_payflow_outbox_t *ob);
+static void ngx_http_payflow_outbox_flushed(pf_pg_query_t *q);
 static void ngx_http_payflow_outbox_notify(void *data, const char *payload);
 static void ngx_http_payflow_outbox_arm(ngx_http_payflow_outbox_t *ob);
 
@@ -91,9 +101,8 @@ ngx_http_payflow_outbox_init(ngx_conf_t *cf,
         NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT ")", 2);
 
     st->outbox_result = pf_pg_statement_add(pmcf->db,
-        "payflow_outbox_result",
-        "SELECT payflow_outbox_result($1, $2::int, $3::int, $4::int, $5, "
-        "$6::int[], $7::interval, $8::boolean)", 8);
+        "payflow_outbox_results",
+        "SELECT payflow_outbox_results($1, $2::int[], $3::interval)", 3);
 
     st->outbox_backlog = pf_pg_statement_add(pmcf->db,
         "payflow_outbox_backlog",
@@ -105,7 +114,10 @@ ngx_http_payflow_outbox_init(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    /* every pool connection listens: any of them wakes the worker */
+    /*
+     * every pool connection listens: any of them wakes the worker (a
+     * redelivery asks for it; new events are found by polling)
+     */
 
     return pf_pg_listen_add(cf, pmcf->db, "payflow_outbox",
                             ngx_http_payflow_outbox_notify,
@@ -171,7 +183,20 @@ ngx_http_payflow_outbox_stop(void)
         ob->claim = NULL;
     }
 
-    /* deliveries in flight: their leases run out, they are sent again */
+    if (ob->flush) {
+        ngx_destroy_pool(ob->flush);
+        ob->flush = NULL;
+    }
+
+    if (ob->batch) {
+        ngx_destroy_pool(ob->batch);
+        ob->batch = NULL;
+    }
+
+    /*
+     * deliveries in flight, or sent and not recorded: their leases run
+     * out, and they are sent again
+     */
 }
 
 
@@ -208,12 +233,58 @@ ngx_http_payflow_outbox_notify(void *data, const char *payload)
 }
 
 
+/* the claim statement, for up to room deliveries */
+
+static ngx_int_t
+ngx_http_payflow_outbox_claim(ngx_http_payflow_outbox_t *ob,
+    ngx_pool_t *pool, pf_pg_stmt_t *st, ngx_uint_t room)
+{
+    u_char       *p;
+    const char  **values;
+
+    values = ngx_palloc(pool, 2 * sizeof(char *));
+    p = ngx_pnalloc(pool, 2 * NGX_INT_T_LEN + sizeof(" ms"));
+
+    if (values == NULL || p == NULL) {
+        return NGX_ERROR;
+    }
+
+    values[0] = (char *) p;
+    p = ngx_sprintf(p, "%ui%Z", ngx_min(room, NGX_HTTP_PAYFLOW_OUTBOX_BATCH));
+    values[1] = (char *) p;
+
+    /* the lease: the exchange, and as long again to record it */
+    (void) ngx_sprintf(p, "%M ms%Z", 2 * ob->conf->timeout + 5000);
+
+    st->statement = ob->pmcf->st.outbox_claim;
+    st->nparams = 2;
+    st->values = values;
+
+    return NGX_OK;
+}
+
+
+/* what a claim returned, sent; its number */
+
+static ngx_uint_t
+ngx_http_payflow_outbox_take(ngx_http_payflow_outbox_t *ob, PGresult *res)
+{
+    ngx_uint_t  i, n;
+
+    n = PQntuples(res);
+
+    for (i = 0; i < n; i++) {
+        ngx_http_payflow_outbox_send(ob, res, i);
+    }
+
+    return n;
+}
+
+
 static void
 ngx_http_payflow_outbox_run(ngx_event_t *ev)
 {
-    u_char                     *p;
     ngx_uint_t                  room;
-    const char                **values;
     pf_pg_query_t              *q;
     ngx_http_payflow_outbox_t  *ob;
 
@@ -228,8 +299,11 @@ ngx_http_payflow_outbox_run(ngx_event_t *ev)
     room = (ob->conf->concurrency > ob->inflight)
            ? ob->conf->concurrency - ob->inflight : 0;
 
-    if (ob->claim || room == 0) {
-        /* the claim out now, or a delivery ending, runs the next one */
+    if (ob->claim || ob->flush || room == 0) {
+        /*
+         * the claim out now, or the flush (which claims as well), or a
+         * delivery ending, runs the next one
+         */
         ob->again = 1;
         return;
     }
@@ -242,24 +316,14 @@ ngx_http_payflow_outbox_run(ngx_event_t *ev)
     }
 
     q = pf_pg_query_create(ob->claim, ob->pmcf->pool, 2);
-    values = ngx_palloc(ob->claim, 2 * sizeof(char *));
-    p = ngx_pnalloc(ob->claim, 2 * NGX_INT_T_LEN + sizeof(" ms"));
 
-    if (q == NULL || values == NULL || p == NULL) {
+    if (q == NULL
+        || ngx_http_payflow_outbox_claim(ob, ob->claim, &q->stmts[0], room)
+           != NGX_OK)
+    {
         goto failed;
     }
 
-    values[0] = (char *) p;
-    p = ngx_sprintf(p, "%ui%Z",
-                    ngx_min(room, NGX_HTTP_PAYFLOW_OUTBOX_BATCH));
-    values[1] = (char *) p;
-
-    /* the lease: the exchange, and as long again to record it */
-    (void) ngx_sprintf(p, "%M ms%Z", 2 * ob->conf->timeout + 5000);
-
-    q->stmts[0].statement = ob->pmcf->st.outbox_claim;
-    q->stmts[0].nparams = 2;
-    q->stmts[0].values = values;
     q->stmts[1].statement = ob->pmcf->st.outbox_backlog;
 
     q->handler = ngx_http_payflow_outbox_claimed;
@@ -282,19 +346,14 @@ static void
 ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
 {
     PGresult                   *res;
-    ngx_uint_t                  i, n;
+    ngx_uint_t                  n;
     ngx_http_payflow_outbox_t  *ob;
 
     ob = q->data;
     n = 0;
 
     if (q->status == PF_PG_OK) {
-        res = q->results[0];
-        n = PQntuples(res);
-
-        for (i = 0; i < n; i++) {
-            ngx_http_payflow_outbox_send(ob, res, i);
-        }
+        n = ngx_http_payflow_outbox_take(ob, q->results[0]);
 
         res = q->results[1];
 
@@ -315,9 +374,16 @@ ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
     ngx_destroy_pool(ob->claim);
     ob->claim = NULL;
 
-    /* a full batch: more are likely due */
+    /*
+     * While deliveries are in flight, each that ends claims again: more
+     * may be due than a batch, or an endpoint's share in flight, allowed
+     * (an empty claim then says nothing); idle, the timer or a NOTIFY
+     * wakes the worker.
+     */
 
-    if (ob->again || n == NGX_HTTP_PAYFLOW_OUTBOX_BATCH) {
+    ob->again = (n > 0 || ob->inflight > 0);
+
+    if (n == NGX_HTTP_PAYFLOW_OUTBOX_BATCH) {
         ngx_http_payflow_outbox_notify(ob, NULL);
     }
 }
@@ -361,6 +427,7 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
 
     ngx_http_payflow_copy(d->id, 0);
     ngx_http_payflow_copy(d->attempt, 1);
+    ngx_http_payflow_copy(d->endpoint, 2);
     ngx_http_payflow_copy(url, 3);
     ngx_http_payflow_copy(secret, 4);
     ngx_http_payflow_copy(previous, 5);
@@ -385,7 +452,7 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
     call->body = body;
     call->connect_timeout = ngx_min(ob->conf->timeout, 10000);
     call->timeout = ob->conf->timeout;
-    call->max_response = 4096;
+    call->max_response = 4096;     /* the body is not read anyway */
     call->handler = ngx_http_payflow_outbox_sent;
     call->data = d;
     call->pool = pool;
@@ -553,107 +620,226 @@ ngx_http_payflow_outbox_sent(pf_curl_call_t *call)
 }
 
 
+/*
+ * An attempt's outcome joins the worker's batch; the delivery's pool goes
+ * at once.  One statement records a batch (group commit): while one is
+ * out, outcomes gather for the next.
+ */
+
 static void
 ngx_http_payflow_outbox_record(ngx_http_payflow_delivery_t *d,
     ngx_uint_t code, const char *error)
 {
-    u_char                     *p;
-    const char                **v;
-    pf_pg_query_t              *q;
+    pf_json_out_t              *out;
     ngx_http_payflow_outbox_t  *ob;
 
     ob = &ngx_http_payflow_outbox;
+    out = &ob->out;
 
     if (d->call.refused && d->call.allowed == 0) {
         ngx_http_payflow_metrics_outbox(ob->pmcf,
                                         NGX_HTTP_PAYFLOW_OUTBOX_REFUSED, 0, 0);
     }
 
-    q = pf_pg_query_create(d->pool, ob->pmcf->pool, 1);
-    v = ngx_pcalloc(d->pool, 8 * sizeof(char *));
-    p = ngx_pnalloc(d->pool, 3 * (NGX_INT_T_LEN + sizeof(" s")));
-
-    if (q == NULL || v == NULL || p == NULL || ob->stopped) {
+    if (ob->stopped) {
         goto done;
     }
 
-    v[0] = (char *) d->id.data;
-    v[1] = (char *) d->attempt.data;
+    if (ob->batch == NULL) {
+        ob->batch = ngx_create_pool(4096, ob->log);
+        if (ob->batch == NULL) {
+            goto done;
+        }
 
-    if (code) {
-        v[2] = (char *) p;
-        p = ngx_sprintf(p, "%ui%Z", code);
+        if (pf_json_out_init(out, ob->batch, 4096) != NGX_OK) {
+            ngx_destroy_pool(ob->batch);
+            ob->batch = NULL;
+            goto done;
+        }
+
+        pf_json_out_open(out, '[');
+        ob->nbatch = 0;
     }
 
-    v[3] = (char *) p;
-    p = ngx_sprintf(p, "%M%Z", d->call.elapsed);
+    pf_json_out_open(out, '{');
+    pf_json_out_key(out, "id");
+    pf_json_out_str(out, d->id.data, d->id.len);
+    pf_json_out_key(out, "attempt");
+    pf_json_out_int(out, ngx_atoi(d->attempt.data, d->attempt.len));
+    pf_json_out_key(out, "endpoint");
+    pf_json_out_str(out, d->endpoint.data, d->endpoint.len);
+    pf_json_out_key(out, "code");
 
-    v[4] = error;
-    v[5] = (char *) ob->conf->schedule.data;
+    if (code) {
+        pf_json_out_int(out, code);
 
-    v[6] = (char *) p;
+    } else {
+        pf_json_out_raw(out, (u_char *) "null", 4);
+    }
+
+    pf_json_out_key(out, "ms");
+    pf_json_out_int(out, d->call.elapsed);
+    pf_json_out_key(out, "error");
+
+    if (error) {
+        pf_json_out_cstr(out, error);
+
+    } else {
+        pf_json_out_raw(out, (u_char *) "null", 4);
+    }
+
+    pf_json_out_key(out, "final");
+    pf_json_out_bool(out, d->final);
+    pf_json_out_close(out, '}');
+
+    ob->nbatch++;
+
+done:
+
+    /* not recorded (no memory, exiting): the lease runs out, sent again */
+    ob->inflight--;
+    ngx_destroy_pool(d->pool);
+
+    if (ob->flush == NULL) {
+        ngx_http_payflow_outbox_flush(ob);
+    }
+}
+
+
+static void
+ngx_http_payflow_outbox_flush(ngx_http_payflow_outbox_t *ob)
+{
+    u_char          *p;
+    ngx_uint_t       room;
+    ngx_str_t        json;
+    const char     **v;
+    pf_pg_query_t   *q;
+
+    if (ob->batch == NULL || ob->stopped) {
+        return;
+    }
+
+    ob->flush = ob->batch;
+    ob->batch = NULL;
+
+    pf_json_out_close(&ob->out, ']');
+
+    /*
+     * with the results, a claim in the same round trip: what they free of
+     * an endpoint's share in flight is taken again at once
+     */
+
+    room = (ob->conf->concurrency > ob->inflight)
+           ? ob->conf->concurrency - ob->inflight : 0;
+
+    q = pf_pg_query_create(ob->flush, ob->pmcf->pool,
+                           (room && ob->claim == NULL) ? 2 : 1);
+    v = ngx_pcalloc(ob->flush, 3 * sizeof(char *));
+    p = ngx_pnalloc(ob->flush, NGX_TIME_T_LEN + sizeof(" s"));
+
+    if (q == NULL || v == NULL || p == NULL
+        || pf_json_out_result(&ob->out, &json) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    v[0] = ngx_http_payflow_db_str(ob->flush, &json);
+    v[1] = (char *) ob->conf->schedule.data;
+    v[2] = (char *) p;
     (void) ngx_sprintf(p, "%T s%Z", ob->conf->disable_after);
 
-    v[7] = d->final ? "t" : "f";
+    if (v[0] == NULL) {
+        goto failed;
+    }
 
     q->stmts[0].statement = ob->pmcf->st.outbox_result;
-    q->stmts[0].nparams = 8;
+    q->stmts[0].nparams = 3;
     q->stmts[0].values = v;
 
-    q->handler = ngx_http_payflow_outbox_recorded;
-    q->data = d;
+    if (q->nstmts == 2
+        && ngx_http_payflow_outbox_claim(ob, ob->flush, &q->stmts[1], room)
+           != NGX_OK)
+    {
+        goto failed;
+    }
+
+    q->handler = ngx_http_payflow_outbox_flushed;
+    q->data = ob;
     q->log = ob->log;
 
     if (pf_pg_query_run(q) == NGX_OK) {
         return;
     }
 
-done:
+failed:
 
-    /* not recorded: the lease runs out and the delivery is sent again */
-    ob->inflight--;
-    ngx_destroy_pool(d->pool);
+    /* not recorded: their leases run out, they are sent again */
+    ngx_destroy_pool(ob->flush);
+    ob->flush = NULL;
 }
 
 
 static void
-ngx_http_payflow_outbox_recorded(pf_pg_query_t *q)
+ngx_http_payflow_outbox_flushed(pf_pg_query_t *q)
 {
-    char                         *result;
-    ngx_uint_t                    i;
-    ngx_http_payflow_outbox_t    *ob;
-    ngx_http_payflow_delivery_t  *d;
+    char                       *result;
+    PGresult                   *res;
+    ngx_uint_t                  i, k, n, given_up;
+    ngx_http_payflow_outbox_t  *ob;
 
-    d = q->data;
-    ob = &ngx_http_payflow_outbox;
+    ob = q->data;
+    res = q->results[0];
+    given_up = 0;
 
-    if (q->status == PF_PG_OK && PQntuples(q->results[0]) == 1) {
-        result = PQgetvalue(q->results[0], 0, 0);
+    if (q->status == PF_PG_OK) {
 
-        for (i = 0; i < NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS; i++) {
-            if (ngx_strcmp(result, ngx_http_payflow_outbox_names[i]) == 0) {
-                ngx_http_payflow_metrics_outbox(ob->pmcf, i, 0, 0);
-                break;
+        for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
+            result = PQgetvalue(res, i, 0);
+
+            for (k = 0; k < NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS; k++) {
+                if (ngx_strcmp(result, ngx_http_payflow_outbox_names[k])
+                    == 0)
+                {
+                    ngx_http_payflow_metrics_outbox(ob->pmcf, k, 0, 0);
+                    break;
+                }
             }
+
+            given_up += (k == NGX_HTTP_PAYFLOW_OUTBOX_FAILED);
         }
 
-        if (ngx_strcmp(result, "failed") == 0) {
+        if (given_up) {
             ngx_log_error(NGX_LOG_WARN, ob->log, 0,
-                          "payflow outbox: delivery %V given up after "
-                          "attempt %V", &d->id, &d->attempt);
+                          "payflow outbox: %ui deliveries given up after "
+                          "their last attempt", given_up);
         }
 
     } else if (q->status == PF_PG_SQL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ob->log, 0,
-                      "payflow outbox: recording delivery %V failed: %s",
-                      &d->id, PQresultErrorField(q->results[q->failed],
-                                                 PG_DIAG_MESSAGE_PRIMARY));
+                      "payflow outbox: recording deliveries failed: %s",
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY));
     }
 
-    ob->inflight--;
-    ngx_destroy_pool(d->pool);
+    n = 0;
 
-    if (ob->again && !ob->stopped) {
+    if (q->status == PF_PG_OK && q->nstmts == 2) {
+        n = ngx_http_payflow_outbox_take(ob, q->results[1]);
+        ob->again = (n > 0 || ob->inflight > 0);
+    }
+
+    ngx_destroy_pool(ob->flush);
+    ob->flush = NULL;
+
+    if (ob->stopped) {
+        return;
+    }
+
+    ngx_http_payflow_outbox_flush(ob);
+
+    /* nothing more in flight, nothing flushing: a claim of its own */
+
+    if (ob->again && ob->flush == NULL) {
         ngx_http_payflow_outbox_notify(ob, NULL);
     }
 }

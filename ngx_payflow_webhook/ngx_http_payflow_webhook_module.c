@@ -985,7 +985,7 @@ ngx_http_payflow_outbox_retries(ngx_conf_t *cf, ngx_command_t *cmd,
 
         *t = ngx_parse_time(&value[i], 1);
 
-        if (*t == (time_t) NGX_ERROR || *t == 0) {
+        if (*t == (time_t) NGX_ERROR || *t == 0 || *t > 30 * 86400) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid wait \"%V\"", &value[i]);
             return NGX_CONF_ERROR;
@@ -1036,7 +1036,7 @@ ngx_http_payflow_webhook_init_main_conf(ngx_conf_t *cf, void *conf)
     static time_t  schedule[] = { 5, 300, 1800, 7200, 18000, 36000, 36000 };
 
     ngx_conf_init_value(ocf->enabled, 1);
-    ngx_conf_init_msec_value(ocf->interval, 1000);
+    ngx_conf_init_msec_value(ocf->interval, 250);
     ngx_conf_init_msec_value(ocf->timeout, 15000);
     ngx_conf_init_value(ocf->disable_after, 5 * 86400);
     ngx_conf_init_value(ocf->grace, 86400);
@@ -1045,6 +1045,12 @@ ngx_http_payflow_webhook_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (ocf->concurrency == 0) {
         ocf->concurrency = 1;
+    }
+
+    if (ocf->interval < 10) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_outbox_interval\" must be 10ms or more");
+        return NGX_CONF_ERROR;
     }
 
     if (ocf->retries == NGX_CONF_UNSET_PTR) {

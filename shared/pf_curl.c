@@ -248,6 +248,17 @@ pf_curl_start(pf_curl_t *curl, pf_curl_call_t *call)
                                 pf_curl_open_socket);
         (void) curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, call);
         (void) curl_easy_setopt(easy, CURLOPT_PROXY, "");
+
+        /*
+         * a connection of its own, so the check sees every destination
+         * (never one another call opened unchecked); a probe's is not
+         * kept for anyone
+         */
+        (void) curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+
+        if (call->probe) {
+            (void) curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
+        }
     }
 
     if (ngx_strcmp(call->method, "GET") == 0) {
@@ -508,7 +519,11 @@ pf_curl_done(pf_curl_t *curl)
             call->result = PF_CURL_OK;
             call->status = status;
 
-        } else if (call->result != PF_CURL_TOO_LARGE) {
+        } else if (call->result == PF_CURL_TOO_LARGE) {
+            /* the status line came before the body that was too long */
+            call->status = status;
+
+        } else {
             call->result = sent ? PF_CURL_AMBIGUOUS : PF_CURL_NOT_SENT;
             call->error = call->errbuf[0] ? call->errbuf
                                           : curl_easy_strerror(code);

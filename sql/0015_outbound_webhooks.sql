@@ -218,6 +218,7 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE next_attempt_at IS NOT NULL;
 CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (endpoint_id)
     WHERE leased_until IS NOT NULL;
+CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id);
 
 CREATE TABLE webhook_attempts (
     delivery_id     text NOT NULL
@@ -253,8 +254,6 @@ CREATE FUNCTION payment_events_outbox() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = public, pg_temp
     AS $$
-DECLARE
-    n  int;
 BEGIN
     INSERT INTO webhook_deliveries (tenant_id, livemode, event_id,
                                     endpoint_id, next_attempt_at)
@@ -264,11 +263,10 @@ BEGIN
         ON e.tenant_id = ev.tenant_id AND e.livemode = ev.livemode
      WHERE e.enabled AND (ev.type = ANY (e.events) OR '*' = ANY (e.events));
 
-    GET DIAGNOSTICS n = ROW_COUNT;
-
-    IF n > 0 THEN
-        PERFORM pg_notify('payflow_outbox', '');
-    END IF;
+    /*
+     * No NOTIFY here: it would serialise every payment's commit on the
+     * notification queue's lock; the workers poll (payflow_outbox_interval).
+     */
 
     RETURN NULL;
 END
@@ -329,15 +327,28 @@ CREATE FUNCTION payflow_outbox_claim(p_limit int, p_lease interval,
     AS $$
 BEGIN
     RETURN QUERY
-    WITH due AS (
-        SELECT d.id FROM webhook_deliveries d
+    WITH cand AS (
+        /* the oldest due, numbered within their endpoint */
+        SELECT d.id, d.endpoint_id, d.next_attempt_at,
+               row_number() OVER (PARTITION BY d.endpoint_id
+                                  ORDER BY d.next_attempt_at) AS rn
+          FROM (SELECT * FROM webhook_deliveries
+                 WHERE next_attempt_at <= now()
+                 ORDER BY next_attempt_at
+                 LIMIT p_limit * 4) d
+    ), room AS (
+        /* an endpoint's share: the cap less what is in flight already */
+        SELECT c.id, c.next_attempt_at FROM cand c
+         WHERE c.rn <= p_per_endpoint
+                       - (SELECT count(*) FROM webhook_deliveries l
+                           WHERE l.endpoint_id = c.endpoint_id
+                             AND l.leased_until > now())
+    ), due AS (
+        SELECT d.id FROM webhook_deliveries d JOIN room ON room.id = d.id
          WHERE d.next_attempt_at <= now()
-           AND (SELECT count(*) FROM webhook_deliveries l
-                 WHERE l.endpoint_id = d.endpoint_id
-                   AND l.leased_until > now()) < p_per_endpoint
-         ORDER BY d.next_attempt_at
+         ORDER BY room.next_attempt_at
          LIMIT p_limit
-           FOR UPDATE SKIP LOCKED
+           FOR UPDATE OF d SKIP LOCKED
     ), claimed AS (
         UPDATE webhook_deliveries d
            SET attempts = d.attempts + 1,
@@ -365,8 +376,7 @@ GRANT EXECUTE ON FUNCTION payflow_outbox_claim(int, interval, int)
 -- What one attempt came to.  p_code: the HTTP status, or NULL (no
 -- answer: p_error says why); p_schedule: the waits after the first
 -- attempt, in seconds (its length + 1 is the number of attempts);
--- p_final: never try again (the destination refused by the SSRF guard,
--- an endpoint since disabled).
+-- p_final: never try again (the endpoint was disabled since).
 
 CREATE FUNCTION payflow_outbox_result(p_id text, p_attempt int,
     p_code int, p_duration int, p_error text, p_schedule int[],
@@ -394,23 +404,22 @@ BEGIN
     VALUES (d.id, p_attempt, d.tenant_id, d.livemode, p_code, p_duration,
             left(p_error, 500));
 
-    SELECT * INTO e FROM webhook_endpoints WHERE id = d.endpoint_id
-       FOR UPDATE;
-
     IF p_code BETWEEN 200 AND 299 THEN
         UPDATE webhook_deliveries SET status = 'succeeded',
                next_attempt_at = NULL, leased_until = NULL,
                last_status = p_code, last_error = NULL,
-               delivered_at = now()
+               delivered_at = clock_timestamp()
          WHERE id = d.id;
 
-        IF e.failing_since IS NOT NULL THEN
-            UPDATE webhook_endpoints SET failing_since = NULL
-             WHERE id = e.id;
-        END IF;
+        /* the endpoint's row is locked only when its streak ends */
+        UPDATE webhook_endpoints SET failing_since = NULL
+         WHERE id = d.endpoint_id AND failing_since IS NOT NULL;
 
         RETURN 'succeeded';
     END IF;
+
+    SELECT * INTO e FROM webhook_endpoints WHERE id = d.endpoint_id
+       FOR NO KEY UPDATE;
 
     IF p_code = 410 THEN
         UPDATE webhook_endpoints SET enabled = false,
@@ -448,6 +457,36 @@ REVOKE ALL ON FUNCTION payflow_outbox_result(text, int, int, int, text,
     int[], interval, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION payflow_outbox_result(text, int, int, int, text,
     int[], interval, boolean) TO :"app";
+
+
+-- A worker's finished attempts, recorded together: [{"id", "attempt",
+-- "endpoint", "code", "ms", "error", "final"}, ...], endpoint by endpoint
+-- (workers lock endpoints in one order: no deadlock between them).
+
+CREATE FUNCTION payflow_outbox_results(p_results text, p_schedule int[],
+    p_disable_after interval)
+    RETURNS SETOF text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+DECLARE
+    r  jsonb;
+BEGIN
+    FOR r IN SELECT x FROM jsonb_array_elements(p_results::jsonb) x
+              ORDER BY x ->> 'endpoint', x ->> 'id'
+    LOOP
+        RETURN NEXT payflow_outbox_result(r ->> 'id',
+                        (r ->> 'attempt')::int, (r ->> 'code')::int,
+                        (r ->> 'ms')::int, r ->> 'error', p_schedule,
+                        p_disable_after, (r ->> 'final')::boolean);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION payflow_outbox_results(text, int[], interval)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION payflow_outbox_results(text, int[], interval)
+    TO :"app";
 
 
 -- backlog and lag, for the metrics

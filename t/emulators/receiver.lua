@@ -6,6 +6,8 @@
 --   /hook/500       500
 --   /hook/410       410 Gone
 --   /hook/slow      200 after 2 s (past a 1 s delivery timeout)
+--   /hook/wait      200 after 300 ms
+--   /hook/big       200 with a 10 KB body
 --   /hook/redirect  302 to /hook/ok (a redirect is not success)
 --   anything else   404
 --
@@ -52,6 +54,13 @@ elseif what == "410" then
     return ngx.exit(410)
 elseif what == "slow" then
     ngx.sleep(2)
+    return ngx.exit(200)
+elseif what == "wait" then
+    ngx.sleep(0.3)
+    return ngx.exit(200)
+elseif what == "big" then
+    ngx.header["Content-Type"] = "text/html"
+    ngx.print(string.rep("<p>thanks</p>", 800))
     return ngx.exit(200)
 elseif what == "redirect" then
     return ngx.redirect("/hook/ok", 302)
