@@ -77,6 +77,7 @@ bench: deps build
 	@bench/payments
 	@bench/providers
 	@bench/webhooks
+	@bench/outbox
 
 static:
 	@scripts/static-build
