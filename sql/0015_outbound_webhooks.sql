@@ -130,6 +130,14 @@ DECLARE
     v_action  text;
     v_ip      text := current_setting('payflow.ip', true);
 BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.url = OLD.url AND NEW.events = OLD.events
+       AND NEW.enabled = OLD.enabled AND NEW.secret = OLD.secret
+       AND NEW.description IS NOT DISTINCT FROM OLD.description
+    THEN
+        /* the delivery loop's failure streak: not an audited change */
+        RETURN NULL;
+    END IF;
+
     IF TG_OP = 'DELETE' THEN
         r := OLD;
         v_action := 'webhook_endpoint.deleted';
