@@ -26,8 +26,6 @@ static ngx_int_t ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char *what);
 static ngx_int_t ngx_http_payflow_list_sent(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_list_cursor(ngx_http_request_t *r,
-    const char **values, pf_error_t *err);
 static ngx_int_t ngx_http_payflow_list_id(ngx_http_request_t *r,
     const char *name, const char *prefix, const char **value,
     pf_error_t *err);
@@ -308,9 +306,12 @@ ngx_http_payflow_list_sent(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
-/* values[0..2]: starting_after, ending_before, limit */
+/*
+ * values[0..2]: starting_after, ending_before, limit.  NGX_DECLINED: err
+ * says what is wrong.
+ */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_list_cursor(ngx_http_request_t *r, const char **values,
     pf_error_t *err)
 {

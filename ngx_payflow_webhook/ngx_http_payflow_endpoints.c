@@ -603,28 +603,22 @@ ngx_int_t
 ngx_http_payflow_endpoints_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
+    ngx_int_t                       rc;
     const char                    **v;
     pf_error_t                      err;
-    ngx_http_payflow_list_t         l;
     ngx_http_payflow_main_conf_t   *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    if (ngx_http_payflow_list_args(r, &l, &err) != NGX_OK) {
-        return ngx_http_payflow_send_error(r, &err);
-    }
 
     v = ngx_pcalloc(r->pool, 4 * sizeof(char *));
     if (v == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    v[0] = ngx_http_payflow_nullable(r, &l.after);
-    v[1] = ngx_http_payflow_nullable(r, &l.before);
-    v[2] = ngx_http_payflow_int(r, l.limit);
-
-    if (v[2] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    rc = ngx_http_payflow_list_cursor(r, v, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
     }
 
     return ngx_http_payflow_json_run(r, pmcf->st.endpoint_list, v, 3,
@@ -640,28 +634,22 @@ ngx_http_payflow_events_list(ngx_http_request_t *r,
 {
     ngx_str_t                       type;
     ngx_uint_t                      k;
+    ngx_int_t                       rc;
     const char                    **v;
     pf_error_t                      err;
-    ngx_http_payflow_list_t         l;
     ngx_http_payflow_main_conf_t   *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    if (ngx_http_payflow_list_args(r, &l, &err) != NGX_OK) {
-        return ngx_http_payflow_send_error(r, &err);
-    }
 
     v = ngx_pcalloc(r->pool, 4 * sizeof(char *));
     if (v == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    v[0] = ngx_http_payflow_nullable(r, &l.after);
-    v[1] = ngx_http_payflow_nullable(r, &l.before);
-    v[2] = ngx_http_payflow_int(r, l.limit);
-
-    if (v[2] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    rc = ngx_http_payflow_list_cursor(r, v, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
     }
 
     if (ngx_http_arg(r, (u_char *) "type", 4, &type) == NGX_OK) {
