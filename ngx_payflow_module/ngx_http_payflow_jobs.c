@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_jobs.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_routing.h"
+#include "ngx_http_payflow_metrics.h"
 
 
 #define NGX_HTTP_PAYFLOW_RECONCILE_BATCH  "10"
@@ -70,6 +71,10 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
         "payflow_complete_idempotency_keys(100), "
         "payflow_webhook_retry(100)", 0);
 
+    pmcf->st.transitions = pf_pg_statement_add(pmcf->db,
+        "payflow_transitions",
+        "SELECT type, source, n FROM payflow_transition_counts()", 0);
+
     pmcf->st.reconcile_claim = pf_pg_statement_add(pmcf->db,
         "payflow_reconcile_claim",
         "SELECT id, status, livemode, provider, provider_reference, amount, "
@@ -92,7 +97,7 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
         "payflow_reconcile_refund_apply",
         "SELECT payflow_reconcile_refund_apply($1, $2, $3, $4)", 4);
 
-    return (pmcf->st.jobs && pmcf->st.reconcile_claim
+    return (pmcf->st.jobs && pmcf->st.transitions && pmcf->st.reconcile_claim
             && pmcf->st.reconcile_apply && pmcf->st.reconcile_refunds
             && pmcf->st.reconcile_refund_apply) ? NGX_OK : NGX_ERROR;
 }
@@ -169,12 +174,13 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
     }
 
     q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool,
-                           jobs->pmcf->providers.nelts ? 3 : 1);
+                           jobs->pmcf->providers.nelts ? 4 : 2);
     if (q == NULL) {
         goto failed;
     }
 
     q->stmts[0].statement = jobs->pmcf->st.jobs;
+    q->stmts[1].statement = jobs->pmcf->st.transitions;
 
     if (jobs->pmcf->providers.nelts) {
         p = ngx_pnalloc(jobs->pool, NGX_INT_T_LEN + sizeof(" ms"));
@@ -186,13 +192,13 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
         *ngx_sprintf(p, "%M ms", jobs->pmcf->reconcile_after) = '\0';
         values[0] = (char *) p;
 
-        q->stmts[1].statement = jobs->pmcf->st.reconcile_claim;
-        q->stmts[1].nparams = 1;
-        q->stmts[1].values = values;
-
-        q->stmts[2].statement = jobs->pmcf->st.reconcile_refunds;
+        q->stmts[2].statement = jobs->pmcf->st.reconcile_claim;
         q->stmts[2].nparams = 1;
         q->stmts[2].values = values;
+
+        q->stmts[3].statement = jobs->pmcf->st.reconcile_refunds;
+        q->stmts[3].nparams = 1;
+        q->stmts[3].values = values;
     }
     q->handler = ngx_http_payflow_jobs_done;
     q->data = jobs;
@@ -246,14 +252,26 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
 
     jobs->pending = 1;
 
-    if (q->status == PF_PG_OK && q->nstmts == 3) {
+    if (q->status == PF_PG_OK) {
+        /* the payment transitions this worker took to count */
         res = q->results[1];
+
+        for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
+            ngx_http_payflow_metrics_transitions(jobs->pmcf,
+                PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                ngx_atoi((u_char *) PQgetvalue(res, i, 2),
+                         PQgetlength(res, i, 2)));
+        }
+    }
+
+    if (q->status == PF_PG_OK && q->nstmts == 4) {
+        res = q->results[2];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
             ngx_http_payflow_jobs_check(jobs, res, i);
         }
 
-        res = q->results[2];
+        res = q->results[3];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
             ngx_http_payflow_jobs_check_refund(jobs, res, i);

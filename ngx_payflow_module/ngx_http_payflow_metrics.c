@@ -33,6 +33,8 @@ typedef struct {
     ngx_atomic_t                outbox[NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS];
     ngx_atomic_t                outbox_backlog;
     ngx_atomic_t                outbox_lag_ms;
+    ngx_atomic_t                transitions[NGX_HTTP_PAYFLOW_M_TYPES]
+                                           [NGX_HTTP_PAYFLOW_M_SOURCES];
     pf_pg_metrics_t             pg;
 } ngx_http_payflow_metrics_sh_t;
 
@@ -156,6 +158,54 @@ ngx_http_payflow_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
     shpool->data = mz->sh;
 
     return NGX_OK;
+}
+
+
+static const char  *ngx_http_payflow_m_types[] = {
+    "payment.created", "payment.processing", "payment.requires_action",
+    "payment.requires_capture", "payment.succeeded", "payment.failed",
+    "payment.canceled", "payment.captured", "payment.partially_refunded",
+    "payment.refunded", "payment.rerouted", "refund.created",
+    "refund.succeeded", "refund.failed", "other"
+};
+
+static const char  *ngx_http_payflow_m_sources[] = {
+    "api", "webhook", "system", "admin"
+};
+
+
+/* n events of a type and source, counted by the background jobs */
+
+void
+ngx_http_payflow_metrics_transitions(ngx_http_payflow_main_conf_t *pmcf,
+    const char *type, const char *source, ngx_int_t n)
+{
+    ngx_uint_t                        t, s;
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    if (n <= 0) {
+        return;
+    }
+
+    for (t = 0; t < NGX_HTTP_PAYFLOW_M_TYPES - 1; t++) {
+        if (ngx_strcmp(type, ngx_http_payflow_m_types[t]) == 0) {
+            break;
+        }
+    }
+
+    for (s = 0; s < NGX_HTTP_PAYFLOW_M_SOURCES; s++) {
+        if (ngx_strcmp(source, ngx_http_payflow_m_sources[s]) == 0) {
+            break;
+        }
+    }
+
+    if (s == NGX_HTTP_PAYFLOW_M_SOURCES) {
+        s = 0;
+    }
+
+    mz = pmcf->metrics->data;
+
+    (void) ngx_atomic_fetch_add(&mz->sh->transitions[t][s], n);
 }
 
 
@@ -511,7 +561,7 @@ static void
 ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
     ngx_http_payflow_metrics_sh_t *sh)
 {
-    ngx_uint_t  i;
+    ngx_uint_t  i, k;
 
     pf_prom_family(out, "payflow_auth_total", "counter",
                    "Authentication outcomes: the credential accepted, or "
@@ -563,6 +613,22 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
         pf_prom_printf(out, "payflow_payments_created_total{status=\"%s\"} "
                        "%uA\n", ngx_http_payflow_m_created[i],
                        sh->created[i]);
+    }
+
+    pf_prom_family(out, "payflow_payment_transitions_total", "counter",
+                   "Payment and refund transitions by event type and what "
+                   "caused them (api, webhook, system: the reconciler, "
+                   "admin), counted from the event log by the background "
+                   "jobs of this node.");
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_M_TYPES; i++) {
+        for (k = 0; k < NGX_HTTP_PAYFLOW_M_SOURCES; k++) {
+            pf_prom_printf(out, "payflow_payment_transitions_total{type="
+                           "\"%s\",source=\"%s\"} %uA\n",
+                           ngx_http_payflow_m_types[i],
+                           ngx_http_payflow_m_sources[k],
+                           sh->transitions[i][k]);
+        }
     }
 
     pf_prom_family(out, "payflow_outbox_deliveries_total", "counter",

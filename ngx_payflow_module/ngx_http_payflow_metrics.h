@@ -13,6 +13,8 @@
 
 
 #define NGX_HTTP_PAYFLOW_M_ROUTES    48
+#define NGX_HTTP_PAYFLOW_M_TYPES     15
+#define NGX_HTTP_PAYFLOW_M_SOURCES   4
 #define NGX_HTTP_PAYFLOW_M_METHODS   6
 #define NGX_HTTP_PAYFLOW_M_STATUSES  20
 #define NGX_HTTP_PAYFLOW_M_BUCKETS   11
@@ -39,6 +41,9 @@ ngx_int_t ngx_http_payflow_metrics_init(ngx_conf_t *cf,
     ngx_http_payflow_main_conf_t *pmcf);
 pf_pg_metrics_t *ngx_http_payflow_metrics_pg(
     ngx_http_payflow_main_conf_t *pmcf);
+void ngx_http_payflow_metrics_transitions(
+    ngx_http_payflow_main_conf_t *pmcf, const char *type, const char *source,
+    ngx_int_t n);
 void ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
     ngx_int_t result, ngx_uint_t backlog, ngx_msec_t lag);
 ngx_int_t ngx_http_payflow_metrics_log(ngx_http_request_t *r);

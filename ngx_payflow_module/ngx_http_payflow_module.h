@@ -134,6 +134,7 @@ typedef struct {
     const pf_pg_statement_t    *refund_get;
     const pf_pg_statement_t    *pay_events;
     const pf_pg_statement_t    *jobs;
+    const pf_pg_statement_t    *transitions;
     const pf_pg_statement_t    *reconcile_claim;
     const pf_pg_statement_t    *reconcile_apply;
     const pf_pg_statement_t    *reconcile_refunds;

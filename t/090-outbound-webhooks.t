@@ -28,7 +28,7 @@ push @{$t->{skip}}, 'the standardwebhooks npm package is not installed '
 	. '(make deps)'
 	unless -f "$node_dir/node_modules/standardwebhooks/package.json";
 
-$t->plan(61);
+$t->plan(62);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -355,6 +355,8 @@ like($m, qr/^payflow_outbox_deliveries_total\{result="succeeded"\} [1-9]/m,
 like($m, qr/^payflow_outbox_deliveries_total\{result="failed"\} [1-9]/m,
 	'and failures');
 like($m, qr/^payflow_outbox_backlog \d+$/m, 'the backlog');
+like($m, qr/^payflow_payment_transitions_total\{type="payment\.succeeded",source="api"\} [1-9]/m,
+	'payment transitions, counted from the event log');
 like($m, qr/^payflow_http_requests_total\{route="\/v1\/webhook_endpoints\/\{id\}",method="PATCH",status="200"\} [1-9]\d*$/m,
 	'PATCH counted by route template');
 
