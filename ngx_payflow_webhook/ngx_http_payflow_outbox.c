@@ -375,10 +375,10 @@ ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
     ob->claim = NULL;
 
     /*
-     * While deliveries are in flight, each that ends claims again: more
-     * may be due than a batch, or an endpoint's share in flight, allowed
-     * (an empty claim then says nothing); idle, the timer or a NOTIFY
-     * wakes the worker.
+     * While deliveries are in flight, the flush of their results claims
+     * again (more may be due than a batch, or an endpoint's share in
+     * flight, allowed: an empty claim then says nothing); idle, the timer
+     * or a NOTIFY wakes the worker.
      */
 
     ob->again = (n > 0 || ob->inflight > 0);
