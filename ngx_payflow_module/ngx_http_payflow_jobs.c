@@ -174,13 +174,14 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
     }
 
     q = pf_pg_query_create(jobs->pool, jobs->pmcf->pool,
-                           jobs->pmcf->providers.nelts ? 4 : 2);
+                           jobs->pmcf->providers.nelts ? 5 : 3);
     if (q == NULL) {
         goto failed;
     }
 
     q->stmts[0].statement = jobs->pmcf->st.jobs;
     q->stmts[1].statement = jobs->pmcf->st.transitions;
+    q->stmts[2].statement = jobs->pmcf->st.outbox_backlog;
 
     if (jobs->pmcf->providers.nelts) {
         p = ngx_pnalloc(jobs->pool, NGX_INT_T_LEN + sizeof(" ms"));
@@ -192,13 +193,13 @@ ngx_http_payflow_jobs_run(ngx_event_t *ev)
         *ngx_sprintf(p, "%M ms", jobs->pmcf->reconcile_after) = '\0';
         values[0] = (char *) p;
 
-        q->stmts[2].statement = jobs->pmcf->st.reconcile_claim;
-        q->stmts[2].nparams = 1;
-        q->stmts[2].values = values;
-
-        q->stmts[3].statement = jobs->pmcf->st.reconcile_refunds;
+        q->stmts[3].statement = jobs->pmcf->st.reconcile_claim;
         q->stmts[3].nparams = 1;
         q->stmts[3].values = values;
+
+        q->stmts[4].statement = jobs->pmcf->st.reconcile_refunds;
+        q->stmts[4].nparams = 1;
+        q->stmts[4].values = values;
     }
     q->handler = ngx_http_payflow_jobs_done;
     q->data = jobs;
@@ -262,16 +263,26 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
                 ngx_atoi((u_char *) PQgetvalue(res, i, 2),
                          PQgetlength(res, i, 2)));
         }
+
+        /* the outbox's backlog, as this worker sees it now */
+        res = q->results[2];
+
+        if (PQntuples(res) == 1) {
+            ngx_http_payflow_metrics_outbox(jobs->pmcf, -1,
+                ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
+                         PQgetlength(res, 0, 0)),
+                (ngx_msec_t) (strtod(PQgetvalue(res, 0, 1), NULL) * 1000));
+        }
     }
 
-    if (q->status == PF_PG_OK && q->nstmts == 4) {
-        res = q->results[2];
+    if (q->status == PF_PG_OK && q->nstmts == 5) {
+        res = q->results[3];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
             ngx_http_payflow_jobs_check(jobs, res, i);
         }
 
-        res = q->results[3];
+        res = q->results[4];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
             ngx_http_payflow_jobs_check_refund(jobs, res, i);

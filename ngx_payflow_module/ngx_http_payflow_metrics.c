@@ -644,8 +644,8 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
     }
 
     pf_prom_family(out, "payflow_outbox_backlog", "gauge",
-                   "Webhook deliveries due and not yet taken, as a worker "
-                   "last saw them.");
+                   "Webhook deliveries due and not yet taken, as the "
+                   "background jobs last counted them.");
     pf_prom_printf(out, "payflow_outbox_backlog %uA\n", sh->outbox_backlog);
 
     pf_prom_family(out, "payflow_outbox_lag_seconds", "gauge",

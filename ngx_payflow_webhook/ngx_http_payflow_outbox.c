@@ -315,7 +315,7 @@ ngx_http_payflow_outbox_run(ngx_event_t *ev)
         return;
     }
 
-    q = pf_pg_query_create(ob->claim, ob->pmcf->pool, 2);
+    q = pf_pg_query_create(ob->claim, ob->pmcf->pool, 1);
 
     if (q == NULL
         || ngx_http_payflow_outbox_claim(ob, ob->claim, &q->stmts[0], room)
@@ -324,7 +324,6 @@ ngx_http_payflow_outbox_run(ngx_event_t *ev)
         goto failed;
     }
 
-    q->stmts[1].statement = ob->pmcf->st.outbox_backlog;
 
     q->handler = ngx_http_payflow_outbox_claimed;
     q->data = ob;
@@ -345,7 +344,6 @@ failed:
 static void
 ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
 {
-    PGresult                   *res;
     ngx_uint_t                  n;
     ngx_http_payflow_outbox_t  *ob;
 
@@ -354,15 +352,6 @@ ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
 
     if (q->status == PF_PG_OK) {
         n = ngx_http_payflow_outbox_take(ob, q->results[0]);
-
-        res = q->results[1];
-
-        if (PQntuples(res) == 1) {
-            ngx_http_payflow_metrics_outbox(ob->pmcf, -1,
-                ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
-                         PQgetlength(res, 0, 0)),
-                (ngx_msec_t) (strtod(PQgetvalue(res, 0, 1), NULL) * 1000));
-        }
 
     } else if (q->status == PF_PG_SQL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ob->log, 0,
