@@ -355,31 +355,38 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 #define NGX_HTTP_PAYFLOW_CANCEL                                               \
     "UPDATE payments p SET status = 'canceled', amount_capturable = 0 "
 
-#define NGX_HTTP_PAYFLOW_CANCEL_WHERE(where)                                  \
+/*
+ * After the provider canceled it, a payment its webhook already recorded
+ * as canceled is canceled all the same (nothing changes, no event).
+ */
+
+#define NGX_HTTP_PAYFLOW_CANCEL_WHERE(where, also)                            \
     "p.id = $1 AND " where                                                   \
-    "AND p.status IN ('pending', 'requires_action', 'requires_capture') "    \
-    "RETURNING p.id"
+    "AND p.status IN ('pending', 'requires_action', 'requires_capture'" also \
+    ") RETURNING p.id"
 
     st->cancel = pf_pg_statement_add(pmcf->db, "payflow_cancel",
         NGX_HTTP_PAYFLOW_CANCEL "WHERE "
-        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 1);
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL, ""), 1);
 
     st->cancel_keyed = pf_pg_statement_add(pmcf->db, "payflow_cancel_k",
         NGX_HTTP_PAYFLOW_KEY_CTE("$2", "$3", "$4", "$5", "$6", "$7", "$1",
                                  "$1")
         NGX_HTTP_PAYFLOW_CANCEL "FROM k WHERE "
-        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL), 7);
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_LOCAL, ""), 7);
 
     st->cancel_remote = pf_pg_statement_add(pmcf->db, "payflow_cancel_r",
         NGX_HTTP_PAYFLOW_CANCEL "WHERE "
-        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 1);
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE,
+                                      ", 'canceled'"), 1);
 
     st->cancel_remote_keyed = pf_pg_statement_add(pmcf->db,
         "payflow_cancel_rk",
         NGX_HTTP_PAYFLOW_KEY_CTE("$2", "$3", "$4", "$5", "$6", "$7", "$1",
                                  "$1")
         NGX_HTTP_PAYFLOW_CANCEL "FROM k WHERE "
-        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE), 7);
+        NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE,
+                                      ", 'canceled'"), 7);
 
 #define NGX_HTTP_PAYFLOW_REFUND                                               \
     "INSERT INTO refunds (id, tenant_id, livemode, payment_id, amount, "     \
@@ -2849,10 +2856,7 @@ ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult                *op, *pay;
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    PGresult  *op, *pay;
 
     op = ngx_http_payflow_db_result(q, 0);
     pay = ngx_http_payflow_db_result(q, 1);
@@ -2863,14 +2867,7 @@ ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
                                             "no such payment", "id");
     }
 
-    if (PQntuples(op) == 1
-        || (ctx->money == &ngx_http_payflow_cancel_remote_op
-            && ngx_http_payflow_status_is(pay, "canceled")))
-    {
-        /*
-         * Canceled: by this request, or (at a network provider, which
-         * just confirmed it) by the provider's webhook, recorded first.
-         */
+    if (PQntuples(op) == 1) {
         return ngx_http_payflow_money_data(r, pay);
     }
 
