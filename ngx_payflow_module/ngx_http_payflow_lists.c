@@ -257,7 +257,6 @@ ngx_http_payflow_json_run(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char **values,
     ngx_uint_t nvalues, const char *what)
 {
-    pf_pg_stmt_t   *st;
     pf_pg_query_t  *q;
 
     q = ngx_http_payflow_db_query(r, 1, 1);
@@ -265,10 +264,7 @@ ngx_http_payflow_json_run(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    st = ngx_http_payflow_db_stmt(q, 0);
-    st->statement = statement;
-    st->nparams = nvalues;
-    st->values = values;
+    ngx_http_payflow_db_set(q, 0, statement, nvalues, values);
 
     return ngx_http_payflow_db_run(r, q, what, ngx_http_payflow_list_sent);
 }

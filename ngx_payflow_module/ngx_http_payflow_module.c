@@ -708,6 +708,23 @@ ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i)
 }
 
 
+/* statement i of a scoped query, with its parameters */
+
+void
+ngx_http_payflow_db_set(pf_pg_query_t *q, ngx_uint_t i,
+    const pf_pg_statement_t *statement, ngx_uint_t nparams,
+    const char **values)
+{
+    pf_pg_stmt_t  *st;
+
+    st = &q->stmts[i + 2];
+
+    st->statement = statement;
+    st->nparams = (int) nparams;
+    st->values = values;
+}
+
+
 PGresult *
 ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i)
 {

@@ -309,6 +309,9 @@ char *ngx_http_payflow_int(ngx_http_request_t *r, ngx_int_t n);
 ngx_int_t ngx_http_payflow_list_args(ngx_http_request_t *r,
     ngx_http_payflow_list_t *l, pf_error_t *err);
 pf_pg_stmt_t *ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i);
+void ngx_http_payflow_db_set(pf_pg_query_t *q, ngx_uint_t i,
+    const pf_pg_statement_t *statement, ngx_uint_t nparams,
+    const char **values);
 PGresult *ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i);
 ngx_int_t ngx_http_payflow_db_run(ngx_http_request_t *r, pf_pg_query_t *q,
     const char *what, ngx_http_payflow_db_ok_pt ok);

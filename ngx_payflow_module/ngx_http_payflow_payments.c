@@ -954,10 +954,9 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_http_payflow_db_stmt(q, 0)->statement =
-                        keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
-        ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 15 : 13;
-        ngx_http_payflow_db_stmt(q, 0)->values = values;
+        ngx_http_payflow_db_set(q, 0, keyed ? pmcf->st.pay_insert_keyed
+                                            : pmcf->st.pay_insert,
+                                keyed ? 15 : 13, values);
 
         if (keyed) {
             finish = ngx_palloc(r->pool, 3 * sizeof(char *));
@@ -969,9 +968,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
             finish[1] = values[2];
             finish[2] = values[13];
 
-            ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
-            ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
-            ngx_http_payflow_db_stmt(q, 1)->values = finish;
+            ngx_http_payflow_db_set(q, 1, pmcf->st.idem_get, 3, finish);
         }
 
         return ngx_http_payflow_db_run(r, q, "creating a payment",
@@ -1012,10 +1009,9 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement =
-                        keyed ? pmcf->st.pay_insert_keyed : pmcf->st.pay_insert;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = keyed ? 15 : 13;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, keyed ? pmcf->st.pay_insert_keyed
+                                        : pmcf->st.pay_insert,
+                            keyed ? 15 : 13, values);
 
     if (ngx_http_payflow_payments_settle(r, q, 1, &res) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1081,9 +1077,7 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
         values[4] = ngx_http_payflow_nullable(r, &res->redirect_url);
         values[5] = ngx_http_payflow_nullable(r, &res->reference);
 
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_outcome;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 6;
-        ngx_http_payflow_db_stmt(q, i++)->values = values;
+        ngx_http_payflow_db_set(q, i++, pmcf->st.pay_outcome, 6, values);
 
     } else if (res->reference.len) {
         /* undecided, but the provider's id is known: it is asked by it */
@@ -1100,15 +1094,11 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
             return NGX_ERROR;
         }
 
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_reference;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 2;
-        ngx_http_payflow_db_stmt(q, i++)->values = values;
+        ngx_http_payflow_db_set(q, i++, pmcf->st.pay_reference, 2, values);
     }
 
     if (ctx->idem_key.len == 0) {
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_get;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
-        ngx_http_payflow_db_stmt(q, i)->values = &finish[3];
+        ngx_http_payflow_db_set(q, i, pmcf->st.pay_get, 1, &finish[3]);
 
         return NGX_OK;
     }
@@ -1125,13 +1115,9 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
     *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
     finish[6] = (char *) p;
 
-    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.pay_finish;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 7;
-    ngx_http_payflow_db_stmt(q, i++)->values = finish;
+    ngx_http_payflow_db_set(q, i++, pmcf->st.pay_finish, 7, finish);
 
-    ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 3;
-    ngx_http_payflow_db_stmt(q, i)->values = finish;
+    ngx_http_payflow_db_set(q, i, pmcf->st.idem_get, 3, finish);
 
     return NGX_OK;
 }
@@ -1351,10 +1337,7 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
 
-            ngx_http_payflow_db_stmt(q, 0)->statement =
-                                                     pmcf->st.pay_reroute;
-            ngx_http_payflow_db_stmt(q, 0)->nparams = 4;
-            ngx_http_payflow_db_stmt(q, 0)->values = values;
+            ngx_http_payflow_db_set(q, 0, pmcf->st.pay_reroute, 4, values);
 
             ctx->provider = next;
             ctx->attempts = 0;
@@ -1653,9 +1636,7 @@ ngx_http_payflow_idem_store(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_finish;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 5;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_finish, 5, values);
 
     ctx->db_sql_ok = 0;
 
@@ -1702,9 +1683,7 @@ ngx_http_payflow_payments_stored(ngx_http_request_t *r, pf_pg_query_t *q)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_get;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 3;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_get, 3, values);
 
     return ngx_http_payflow_db_run(r, q, "reading an idempotent response",
                                    ngx_http_payflow_idem_restored);
@@ -2030,13 +2009,9 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.idem_settle;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 3;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_settle, 3, values);
 
-    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
-    ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
-    ngx_http_payflow_db_stmt(q, 1)->values = values;
+    ngx_http_payflow_db_set(q, 1, pmcf->st.idem_get, 3, values);
 
     ctx->db_sql_ok = 0;
 
@@ -2082,7 +2057,7 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
     ngx_int_t                       rc;
     ngx_uint_t                      keyed, i, n;
     pf_pg_query_t                  *q;
-    const char                    **v;
+    const char                    **v, **get;
     ngx_http_payflow_main_conf_t   *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
@@ -2115,9 +2090,8 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
 
     i = 0;
 
-    ngx_http_payflow_db_stmt(q, i)->statement = keyed ? m->keyed : m->plain;
-    ngx_http_payflow_db_stmt(q, i)->nparams = nvalues + (keyed ? 6 : 0);
-    ngx_http_payflow_db_stmt(q, i++)->values = v;
+    ngx_http_payflow_db_set(q, i++, keyed ? m->keyed : m->plain,
+                            nvalues + (keyed ? 6 : 0), v);
 
     if (keyed) {
         if (ngx_http_payflow_fingerprint(r, hex) != NGX_OK) {
@@ -2140,25 +2114,19 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
     }
 
     if (m->follow) {
-        ngx_http_payflow_db_stmt(q, i)->statement = m->follow;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 1;
-        ngx_http_payflow_db_stmt(q, i++)->values = v;
+        ngx_http_payflow_db_set(q, i++, m->follow, 1, v);
     }
 
-    ngx_http_payflow_db_stmt(q, i)->statement = m->get;
-    ngx_http_payflow_db_stmt(q, i)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, i)->values = ngx_pcalloc(r->pool,
-                                                         sizeof(char *));
-    if (ngx_http_payflow_db_stmt(q, i)->values == NULL) {
+    get = ngx_palloc(r->pool, sizeof(char *));
+    if (get == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, i++)->values[0] = id;
+    get[0] = id;
+    ngx_http_payflow_db_set(q, i++, m->get, 1, get);
 
     if (keyed) {
-        ngx_http_payflow_db_stmt(q, i)->statement = pmcf->st.idem_get;
-        ngx_http_payflow_db_stmt(q, i)->nparams = 3;
-        ngx_http_payflow_db_stmt(q, i)->values = &v[nvalues];
+        ngx_http_payflow_db_set(q, i, pmcf->st.idem_get, 3, &v[nvalues]);
     }
 
     ctx->money = m;
@@ -2368,9 +2336,7 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_route;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 0)->values = ctx->money_values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.pay_route, 1, ctx->money_values);
 
     if (ctx->idem_key.len) {
         values = ngx_http_payflow_idem_values(r, 3);
@@ -2378,9 +2344,7 @@ ngx_http_payflow_money_remote(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.idem_get;
-        ngx_http_payflow_db_stmt(q, 1)->nparams = 3;
-        ngx_http_payflow_db_stmt(q, 1)->values = values;
+        ngx_http_payflow_db_set(q, 1, pmcf->st.idem_get, 3, values);
     }
 
     ctx->db_sql_ok = 0;
@@ -2679,13 +2643,9 @@ ngx_http_payflow_refund_called(ngx_http_request_t *r, pf_curl_call_t *call)
     values[2] = ngx_http_payflow_nullable(r, &res.reference);
     values[3] = (ngx_strcmp(res.status, "failed") == 0) ? res.code : NULL;
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.refund_settle;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 4;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.refund_settle, 4, values);
 
-    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.refund_get;
-    ngx_http_payflow_db_stmt(q, 1)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 1)->values = values;
+    ngx_http_payflow_db_set(q, 1, pmcf->st.refund_get, 1, values);
 
     ctx->db_sql_ok = 0;
 
@@ -3035,13 +2995,9 @@ ngx_http_payflow_payments_events(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = pmcf->st.pay_get;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, pmcf->st.pay_get, 1, values);
 
-    ngx_http_payflow_db_stmt(q, 1)->statement = pmcf->st.pay_events;
-    ngx_http_payflow_db_stmt(q, 1)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 1)->values = values;
+    ngx_http_payflow_db_set(q, 1, pmcf->st.pay_events, 1, values);
 
     return ngx_http_payflow_db_run(r, q, "reading payment events",
                                    ngx_http_payflow_events_got);
@@ -3109,9 +3065,7 @@ ngx_http_payflow_read_one(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_stmt(q, 0)->statement = statement;
-    ngx_http_payflow_db_stmt(q, 0)->nparams = 1;
-    ngx_http_payflow_db_stmt(q, 0)->values = values;
+    ngx_http_payflow_db_set(q, 0, statement, 1, values);
 
     return ngx_http_payflow_db_run(r, q, what, ok);
 }

@@ -525,7 +525,6 @@ ngx_http_payflow_endpoint_probed(pf_curl_call_t *call)
 static ngx_int_t
 ngx_http_payflow_endpoint_store(ngx_http_request_t *r)
 {
-    pf_pg_stmt_t                    *st;
     pf_pg_query_t                   *q;
     ngx_http_payflow_ctx_t          *ctx;
     ngx_http_payflow_endpoint_op_t  *op;
@@ -538,10 +537,7 @@ ngx_http_payflow_endpoint_store(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    st = ngx_http_payflow_db_stmt(q, 0);
-    st->statement = op->statement;
-    st->nparams = op->nvalues;
-    st->values = op->values;
+    ngx_http_payflow_db_set(q, 0, op->statement, op->nvalues, op->values);
 
     ctx->db_sql_ok = 1;
 
