@@ -33,6 +33,8 @@ typedef struct {
     ngx_atomic_t                outbox[NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS];
     ngx_atomic_t                outbox_backlog;
     ngx_atomic_t                outbox_lag_ms;
+    ngx_atomic_t                ledger_unsealed;
+    ngx_atomic_t                ledger_lag_ms;
     ngx_atomic_t                transitions[NGX_HTTP_PAYFLOW_M_TYPES]
                                            [NGX_HTTP_PAYFLOW_M_SOURCES];
     pf_pg_metrics_t             pg;
@@ -226,6 +228,21 @@ ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
 
     mz->sh->outbox_backlog = backlog;
     mz->sh->outbox_lag_ms = lag;
+}
+
+
+/* what the ledger's sequencer left unsealed when it last ran */
+
+void
+ngx_http_payflow_metrics_ledger(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t unsealed, ngx_msec_t lag)
+{
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    mz = pmcf->metrics->data;
+
+    mz->sh->ledger_unsealed = unsealed > 0 ? (ngx_atomic_uint_t) unsealed : 0;
+    mz->sh->ledger_lag_ms = lag;
 }
 
 
@@ -653,6 +670,18 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
                    "worker last saw it.");
     pf_prom_printf(out, "payflow_outbox_lag_seconds %.3f\n",
                    (double) sh->outbox_lag_ms / 1000);
+
+    pf_prom_family(out, "payflow_ledger_unsealed_entries", "gauge",
+                   "Ledger entries committed and not yet sealed into their "
+                   "tenant's hash chain, as the sequencer last saw them.");
+    pf_prom_printf(out, "payflow_ledger_unsealed_entries %uA\n",
+                   sh->ledger_unsealed);
+
+    pf_prom_family(out, "payflow_ledger_seal_lag_seconds", "gauge",
+                   "Age of the oldest unsealed ledger entry when the "
+                   "sequencer last ran (0 when all are sealed).");
+    pf_prom_printf(out, "payflow_ledger_seal_lag_seconds %.3f\n",
+                   (double) sh->ledger_lag_ms / 1000);
 }
 
 

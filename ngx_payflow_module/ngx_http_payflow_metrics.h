@@ -46,6 +46,8 @@ void ngx_http_payflow_metrics_transitions(
     ngx_int_t n);
 void ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
     ngx_int_t result, ngx_uint_t backlog, ngx_msec_t lag);
+void ngx_http_payflow_metrics_ledger(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t unsealed, ngx_msec_t lag);
 ngx_int_t ngx_http_payflow_metrics_log(ngx_http_request_t *r);
 void ngx_http_payflow_metrics_auth(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);

@@ -15,6 +15,7 @@
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_health.h"
 #include "ngx_http_payflow_jobs.h"
+#include "ngx_http_payflow_sealer.h"
 #include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
@@ -152,6 +153,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_payflow_main_conf_t, jobs_interval),
+      NULL },
+
+    { ngx_string("payflow_ledger_seal_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, seal_interval),
       NULL },
 
     { ngx_string("payflow_health"),
@@ -1120,6 +1128,7 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->negative_ttl = NGX_CONF_UNSET;
     pmcf->negative_max = NGX_CONF_UNSET_UINT;
     pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->seal_interval = NGX_CONF_UNSET_MSEC;
     pmcf->breaker_failures = NGX_CONF_UNSET_UINT;
     pmcf->breaker_window = NGX_CONF_UNSET_MSEC;
     pmcf->breaker_open = NGX_CONF_UNSET_MSEC;
@@ -1160,6 +1169,15 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
     if (pmcf->jobs_interval < 100) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"payflow_jobs_interval\" must be at least 100ms");
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(pmcf->seal_interval, 200);
+
+    if (pmcf->seal_interval < 10) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"payflow_ledger_seal_interval\" must be at "
+                           "least 10ms");
         return NGX_CONF_ERROR;
     }
 
@@ -1309,6 +1327,7 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_payments_init(pmcf) != NGX_OK
             || ngx_http_payflow_lists_init(pmcf) != NGX_OK
             || ngx_http_payflow_jobs_init(pmcf) != NGX_OK
+            || ngx_http_payflow_sealer_init(pmcf) != NGX_OK
             || ngx_http_payflow_webhook_init(pmcf) != NGX_OK
             || ngx_http_payflow_outbox_init(cf, pmcf) != NGX_OK
             || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK))
@@ -1389,6 +1408,7 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK
+        || ngx_http_payflow_sealer_start(cycle, pmcf) != NGX_OK
         || ngx_http_payflow_outbox_start(cycle, pmcf) != NGX_OK)
     {
         return NGX_ERROR;
@@ -1412,6 +1432,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
 
     if (pmcf->pool) {
         ngx_http_payflow_jobs_stop();
+        ngx_http_payflow_sealer_stop();
         ngx_http_payflow_outbox_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;

@@ -105,8 +105,7 @@ typedef struct {
     const pf_pg_statement_t    *key_roll_insert;
     const pf_pg_statement_t    *key_roll_update;
     const pf_pg_statement_t    *key_state;
-    const pf_pg_statement_t    *pay_insert;
-    const pf_pg_statement_t    *pay_insert_keyed;
+    const pf_pg_statement_t    *pay_create;
     const pf_pg_statement_t    *pay_outcome;
     const pf_pg_statement_t    *pay_finish;
     const pf_pg_statement_t    *pay_reroute;
@@ -134,6 +133,7 @@ typedef struct {
     const pf_pg_statement_t    *refund_get;
     const pf_pg_statement_t    *pay_events;
     const pf_pg_statement_t    *jobs;
+    const pf_pg_statement_t    *ledger_seal;
     const pf_pg_statement_t    *transitions;
     const pf_pg_statement_t    *reconcile_claim;
     const pf_pg_statement_t    *reconcile_apply;
@@ -182,6 +182,7 @@ typedef struct {
     ngx_shm_zone_t             *metrics;
 
     ngx_msec_t                  jobs_interval;
+    ngx_msec_t                  seal_interval;
 
     ngx_array_t                 providers;     /* provider_t */
     ngx_array_t                 routes;        /* route_t */

@@ -63,6 +63,10 @@ typedef struct {
 
 static ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
     pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_payments_outcome(ngx_http_request_t *r,
+    ngx_http_payflow_provider_result_t *res);
+static ngx_int_t ngx_http_payflow_payments_made(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_settle(ngx_http_request_t *r,
     pf_pg_query_t *q, ngx_uint_t i,
     ngx_http_payflow_provider_result_t *res);
@@ -215,34 +219,19 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     st = &pmcf->st;
 
     /*
-     * The provider is called in the same transaction, so the payment goes
-     * in as processing; the event trigger logs payment.created and then
-     * payment.processing.
+     * A new payment, its key, events and ledger in one call (sql/0018):
+     * in its provider's answer for the sandbox, processing for a network
+     * provider still to be called.  Parameters as
+     * ngx_http_payflow_payments_values() sets them; the row is the key as
+     * idem_get reads it, then the payment.
      */
 
-#define NGX_HTTP_PAYFLOW_PAY_COLS                                             \
-    "id, tenant_id, livemode, amount, currency, capture_method, provider, "  \
-    "description, customer, metadata, return_url, payment_method, "         \
-    "routing, status"
-
-#define NGX_HTTP_PAYFLOW_PAY_VALUES                                           \
-    "$1, $2, $3::boolean, $4::bigint, $5, $6, $7, $8, $9::jsonb, "           \
-    "coalesce($10::jsonb, '{}'), $11, $12, $13, 'processing'"
-
-    st->pay_insert = pf_pg_statement_add(pmcf->db, "payflow_pay_insert",
-        "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") VALUES ("
-        NGX_HTTP_PAYFLOW_PAY_VALUES ")", 13);
-
-    /* the key goes in first; only if it is new does the payment */
-    st->pay_insert_keyed = pf_pg_statement_add(pmcf->db,
-        "payflow_pay_insert_keyed",
-        "WITH k AS (INSERT INTO idempotency_keys (tenant_id, livemode, key, "
-        "fingerprint, method, path, phase, locked_until, payment_id) "
-        "VALUES ($2, $3::boolean, $14, decode($15, 'hex'), 'POST', "
-        "'/v1/payments', 'payment_created', now() + interval '30 seconds', "
-        "$1) ON CONFLICT DO NOTHING RETURNING 1) "
-        "INSERT INTO payments (" NGX_HTTP_PAYFLOW_PAY_COLS ") SELECT "
-        NGX_HTTP_PAYFLOW_PAY_VALUES " FROM k", 15);
+    st->pay_create = pf_pg_statement_add(pmcf->db, "payflow_pay_create",
+        "SELECT fingerprint, phase, locked, response_status, "
+        "response_body, payment_id, request_id, object_id, mine, payment "
+        "FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
+        "$7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+        "$18, $19, $20, $21::int)", 21);
 
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "
@@ -465,7 +454,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         return NGX_ERROR;
     }
 
-    if (st->pay_insert == NULL || st->pay_insert_keyed == NULL
+    if (st->pay_create == NULL
         || st->pay_outcome == NULL || st->pay_reroute == NULL
         || st->pay_reference == NULL
         || st->pay_finish == NULL || st->pay_get == NULL
@@ -528,7 +517,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     pf_error_t                      err;
     json_int_t                      amount;
     ngx_str_t                       name;
-    const char                     *key, **values, **finish, *provider;
+    const char                     *key, **values, *provider;
     const char                     *method;
     pf_pg_query_t                  *q;
     ngx_http_payflow_outcome_t     *outcome;
@@ -876,45 +865,42 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    values = ngx_pcalloc(r->pool, 15 * sizeof(char *));
+    values = ngx_pcalloc(r->pool, 21 * sizeof(char *));
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     values[0] = ngx_http_payflow_db_str(r->pool, &ctx->payment_id);
-    values[1] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
-    values[2] = ctx->auth.livemode ? "true" : "false";
-    values[3] = ngx_pnalloc(r->pool, NGX_INT64_LEN + 1);
-    values[4] = currency;
-    values[5] = manual ? "manual" : "automatic";
-    values[6] = provider;
+    values[1] = ngx_pnalloc(r->pool, NGX_INT64_LEN + 1);
+    values[2] = currency;
+    values[3] = manual ? "manual" : "automatic";
+    values[4] = provider;
     v = json_object_get(body, "description");
-    values[7] = (v && json_is_string(v)) ? json_string_value(v) : NULL;
-    values[8] = customer;
-    values[9] = metadata;
+    values[5] = (v && json_is_string(v)) ? json_string_value(v) : NULL;
+    values[6] = customer;
+    values[7] = metadata;
     v = json_object_get(body, "return_url");
-    values[10] = (v && json_is_string(v)) ? json_string_value(v) : NULL;
+    values[8] = (v && json_is_string(v)) ? json_string_value(v) : NULL;
+    values[9] = method;
 
-    if (values[0] == NULL || values[1] == NULL || values[3] == NULL) {
+    if (values[0] == NULL || values[1] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    *ngx_sprintf((u_char *) values[3], "%L", (int64_t) amount) = '\0';
-
-    values[11] = method;
+    *ngx_sprintf((u_char *) values[1], "%L", (int64_t) amount) = '\0';
 
     if (pv) {
-        values[12] = ngx_http_payflow_db_str(r->pool, &plan->reason);
-        if (values[12] == NULL) {
+        values[10] = ngx_http_payflow_db_str(r->pool, &plan->reason);
+        if (values[10] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 
     if (keyed) {
-        values[13] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
-        values[14] = (char *) ngx_pstrdup(r->pool, &(ngx_str_t)
+        values[16] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
+        values[17] = (char *) ngx_pstrdup(r->pool, &(ngx_str_t)
                                           { sizeof(hex), hex });
-        if (values[13] == NULL || values[14] == NULL) {
+        if (values[16] == NULL || values[17] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -937,8 +923,8 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         op->currency = currency;
         op->exponent = exponent;
         op->payment_method = method;
-        op->description = values[7];
-        op->return_url = values[10];
+        op->description = values[5];
+        op->return_url = values[8];
         op->email = email;
         op->manual = manual;
 
@@ -949,27 +935,14 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         ctx->op = op;
         ctx->outcome = "processing";
 
-        q = ngx_http_payflow_db_query(r, keyed ? 2 : 1, 1);
+        values[11] = "processing";
+
+        q = ngx_http_payflow_db_query(r, 1, 1);
         if (q == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_http_payflow_db_set(q, 0, keyed ? pmcf->st.pay_insert_keyed
-                                            : pmcf->st.pay_insert,
-                                keyed ? 15 : 13, values);
-
-        if (keyed) {
-            finish = ngx_palloc(r->pool, 3 * sizeof(char *));
-            if (finish == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            finish[0] = values[1];
-            finish[1] = values[2];
-            finish[2] = values[13];
-
-            ngx_http_payflow_db_set(q, 1, pmcf->st.idem_get, 3, finish);
-        }
+        ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 21, values);
 
         return ngx_http_payflow_db_run(r, q, "creating a payment",
                                        ngx_http_payflow_payments_started);
@@ -997,28 +970,126 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     /*
-     * The sandbox is in-process: one transaction does it all.
-     * keyed:   insert_keyed, [outcome], finish, idem_get
-     * unkeyed: insert, [outcome], get
+     * The sandbox is in-process: one call writes the payment in its
+     * outcome, with its key finished on the answer when there is one.
      */
 
-    n = 1 + (res.status ? 1 : 0) + (keyed ? 2 : 1);
+    if (ngx_http_payflow_payments_outcome(r, &res) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    q = ngx_http_payflow_db_query(r, n, 1);
+    values[11] = ctx->outcome;
+    values[12] = res.code;
+    values[13] = res.message;
+    values[14] = ngx_http_payflow_nullable(r, &res.redirect_url);
+    values[15] = ngx_http_payflow_nullable(r, &res.reference);
+
+    if (keyed) {
+        p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
+
+        if (p == NULL
+            || ngx_http_payflow_envelope(r, &values[18], &values[19])
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
+        values[20] = (char *) p;
+    }
+
+    q = ngx_http_payflow_db_query(r, 1, 1);
     if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_set(q, 0, keyed ? pmcf->st.pay_insert_keyed
-                                        : pmcf->st.pay_insert,
-                            keyed ? 15 : 13, values);
+    ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 21, values);
 
-    if (ngx_http_payflow_payments_settle(r, q, 1, &res) != NGX_OK) {
+    return ngx_http_payflow_db_run(r, q, "creating a payment",
+                                   ngx_http_payflow_payments_made);
+}
+
+
+/* the provider's answer, as this request will tell it */
+
+static ngx_int_t
+ngx_http_payflow_payments_outcome(ngx_http_request_t *r,
+    ngx_http_payflow_provider_result_t *res)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ctx->outcome = res->status ? res->status : "processing";
+
+    ctx->result = ngx_palloc(r->pool,
+                             sizeof(ngx_http_payflow_provider_result_t));
+    if (ctx->result == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ctx->result, res, sizeof(ngx_http_payflow_provider_result_t));
+
+    return NGX_OK;
+}
+
+
+/*
+ * The sandbox's payment is in: the row is its key (idem_get's columns)
+ * and its JSON.  Another request's key means that request made the
+ * payment; this one answers what that key holds.
+ */
+
+static ngx_int_t
+ngx_http_payflow_payments_made(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                *row;
+    ngx_str_t                data;
+    pf_error_t               err;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    row = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(row) != 1) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_db_run(r, q, "creating a payment",
-                                   ngx_http_payflow_payments_created);
+    if (PQgetvalue(row, 0, 8)[0] != 't') {
+        return ngx_http_payflow_idem_other(r, row);
+    }
+
+    ctx->created = 1;
+
+    if (ctx->idem_key.len) {
+        /* this request made the payment and stored its answer */
+        ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
+        ctx->response.data = (u_char *) PQgetvalue(row, 0, 4);
+        ctx->response.len = PQgetlength(row, 0, 4);
+
+        return ngx_http_payflow_send_body(r, ctx->response_status,
+                                          &ctx->response);
+    }
+
+    data.data = (u_char *) PQgetvalue(row, 0, 9);
+    data.len = PQgetlength(row, 0, 9);
+
+    ngx_http_payflow_payment_error(r, &err);
+
+    if (err.status == NGX_HTTP_OK) {
+        return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+    }
+
+    err.object = &data;
+
+    if (pf_response_error_body(r->pool, &err, ngx_http_payflow_request_id(r),
+                               &ctx->response)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_send_body(r, err.status, &ctx->response);
 }
 
 
@@ -1039,15 +1110,9 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    ctx->outcome = res->status ? res->status : "processing";
-
-    ctx->result = ngx_palloc(r->pool,
-                             sizeof(ngx_http_payflow_provider_result_t));
-    if (ctx->result == NULL) {
+    if (ngx_http_payflow_payments_outcome(r, res) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ngx_memcpy(ctx->result, res, sizeof(ngx_http_payflow_provider_result_t));
 
     /* tenant, livemode, key, payment, envelope head and tail, status */
 
@@ -1198,7 +1263,7 @@ ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
     if (ctx->idem_key.len) {
-        key = ngx_http_payflow_db_result(q, 1);
+        key = ngx_http_payflow_db_result(q, 0);
 
         if (PQntuples(key) != 1) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;

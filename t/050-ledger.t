@@ -2,10 +2,12 @@
 
 # The money invariants PostgreSQL enforces by itself, whatever the C code
 # does, tested as the application role nginx uses: the payment state
-# machine; amounts that only grow within bounds; events and ledger entries
-# written by triggers in the same transaction; refunds that cannot exceed
-# the captured amount, even concurrently; a ledger that balances, is
-# append-only, and whose hash chain detects tampering.
+# machine; amounts that only grow within bounds; payments created only by
+# payflow_payment_create, events and ledger entries written by the owner's
+# code in the same transaction; refunds that cannot exceed the captured
+# amount, even concurrently; a ledger that balances, is append-only, and
+# whose hash chain, sealed off the request path by payflow_ledger_seal,
+# detects tampering and names the entry.
 
 use warnings;
 use strict;
@@ -17,7 +19,7 @@ use Test::More;
 use Time::HiRes qw/sleep/;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_pg->plan(29);
+my $t = PayFlow::Test->new->has_pg->plan(36);
 
 my $A = 'ten_' . ('A' x 20) . sprintf('%04d', $$ % 10000);
 my $B = 'ten_' . ('B' x 20) . sprintf('%04d', $$ % 10000);
@@ -47,15 +49,19 @@ sub app {
 my $n = 0;
 sub id { sprintf '%s_%024d', shift, ++$n + ($$ % 1000) * 1000 }
 
+# payflow_payment_create as the C code calls it, without a key
+sub create {
+	my ($id, $amount, $status) = @_;
+	return "SELECT mine FROM payflow_payment_create('$id', $amount, 'USD', "
+		. "'automatic', 'sandbox', NULL, NULL, NULL, NULL, NULL, NULL, "
+		. "'$status', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+		. "NULL) \\g /dev/null\n";
+}
+
 sub payment {
 	my ($amount) = @_;
 	my $id = id('pay');
-	my ($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, "
-		. "livemode, amount, currency, provider) VALUES ('$id', '$A', "
-		. "false, $amount, 'USD', 'sandbox');"
-		. "UPDATE payments SET status = 'processing' WHERE id = '$id';"
-		. "UPDATE payments SET status = 'succeeded', "
-		. "amount_captured = $amount WHERE id = '$id';");
+	my ($rc, $out) = app($A, create($id, $amount, 'succeeded'));
 	die "payment: $out" if $rc;
 	return $id;
 }
@@ -70,7 +76,21 @@ sub refund {
 		. "UPDATE refunds SET status = 'succeeded' WHERE id = '$id';");
 }
 
+# the sequencer's work, as the workers' timers do it; other test files'
+# transactions may hold the horizon back for a moment
+sub seal {
+	for (1 .. 100) {
+		my (undef, $out) = app($A, "SELECT sealed FROM "
+			. "payflow_ledger_seal(1000) \\g /dev/null\n"
+			. "SELECT unsealed FROM payflow_ledger_verify('$A', false);");
+		return 1 if $out =~ /^0$/m;
+		sleep 0.1;
+	}
+	return 0;
+}
+
 sub verify {
+	seal();
 	my (undef, $out) = app($A, "SELECT entries, coalesce(broken_seq, 0) "
 		. "FROM payflow_ledger_verify('$A', false);");
 	chomp $out;
@@ -110,25 +130,33 @@ is($out, "payment.created payment.processing payment.succeeded "
 is($out, "0|6\n0\n", 'event and ledger ids: prefix and 24 base62 '
 	. 'characters, all different');
 
-# inserted straight into processing (the provider is called in the same
-# transaction): the log still shows both steps
+# created processing (a network provider is called next): the log still
+# shows both steps
 my $q = id('pay');
-($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, livemode, "
-	. "amount, currency, provider, status) VALUES ('$q', '$A', false, 7, "
-	. "'USD', 'sandbox', 'processing'); SELECT string_agg(type || ' ' "
-	. "|| coalesce(from_status, '-') || ' ' || to_status, ', ' "
-	. "ORDER BY created_at) FROM payment_events WHERE payment_id = '$q';");
+($rc, $out) = app($A, create($q, 7, 'processing') . "SELECT "
+	. "string_agg(type || ' ' || coalesce(from_status, '-') || ' ' "
+	. "|| to_status, ', ' ORDER BY created_at) FROM payment_events "
+	. "WHERE payment_id = '$q';");
 is($out, "payment.created - pending, payment.processing pending "
-	. "processing\n", 'a payment inserted processing logs created, then '
+	. "processing\n", 'a payment created processing logs created, then '
 	. 'processing') or diag($out);
+($rc, $out) = app($A, create(id('pay'), 7, 'refunded'));
+like($out, qr/PF001/, 'a payment cannot be created refunded (PF001)');
 ($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, livemode, "
 	. "amount, currency, provider, status) VALUES ('" . id('pay')
-	. "', '$A', false, 7, 'USD', 'sandbox', 'succeeded');");
-like($out, qr/PF001/, 'a payment cannot be inserted succeeded (PF001)');
+	. "', '$A', false, 7, 'USD', 'sandbox', 'processing');");
+like($out, qr/42501/, 'the app role cannot insert a payment itself');
+($rc, $out) = app($A, "SELECT p.status || ' ' || count(e.*) FROM payments p "
+	. "JOIN payment_events e ON e.payment_id = p.id WHERE p.id = '$p' "
+	. "GROUP BY p.status; SELECT data->>'status' FROM payment_events "
+	. "WHERE payment_id = '$p' ORDER BY created_at LIMIT 3;");
+like($out, qr/^partially_refunded 6\nprocessing\nprocessing\nsucceeded\n/,
+	'each event of a new payment holds the payment as it was then')
+	or diag($out);
 
 (undef, $out) = app($A, "SELECT string_agg(account || ' ' || direction "
-	. "|| ' ' || amount, ', ' ORDER BY seq) FROM ledger_entries "
-	. "WHERE payment_id = '$p';");
+	. "|| ' ' || amount, ', ' ORDER BY txid, direction DESC) "
+	. "FROM ledger_entries WHERE payment_id = '$p';");
 is($out, 'provider:sandbox:clearing debit 1000, merchant:payable credit '
 	. '1000, merchant:payable debit 400, provider:sandbox:clearing credit '
 	. "400\n", 'capture and refund posted as balanced pairs');
@@ -145,11 +173,9 @@ my $q = payment(500);
 like($out, qr/PF001/, 'succeeded -> processing refused (PF001)');
 
 my $r = id('pay');
-($rc, $out) = app($A, "INSERT INTO payments (id, tenant_id, livemode, "
-	. "amount, currency, provider) VALUES ('$r', '$A', false, 300, 'USD', "
-	. "'sandbox'); UPDATE payments SET status = 'succeeded', "
-	. "amount_captured = 300 WHERE id = '$r';");
-like($out, qr/PF001/, 'pending -> succeeded refused (PF001)');
+($rc, $out) = app($A, create($r, 300, 'processing')
+	. "UPDATE payments SET status = 'pending' WHERE id = '$r';");
+like($out, qr/PF001/, 'processing -> pending refused (PF001)');
 
 ($rc, $out) = app($A, "UPDATE payments SET amount_captured = 600 "
 	. "WHERE id = '$q';");
@@ -209,12 +235,22 @@ like($out, qr/42501/, 'nor delete events');
 like($out, qr/42501/, 'nor read the chain heads');
 
 ($rc, $out) = app($A, "INSERT INTO ledger_transactions (id, tenant_id, "
+	. "livemode, description) VALUES ('ltx_x', '$A', false, 'x');");
+like($out, qr/42501/, 'the app role cannot write the ledger at all');
+
+($rc, $out) = app($A, "SELECT payflow_ledger_post('$A', false, NULL, NULL, "
+	. "'x', 'merchant:payable', 'merchant:payable', 'USD', 5);");
+like($out, qr/42501/, 'nor post through the owner\'s function');
+
+$out = $t->psql("BEGIN; INSERT INTO ledger_transactions (id, tenant_id, "
 	. "livemode, description) VALUES ('ltx_x', '$A', false, 'x'); "
 	. "INSERT INTO ledger_entries (tenant_id, livemode, transaction_id, "
-	. "account, currency, amount, direction, seq, prev_hash, hash) VALUES "
-	. "('$A', false, 'ltx_x', 'merchant:payable', 'USD', 5, 'debit', 0, "
-	. "'\\x00', '\\x00');");
-like($out, qr/PF007/, 'an unbalanced transaction fails at commit (PF007)');
+	. "account, currency, amount, direction) VALUES ('$A', false, "
+	. "'ltx_x', 'merchant:payable', 'USD', 5, 'debit'); COMMIT;");
+isnt($t->psql_status, 0, 'an unbalanced transaction fails at commit, '
+	. 'even the superuser\'s');
+is($t->psql("SELECT count(*) FROM ledger_transactions WHERE id = 'ltx_x'"),
+	'0', 'and leaves nothing behind');
 
 ###############################################################################
 # a random workload leaves the ledger balanced and the chain valid
@@ -241,13 +277,20 @@ like(verify(), qr/^\d+\|0$/, 'and the chain verifies');
 	. "(SELECT count(*) FROM payment_events);");
 is($out, "0\n", 'another tenant sees none of it');
 
+ok(seal(), 'every entry is sealed');
+my $third = $t->psql("SELECT entry_id FROM ledger_seals "
+	. "WHERE tenant_id = '$A' AND NOT livemode AND seq = 3");
 $t->psql("ALTER TABLE ledger_entries DISABLE TRIGGER "
 	. "ledger_entries_append_only; UPDATE ledger_entries SET amount = "
-	. "amount + 1 WHERE tenant_id = '$A' AND seq = 3; ALTER TABLE "
+	. "amount + 1 WHERE id = '$third'; ALTER TABLE "
 	. "ledger_entries ENABLE TRIGGER ledger_entries_append_only;");
 
 is(verify() =~ /\|(\d+)$/ ? $1 : -1, 3,
 	'an entry changed behind the database\'s back is found (seq 3)');
+is($t->psql("SELECT broken_entry || ' ' || problem FROM "
+	. "payflow_ledger_verify('$A', false)"),
+	"$third the entry is not what was sealed",
+	'payflow_ledger_verify names the entry and what is wrong');
 
 ###############################################################################
 # idempotency key phases only move forward

@@ -26,7 +26,7 @@ use JSON::PP;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(12);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(15);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -550,6 +550,21 @@ my $got = sql("SELECT tenant_id || ' ' || currency || ' ' || sum(CASE "
 	. "ORDER BY 1");
 is(join("\n", sort split /\n/, $got), $want,
 	'each tenant\'s merchant account holds captured less refunded');
+
+# the sequencer (every worker's timer, payflow_ledger_seal_interval) seals
+# what the workload wrote, off the request path, within a moment
+my $in_time = $t->poll(10, sub {
+	sql("SELECT sum(unsealed) FROM (SELECT (payflow_ledger_verify(id, "
+		. "false)).unsealed FROM tenants WHERE id IN ($in)) v") eq '0'
+}, 0.1);
+ok($in_time, 'every entry of the workload is sealed by the sequencer');
+is(sql("SELECT count(*) FROM ledger_entries e WHERE tenant_id IN ($in) "
+	. "AND NOT EXISTS (SELECT 1 FROM ledger_seals s "
+	. "WHERE s.entry_id = e.id)"), 0, 'none is left out');
+is(sql("SELECT count(*) FROM ledger_seals WHERE tenant_id IN ($in) "
+	. "AND sealed_at - (SELECT created_at FROM ledger_entries "
+	. "WHERE id = entry_id) > interval '5 seconds'"), 0,
+	'each sealed within 5 s of its transaction\'s start');
 
 is(join(' ', map { sql("SELECT coalesce(broken_seq, 0) FROM "
 	. "payflow_ledger_verify('$_->{id}', false)") } @tenants), '0 0 0',

@@ -175,8 +175,10 @@ is(ids(bearer($other, 'GET', "/v1/refunds?payment=$paid")), '',
 
 $r = call('GET', "/v1/ledger/entries?payment=$paid&limit=100");
 my @e = @{$r->{json}{data}{data}};
-is(join(' ', map { "$_->{direction}:$_->{account}:$_->{amount}" }
-	reverse @e[-2, -1]),
+# newest first, in the order they were sealed; the two of one transaction
+# in either order
+is(join(' ', sort { $b cmp $a }
+	map { "$_->{direction}:$_->{account}:$_->{amount}" } @e[-2, -1]),
 	"debit:provider:sandbox:clearing:1100 credit:merchant:payable:1100",
 	'the capture is a debit and a credit');
 is(scalar(@e), 8, 'and each of 3 refunds is two more');

@@ -154,7 +154,8 @@ is($t->psql("SELECT string_agg(type, ' ' ORDER BY created_at) FROM "
 	'payment.created payment.processing payment.succeeded',
 	'created, processing, succeeded in the event log');
 is($t->psql("SELECT string_agg(account || ' ' || direction, ', ' ORDER BY "
-	. "seq) FROM ledger_entries WHERE payment_id = '$p->{id}'"),
+	. "txid, direction DESC) FROM ledger_entries "
+	. "WHERE payment_id = '$p->{id}'"),
 	'provider:stripe:clearing debit, merchant:payable credit',
 	'the capture is in the ledger, against stripe\'s clearing account');
 
