@@ -259,7 +259,7 @@ ngx_http_payflow_json_run(ngx_http_request_t *r,
 {
     pf_pg_query_t  *q;
 
-    q = ngx_http_payflow_db_query(r, 1, 1);
+    q = ngx_http_payflow_db_query(r, 1, NGX_HTTP_PAYFLOW_DB_READ);
     if (q == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -529,7 +529,19 @@ ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc)
  * from what the access phase established: the database, not only this
  * code, keeps tenants apart.  Pipelined, the whole transaction is one
  * round trip.
+ *
+ * NGX_HTTP_PAYFLOW_DB_READ: the scope and the statements without BEGIN
+ * and COMMIT.  Statements pipelined before one Sync run in one implicit
+ * transaction, so the scope (set_config(..., true)) holds for them and
+ * ends with them; two statements fewer for a read.  Writes keep the
+ * explicit transaction: an error at commit (a deferred constraint) is
+ * then COMMIT's own.
  */
+
+static const char  ngx_http_payflow_begin[] = "BEGIN";
+
+#define ngx_http_payflow_db_first(q)                                          \
+    ((q)->stmts[0].sql == ngx_http_payflow_begin ? 2 : 1)
 
 pf_pg_query_t *
 ngx_http_payflow_db_query(ngx_http_request_t *r, ngx_uint_t n,
@@ -548,7 +560,8 @@ ngx_http_payflow_db_query(ngx_http_request_t *r, ngx_uint_t n,
         return pf_pg_query_create(r->pool, pmcf->pool, n);
     }
 
-    q = pf_pg_query_create(r->pool, pmcf->pool, n + 3);
+    q = pf_pg_query_create(r->pool, pmcf->pool,
+                           n + (scoped == NGX_HTTP_PAYFLOW_DB_READ ? 1 : 3));
     if (q == NULL) {
         return NULL;
     }
@@ -588,7 +601,15 @@ ngx_http_payflow_db_query(ngx_http_request_t *r, ngx_uint_t n,
 
     st = q->stmts;
 
-    st[0].sql = "BEGIN";
+    if (scoped == NGX_HTTP_PAYFLOW_DB_READ) {
+        st[0].statement = pmcf->st.scope;
+        st[0].nparams = 7;
+        st[0].values = values;
+
+        return q;
+    }
+
+    st[0].sql = ngx_http_payflow_begin;
 
     st[1].statement = pmcf->st.scope;
     st[1].nparams = 7;
@@ -712,7 +733,7 @@ ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s)
 pf_pg_stmt_t *
 ngx_http_payflow_db_stmt(pf_pg_query_t *q, ngx_uint_t i)
 {
-    return &q->stmts[i + 2];
+    return &q->stmts[i + ngx_http_payflow_db_first(q)];
 }
 
 
@@ -725,7 +746,7 @@ ngx_http_payflow_db_set(pf_pg_query_t *q, ngx_uint_t i,
 {
     pf_pg_stmt_t  *st;
 
-    st = &q->stmts[i + 2];
+    st = &q->stmts[i + ngx_http_payflow_db_first(q)];
 
     st->statement = statement;
     st->nparams = (int) nparams;
@@ -736,7 +757,7 @@ ngx_http_payflow_db_set(pf_pg_query_t *q, ngx_uint_t i,
 PGresult *
 ngx_http_payflow_db_result(pf_pg_query_t *q, ngx_uint_t i)
 {
-    return q->results[i + 2];
+    return q->results[i + ngx_http_payflow_db_first(q)];
 }
 
 

@@ -302,6 +302,8 @@ ngx_int_t ngx_http_payflow_send_db_error(ngx_http_request_t *r,
 void ngx_http_payflow_db_error(pf_pg_query_t *q, pf_error_t *err);
 void ngx_http_payflow_finalize(ngx_http_request_t *r, ngx_int_t rc);
 
+#define NGX_HTTP_PAYFLOW_DB_READ  2
+
 pf_pg_query_t *ngx_http_payflow_db_query(ngx_http_request_t *r,
     ngx_uint_t n, ngx_uint_t scoped);
 char *ngx_http_payflow_db_str(ngx_pool_t *pool, ngx_str_t *s);

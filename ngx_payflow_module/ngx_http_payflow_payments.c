@@ -937,7 +937,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
         values[11] = "processing";
 
-        q = ngx_http_payflow_db_query(r, 1, 1);
+        q = ngx_http_payflow_db_query(r, 1, NGX_HTTP_PAYFLOW_DB_READ);
         if (q == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -3048,7 +3048,7 @@ ngx_http_payflow_payments_events(ngx_http_request_t *r,
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    q = ngx_http_payflow_db_query(r, 2, 1);
+    q = ngx_http_payflow_db_query(r, 2, NGX_HTTP_PAYFLOW_DB_READ);
     values = ngx_pcalloc(r->pool, sizeof(char *));
 
     if (q == NULL || values == NULL) {
