@@ -1,7 +1,11 @@
 -- wrk: POST /v1/payments, sandbox, automatic capture, each request with
 -- its own Idempotency-Key: a random prefix per thread and a counter.
 --
---   wrk -s bench/payments.lua http://127.0.0.1:18484/v1/payments -- KEY [BODY]
+--   wrk -s bench/payments.lua http://127.0.0.1:18484/v1/payments -- KEYS [BODY]
+--
+-- KEYS: one API key, or several separated by commas (one per tenant):
+-- requests take them in turn, so that N keys spread the load over N
+-- tenants evenly.
 --
 -- wrk threads are separate Lua states: setup() numbers them; the prefix
 -- comes from /dev/urandom so that runs never reuse a key either.
@@ -25,14 +29,19 @@ function init(args)
     end) .. "-" .. tostring(id) .. "-"
     n = 0
 
+    keys = {}
+    for k in string.gmatch(assert(args[1], "API key"), "[^,]+") do
+        keys[#keys + 1] = "Bearer " .. k
+    end
+
     wrk.method = "POST"
     wrk.body = args[2] or '{"amount":4200,"currency":"usd"}'
-    wrk.headers["Authorization"] = "Bearer " .. assert(args[1], "API key")
     wrk.headers["Content-Type"] = "application/json"
 end
 
 function request()
     n = n + 1
+    wrk.headers["Authorization"] = keys[n % #keys + 1]
     wrk.headers["Idempotency-Key"] = prefix .. n
     return wrk.format()
 end
