@@ -3,8 +3,10 @@
 #
 #   bench_init NAME      errors name the script, the line and the command
 #   bench_ready URL      waits (up to 15 s) until nginx answers 2xx there
-#   bench_stop DIR       stops the nginx whose pid file is in DIR and
-#                        waits for it to be gone, then the environment
+#   bench_stop DIR [NAME...]
+#                        stops each nginx whose pid file is DIR/NAME.pid
+#                        (default: nginx), waits for each to be gone,
+#                        then stops the environment
 
 set -eEuo pipefail
 
@@ -30,14 +32,18 @@ bench_ready() {
 }
 
 bench_stop() {
-    local pid i
-    if [ -f "$1/nginx.pid" ]; then
-        pid=$(cat "$1/nginx.pid")
-        kill -QUIT "$pid" 2>/dev/null || true
-        for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-    fi
+    local dir=$1 name pid i
+    shift
+    [ $# -gt 0 ] || set -- nginx
+    for name in "$@"; do
+        if [ -f "$dir/$name.pid" ]; then
+            pid=$(cat "$dir/$name.pid")
+            kill -QUIT "$pid" 2>/dev/null || true
+            for i in $(seq 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        fi
+    done
     scripts/pf-env bench stop
 }
