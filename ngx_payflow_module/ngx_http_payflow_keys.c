@@ -65,6 +65,9 @@ static const char **ngx_http_payflow_values(ngx_http_request_t *r,
     pf_pg_stmt_t *st, const pf_pg_statement_t *statement, int n);
 static json_t *ngx_http_payflow_col_str(PGresult *res, int row, int col);
 static json_t *ngx_http_payflow_col_int(PGresult *res, int row, int col);
+static const char *ngx_http_payflow_keys_below(ngx_http_payflow_ctx_t *ctx);
+static ngx_int_t ngx_http_payflow_keys_above(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, const char *role);
 
 
 static const char  *ngx_http_payflow_key_fields[] = {
@@ -152,7 +155,8 @@ ngx_http_payflow_keys_init(ngx_http_payflow_main_conf_t *pmcf)
     st->key_revoke = pf_pg_statement_add(pmcf->db, "payflow_key_revoke",
         "UPDATE api_keys SET revoked_at = now() "
         "WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) "
-        "AND revoked_at IS NULL RETURNING key_hash", 2);
+        "AND ($3::text[] IS NULL OR role = ANY ($3::text[])) "
+        "AND revoked_at IS NULL RETURNING key_hash", 3);
 
     st->key_roll_insert = pf_pg_statement_add(pmcf->db,
         "payflow_key_roll_insert",
@@ -163,9 +167,10 @@ ngx_http_payflow_keys_init(ngx_http_payflow_main_conf_t *pmcf)
         "CASE WHEN o.livemode THEN $7 ELSE $5 END, o.description, "
         "o.expires_at FROM api_keys o "
         "WHERE o.id = $1 AND ($2::text IS NULL OR o.tenant_id = $2) "
+        "AND ($8::text[] IS NULL OR o.role = ANY ($8::text[])) "
         "AND o.revoked_at IS NULL AND o.replaced_by IS NULL "
         "AND (o.expires_at IS NULL OR o.expires_at > now()) "
-        "RETURNING " NGX_HTTP_PAYFLOW_KEY_COLS, 7);
+        "RETURNING " NGX_HTTP_PAYFLOW_KEY_COLS, 8);
 
     st->key_roll_update = pf_pg_statement_add(pmcf->db,
         "payflow_key_roll_update",
@@ -177,7 +182,7 @@ ngx_http_payflow_keys_init(ngx_http_payflow_main_conf_t *pmcf)
         "RETURNING " NGX_HTTP_PAYFLOW_KEY_COLS, 3);
 
     st->key_state = pf_pg_statement_add(pmcf->db, "payflow_key_state",
-        "SELECT revoked_at IS NOT NULL, replaced_by IS NOT NULL "
+        "SELECT revoked_at IS NOT NULL, replaced_by IS NOT NULL, role "
         "FROM api_keys WHERE id = $1 "
         "AND ($2::text IS NULL OR tenant_id = $2)", 2);
 
@@ -593,13 +598,14 @@ ngx_http_payflow_keys_revoke(ngx_http_request_t *r,
     }
 
     values = ngx_http_payflow_values(r, ngx_http_payflow_db_stmt(q, 0),
-                                     pmcf->st.key_revoke, 2);
+                                     pmcf->st.key_revoke, 3);
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     values[0] = id;
     values[1] = tenant;
+    values[2] = ngx_http_payflow_keys_below(ctx);
 
     values = ngx_http_payflow_values(r, ngx_http_payflow_db_stmt(q, 1),
                                      pmcf->st.key_get, 2);
@@ -618,17 +624,27 @@ ngx_http_payflow_keys_revoke(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_payflow_keys_revoke_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult  *res;
+    ngx_int_t                rc;
+    PGresult                *res, *key;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
     res = ngx_http_payflow_db_result(q, 0);
+    key = ngx_http_payflow_db_result(q, 1);
 
     if (PQntuples(res) == 1) {
         /* this node at once; the others when the NOTIFY arrives */
         ngx_http_payflow_auth_forget(r, (u_char *) PQgetvalue(res, 0, 0));
+
+    } else if (PQntuples(key) == 1) {
+        rc = ngx_http_payflow_keys_above(r, ctx, PQgetvalue(key, 0, 3));
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
-    return ngx_http_payflow_send_row(r, ngx_http_payflow_db_result(q, 1),
-                                     ngx_http_payflow_key_json,
+    return ngx_http_payflow_send_row(r, key, ngx_http_payflow_key_json,
                                      "no such API key");
 }
 
@@ -700,7 +716,7 @@ ngx_http_payflow_keys_roll(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
     }
 
     values = ngx_http_payflow_values(r, ngx_http_payflow_db_stmt(q, 0),
-                                     pmcf->st.key_roll_insert, 7);
+                                     pmcf->st.key_roll_insert, 8);
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -712,6 +728,7 @@ ngx_http_payflow_keys_roll(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
     values[4] = last4;
     values[5] = hash_live;
     values[6] = last4_live;
+    values[7] = ngx_http_payflow_keys_below(ctx);
 
     values = ngx_http_payflow_values(r, ngx_http_payflow_db_stmt(q, 1),
                                      pmcf->st.key_roll_update, 3);
@@ -740,17 +757,28 @@ ngx_http_payflow_keys_roll(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx)
 static ngx_int_t
 ngx_http_payflow_keys_roll_ok(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    json_t      *key, *old;
-    PGresult    *res, *upd;
-    pf_error_t   err;
+    json_t                  *key, *old;
+    ngx_int_t                rc;
+    PGresult                *res, *upd, *state;
+    pf_error_t               err;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
     res = ngx_http_payflow_db_result(q, 0);
     upd = ngx_http_payflow_db_result(q, 1);
 
     if (PQntuples(res) != 1 || PQntuples(upd) != 1) {
 
-        if (PQntuples(ngx_http_payflow_db_result(q, 2)) != 1) {
+        state = ngx_http_payflow_db_result(q, 2);
+
+        if (PQntuples(state) != 1) {
             return ngx_http_payflow_not_found(r, "no such API key");
+        }
+
+        rc = ngx_http_payflow_keys_above(r, ctx, PQgetvalue(state, 0, 2));
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
         ngx_memzero(&err, sizeof(pf_error_t));
@@ -1049,6 +1077,61 @@ ngx_http_payflow_list_json(PGresult *res, const ngx_http_payflow_list_t *l,
                      "object", "list",
                      "data", data,
                      "has_more", (ngx_uint_t) PQntuples(res) > l->limit);
+}
+
+
+/*
+ * The roles a caller may act on (roll, revoke), as a text[] parameter:
+ * its own and those below it; NULL (any) for the operator.
+ */
+
+static const char *
+ngx_http_payflow_keys_below(ngx_http_payflow_ctx_t *ctx)
+{
+    static const char  *below[] = {
+        "{owner,admin,developer,viewer}",
+        "{admin,developer,viewer}",
+        "{developer,viewer}",
+        "{viewer}"
+    };
+
+    if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN) {
+        return NULL;
+    }
+
+    if (ctx->auth.role >= NGX_HTTP_PAYFLOW_ROLE_UNKNOWN) {
+        return "{}";
+    }
+
+    return below[ctx->auth.role];
+}
+
+
+/* NGX_DECLINED if the caller may act on a key of this role, or a 403 */
+
+static ngx_int_t
+ngx_http_payflow_keys_above(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, const char *role)
+{
+    pf_error_t  err;
+
+    if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_ADMIN
+        || ngx_http_payflow_role_parse(role, ngx_strlen(role))
+           >= ctx->auth.role)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_memzero(&err, sizeof(pf_error_t));
+
+    err.status = NGX_HTTP_FORBIDDEN;
+    err.type = PF_ERROR_PERMISSION;
+    err.code = "role_not_allowed";
+    err.message = "a key cannot act on a key with a more powerful role "
+                  "than its own";
+    err.param = "id";
+
+    return ngx_http_payflow_send_error(r, &err);
 }
 
 

@@ -5,8 +5,8 @@
 # read; a read-only key keeps only read); managing keys needs "manage", so
 # viewer, developer and read-only keys get 403 insufficient_permissions and
 # create nothing; a key cannot create a key more powerful than itself (403
-# role_not_allowed); keys are created in the mode of the key that creates
-# them.
+# role_not_allowed), nor roll or revoke one (403 role_not_allowed, the key
+# untouched); keys are created in the mode of the key that creates them.
 
 use warnings;
 use strict;
@@ -18,7 +18,7 @@ use JSON::PP;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(76);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(90);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -194,6 +194,59 @@ is($r->{json}{data}{read_only}, JSON::PP::true, 'read-only key created');
 $r = request($r->{json}{data}{secret} // '', 'GET', '/v1/me');
 is_deeply($r->{json}{data}{permissions}, ['read'],
 	'a read-only admin key may only read');
+
+###############################################################################
+# a key rolls and revokes keys of its own role or below, never above
+
+sub key_id {
+	my ($role) = @_;
+	return $t->psql("SELECT id FROM api_keys WHERE tenant_id = '$tenant' "
+		. "AND role = '$role' AND NOT livemode AND NOT read_only "
+		. 'AND revoked_at IS NULL AND replaced_by IS NULL '
+		. 'ORDER BY created_at LIMIT 1');
+}
+
+my $owner_id = key_id('owner');
+
+for my $action (qw/roll revoke/) {
+	$r = request($key{admin}, 'POST', "/v1/api_keys/$owner_id/$action",
+		$action eq 'roll' ? { grace_period => 0 } : undef);
+	is(($r->{status} // '') . ' ' . ($r->{json}{error}{code} // ''),
+		'403 role_not_allowed', "admin: $action of an owner key refused")
+		or diag($r->{raw});
+	is($r->{json}{error}{param}, 'id', "admin: $action names the key");
+	ok(!exists $r->{json}{data}, "admin: $action returns no secret");
+}
+
+is($t->psql("SELECT count(*) FROM api_keys WHERE id = '$owner_id' "
+	. 'AND revoked_at IS NULL AND replaced_by IS NULL '
+	. 'AND expires_at IS NULL'), 1, 'the owner key is untouched');
+is(request($key{owner}, 'GET', '/v1/me')->{status}, 200,
+	'the owner key still works');
+
+my $dev_id = create('owner', role => 'developer')->{json}{data}{id} // '';
+$r = request($key{admin}, 'POST', "/v1/api_keys/$dev_id/roll",
+	{ grace_period => 0 });
+is($r->{status}, 200, 'admin rolls a developer key') or diag($r->{raw});
+is($r->{json}{data}{role}, 'developer', 'the rolled key stays developer');
+
+my $new_dev = $r->{json}{data}{id} // '';
+$r = request($key{admin}, 'POST', "/v1/api_keys/$new_dev/revoke");
+is($r->{status}, 200, 'admin revokes a developer key') or diag($r->{raw});
+
+my $admin_id = key_id('admin');
+$r = request($key{developer}, 'POST', "/v1/api_keys/$admin_id/revoke");
+is($r->{status}, 403, 'developer: no manage permission') or diag($r->{raw});
+
+my $spare = create('owner', role => 'admin')->{json}{data}{id} // '';
+$r = request($key{owner}, 'POST', "/v1/api_keys/$spare/roll",
+	{ grace_period => 0 });
+is($r->{status}, 200, 'owner rolls an admin key') or diag($r->{raw});
+
+$r = admin('POST', "/v1/admin/api_keys/$owner_id/roll",
+	{ grace_period => 3600 });
+is($r->{status}, 200, 'the operator rolls an owner key') or diag($r->{raw});
+$key{owner} = $r->{json}{data}{secret};
 
 ###############################################################################
 # a key creates keys in its own mode
