@@ -33,6 +33,20 @@ static ngx_int_t ngx_http_payflow_auth_jwt(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_str_t *token);
 static ngx_int_t ngx_http_payflow_auth_admin(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_http_payflow_auth_tenant(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+static ngx_int_t ngx_http_payflow_auth_tenant_entry(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_key_entry_t *entry);
+static ngx_int_t ngx_http_payflow_tenant_hash(
+    ngx_http_payflow_main_conf_t *pmcf, u_char *id, size_t len,
+    u_char *hash);
+static ngx_int_t ngx_http_payflow_auth_query(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, const pf_pg_statement_t *statement,
+    char *value);
+static void ngx_http_payflow_auth_key_row(PGresult *res,
+    ngx_http_payflow_key_entry_t *entry);
+static void ngx_http_payflow_auth_tenant_row(ngx_http_request_t *r,
+    PGresult *res, ngx_http_payflow_key_entry_t *entry);
 static ngx_int_t ngx_http_payflow_auth_entry(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_key_entry_t *entry,
     ngx_uint_t livemode);
@@ -510,7 +524,11 @@ ngx_http_payflow_auth_init(ngx_conf_t *cf, ngx_http_payflow_main_conf_t *pmcf)
         "SELECT key_id, tenant_id, livemode, role, read_only, expires_at, "
         "revoked, tenant_active FROM payflow_authenticate($1)", 1);
 
-    if (pmcf->st.authenticate == NULL) {
+    pmcf->st.tenant_status = pf_pg_statement_add(pmcf->db,
+        "payflow_tenant_status",
+        "SELECT payflow_tenant_status($1)", 1);
+
+    if (pmcf->st.authenticate == NULL || pmcf->st.tenant_status == NULL) {
         return NGX_ERROR;
     }
 
@@ -676,7 +694,6 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
     u_char                         *hex;
     ngx_int_t                       rc, livemode;
     ngx_uint_t                      i, found;
-    pf_pg_query_t                  *q;
     ngx_http_payflow_key_entry_t    entry;
     ngx_http_payflow_static_key_t  *sk;
     ngx_http_payflow_main_conf_t   *pmcf;
@@ -733,11 +750,6 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
 
     /* not cached: ask PostgreSQL */
 
-    q = pf_pg_query_create(r->pool, pmcf->pool, 1);
-    if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     hex = ngx_pnalloc(r->pool, 2 * PF_SHA256_LEN + 1);
     if (hex == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -745,14 +757,36 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
 
     *ngx_hex_dump(hex, ctx->hash, PF_SHA256_LEN) = '\0';
 
-    q->stmts[0].statement = pmcf->st.authenticate;
+    return ngx_http_payflow_auth_query(r, ctx, pmcf->st.authenticate,
+                                       (char *) hex);
+}
+
+
+/* one lookup statement, answered in ngx_http_payflow_auth_db_done() */
+
+static ngx_int_t
+ngx_http_payflow_auth_query(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, const pf_pg_statement_t *statement,
+    char *value)
+{
+    pf_pg_query_t                 *q;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    q = pf_pg_query_create(r->pool, pmcf->pool, 1);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->stmts[0].statement = statement;
     q->stmts[0].nparams = 1;
     q->stmts[0].values = ngx_palloc(r->pool, sizeof(char *));
     if (q->stmts[0].values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    q->stmts[0].values[0] = (char *) hex;
+    q->stmts[0].values[0] = value;
 
     q->handler = ngx_http_payflow_auth_db_done;
     q->data = r;
@@ -778,7 +812,6 @@ ngx_http_payflow_auth_key(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
 static void
 ngx_http_payflow_auth_db_done(pf_pg_query_t *q)
 {
-    char                          *v;
     PGresult                      *res;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
@@ -799,7 +832,9 @@ ngx_http_payflow_auth_db_done(pf_pg_query_t *q)
     if (q->status != PF_PG_OK) {
         if (q->status == PF_PG_SQL_ERROR) {
             ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                          "payflow auth: key lookup failed: %s",
+                          "payflow auth: %s lookup failed: %s",
+                          ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_JWT
+                          ? "tenant" : "key",
                           PQresultErrorField(q->results[q->failed],
                                              PG_DIAG_MESSAGE_PRIMARY));
         }
@@ -819,44 +854,24 @@ ngx_http_payflow_auth_db_done(pf_pg_query_t *q)
 
     ngx_memzero(&entry, sizeof(ngx_http_payflow_key_entry_t));
 
-    if (PQntuples(res) != 1
-        || PQgetlength(res, 0, 0) != PF_ID_LEN
-        || PQgetlength(res, 0, 1) != PF_ID_LEN)
-    {
-        entry.state = NGX_HTTP_PAYFLOW_KEY_UNKNOWN;
+    if (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_JWT) {
+        ngx_http_payflow_auth_tenant_row(r, res, &entry);
 
     } else {
-        ngx_memcpy(entry.key_id, PQgetvalue(res, 0, 0), PF_ID_LEN);
-        ngx_memcpy(entry.tenant_id, PQgetvalue(res, 0, 1), PF_ID_LEN);
-
-        entry.livemode = (PQgetvalue(res, 0, 2)[0] == 't');
-
-        v = PQgetvalue(res, 0, 3);
-        entry.role = ngx_http_payflow_role_parse(v, ngx_strlen(v));
-        entry.read_only = (PQgetvalue(res, 0, 4)[0] == 't');
-
-        entry.expires_at = PQgetisnull(res, 0, 5)
-                           ? 0 : ngx_atotm((u_char *) PQgetvalue(res, 0, 5),
-                                           PQgetlength(res, 0, 5));
-
-        if (PQgetvalue(res, 0, 6)[0] == 't') {
-            entry.state = NGX_HTTP_PAYFLOW_KEY_REVOKED;
-
-        } else if (PQgetvalue(res, 0, 7)[0] != 't') {
-            entry.state = NGX_HTTP_PAYFLOW_KEY_SUSPENDED;
-
-        } else {
-            entry.state = NGX_HTTP_PAYFLOW_KEY_VALID;
-        }
+        ngx_http_payflow_auth_key_row(res, &entry);
     }
 
-    ngx_http_payflow_keycache_store(pmcf->keycache, ctx->hash, &entry,
+    if (pmcf->keycache) {
+        ngx_http_payflow_keycache_store(pmcf->keycache, ctx->hash, &entry,
                                     entry.state == NGX_HTTP_PAYFLOW_KEY_VALID
                                     ? pmcf->cache_ttl : pmcf->negative_ttl,
                                     pmcf->negative_max, ctx->generation);
+    }
 
-    ctx->auth_rc = ngx_http_payflow_auth_entry(r, ctx, &entry,
-                                               ctx->auth.livemode);
+    ctx->auth_rc = (ctx->auth.credential == NGX_HTTP_PAYFLOW_CRED_JWT)
+                   ? ngx_http_payflow_auth_tenant_entry(r, ctx, &entry)
+                   : ngx_http_payflow_auth_entry(r, ctx, &entry,
+                                                 ctx->auth.livemode);
 
 resume:
 
@@ -865,6 +880,47 @@ resume:
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
+}
+
+
+/* a payflow_authenticate() row: the key, its tenant's state */
+
+static void
+ngx_http_payflow_auth_key_row(PGresult *res,
+    ngx_http_payflow_key_entry_t *entry)
+{
+    char  *v;
+
+    if (PQntuples(res) != 1
+        || PQgetlength(res, 0, 0) != PF_ID_LEN
+        || PQgetlength(res, 0, 1) != PF_ID_LEN)
+    {
+        entry->state = NGX_HTTP_PAYFLOW_KEY_UNKNOWN;
+
+    } else {
+        ngx_memcpy(entry->key_id, PQgetvalue(res, 0, 0), PF_ID_LEN);
+        ngx_memcpy(entry->tenant_id, PQgetvalue(res, 0, 1), PF_ID_LEN);
+
+        entry->livemode = (PQgetvalue(res, 0, 2)[0] == 't');
+
+        v = PQgetvalue(res, 0, 3);
+        entry->role = ngx_http_payflow_role_parse(v, ngx_strlen(v));
+        entry->read_only = (PQgetvalue(res, 0, 4)[0] == 't');
+
+        entry->expires_at = PQgetisnull(res, 0, 5)
+                            ? 0 : ngx_atotm((u_char *) PQgetvalue(res, 0, 5),
+                                            PQgetlength(res, 0, 5));
+
+        if (PQgetvalue(res, 0, 6)[0] == 't') {
+            entry->state = NGX_HTTP_PAYFLOW_KEY_REVOKED;
+
+        } else if (PQgetvalue(res, 0, 7)[0] != 't') {
+            entry->state = NGX_HTTP_PAYFLOW_KEY_SUSPENDED;
+
+        } else {
+            entry->state = NGX_HTTP_PAYFLOW_KEY_VALID;
+        }
+    }
 }
 
 
@@ -963,7 +1019,131 @@ ngx_http_payflow_auth_jwt(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
     ctx->auth.expires_at = claims.exp;
     ctx->auth.perms = ngx_http_payflow_role_perms(ctx->auth.role, 0);
 
-    return NGX_OK;
+    return ngx_http_payflow_auth_tenant(r, ctx);
+}
+
+
+/*
+ * A JWT's tenant must exist and be active, as an API key's must: the
+ * answer is cached in the key cache under HMAC(pepper, "tenant:<id>"),
+ * dropped with the keys when a tenant's status changes (a "flush") and
+ * by "tenant:<id>" when one is created.
+ */
+
+static ngx_int_t
+ngx_http_payflow_auth_tenant(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    char                          *id;
+    ngx_int_t                      rc;
+    ngx_http_payflow_key_entry_t   entry;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    if (ctx->auth.tenant_id.len != PF_ID_LEN) {
+        ngx_memzero(&entry, sizeof(ngx_http_payflow_key_entry_t));
+        entry.state = NGX_HTTP_PAYFLOW_KEY_UNKNOWN;
+        return ngx_http_payflow_auth_tenant_entry(r, ctx, &entry);
+    }
+
+    if (pmcf->keycache) {
+        if (ngx_http_payflow_tenant_hash(pmcf, ctx->auth.tenant_id.data,
+                                         ctx->auth.tenant_id.len, ctx->hash)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rc = ngx_http_payflow_keycache_lookup(pmcf->keycache, ctx->hash,
+                                              &entry, &ctx->generation);
+
+        if (rc == NGX_OK
+            && ngx_memcmp(entry.tenant_id, ctx->auth.tenant_id.data,
+                          PF_ID_LEN) == 0)
+        {
+            ngx_http_payflow_metrics_cache(r,
+                                entry.state == NGX_HTTP_PAYFLOW_KEY_VALID
+                                ? NGX_HTTP_PAYFLOW_M_CACHE_HIT
+                                : NGX_HTTP_PAYFLOW_M_CACHE_NEGATIVE);
+
+            return ngx_http_payflow_auth_tenant_entry(r, ctx, &entry);
+        }
+
+        ngx_http_payflow_metrics_cache(r, NGX_HTTP_PAYFLOW_M_CACHE_MISS);
+    }
+
+    id = ngx_pnalloc(r->pool, PF_ID_LEN + 1);
+    if (id == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_cpymem(id, ctx->auth.tenant_id.data, PF_ID_LEN) = '\0';
+
+    return ngx_http_payflow_auth_query(r, ctx, pmcf->st.tenant_status, id);
+}
+
+
+/* a payflow_tenant_status() row: NULL when there is no such tenant */
+
+static void
+ngx_http_payflow_auth_tenant_row(ngx_http_request_t *r, PGresult *res,
+    ngx_http_payflow_key_entry_t *entry)
+{
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ngx_memcpy(entry->tenant_id, ctx->auth.tenant_id.data, PF_ID_LEN);
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        entry->state = NGX_HTTP_PAYFLOW_KEY_UNKNOWN;
+
+    } else if (ngx_strcmp(PQgetvalue(res, 0, 0), "active") != 0) {
+        entry->state = NGX_HTTP_PAYFLOW_KEY_SUSPENDED;
+
+    } else {
+        entry->state = NGX_HTTP_PAYFLOW_KEY_VALID;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_payflow_auth_tenant_entry(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_key_entry_t *entry)
+{
+    switch (entry->state) {
+
+    case NGX_HTTP_PAYFLOW_KEY_VALID:
+        return NGX_OK;
+
+    case NGX_HTTP_PAYFLOW_KEY_SUSPENDED:
+        return ngx_http_payflow_auth_fail(r, ctx, NGX_HTTP_FORBIDDEN,
+                                          "tenant_suspended",
+                                          "the account is suspended");
+
+    default:
+        return ngx_http_payflow_auth_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                          "invalid_token",
+                                          "the token's tenant does not "
+                                          "exist");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_payflow_tenant_hash(ngx_http_payflow_main_conf_t *pmcf, u_char *id,
+    size_t len, u_char *hash)
+{
+    u_char  buf[sizeof("tenant:") - 1 + PF_ID_LEN];
+
+    if (len != PF_ID_LEN || pmcf->hmac.inner == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ngx_cpymem(buf, "tenant:", sizeof("tenant:") - 1), id, len);
+
+    return pf_hmac_sha256(&pmcf->hmac, buf, sizeof(buf), hash);
 }
 
 
@@ -1082,7 +1262,10 @@ ngx_http_payflow_auth_forget(ngx_http_request_t *r, u_char *hex)
 }
 
 
-/* "key:<hash>" drops one key, "flush" or a reconnect (NULL) all of them */
+/*
+ * "key:<hash>" drops one key, "tenant:<id>" a JWT tenant's answer, "flush"
+ * or a reconnect (NULL) all of them
+ */
 
 static void
 ngx_http_payflow_auth_notify(void *data, const char *payload)
@@ -1100,6 +1283,15 @@ ngx_http_payflow_auth_notify(void *data, const char *payload)
         && ngx_strlen(payload) == 4 + 2 * PF_SHA256_LEN
         && ngx_http_payflow_hex_decode(hash, (u_char *) payload + 4,
                                        2 * PF_SHA256_LEN)
+           == NGX_OK)
+    {
+        ngx_http_payflow_keycache_remove(pmcf->keycache, hash);
+        return;
+    }
+
+    if (ngx_strncmp(payload, "tenant:", 7) == 0
+        && ngx_http_payflow_tenant_hash(pmcf, (u_char *) payload + 7,
+                                        ngx_strlen(payload) - 7, hash)
            == NGX_OK)
     {
         ngx_http_payflow_keycache_remove(pmcf->keycache, hash);

@@ -92,6 +92,7 @@ typedef struct {
 typedef struct {
     const pf_pg_statement_t    *schema_version;
     const pf_pg_statement_t    *authenticate;
+    const pf_pg_statement_t    *tenant_status;
     const pf_pg_statement_t    *scope;
     const pf_pg_statement_t    *tenant_insert;
     const pf_pg_statement_t    *tenant_get;

@@ -6,8 +6,11 @@
 # envelope with a WWW-Authenticate: Bearer challenge.  The attacks that
 # matter are each tried: "alg":"none", an HS256 token "signed" with the
 # RS256 public key (algorithm confusion), a tampered payload, duplicate
-# claims, a token too large to bother with.  Bad keys are refused by
-# "nginx -t" with a message that names the problem.
+# claims, a token too large to bother with.  The tenant a token names must
+# exist (401 otherwise) and be active (403 tenant_suspended on every
+# endpoint, as for an API key), and a change of its status is seen within
+# a second.  Bad keys are refused by "nginx -t" with a message that names
+# the problem.
 #
 # Keys are made with the openssl command line tool; tokens are signed here,
 # HS256 with Digest::SHA, RS256 and ES256 by openssl dgst.
@@ -29,9 +32,12 @@ my $t = PayFlow::Test->new->has_module->has_pg;
 plan(skip_all => 'openssl binary not found')
 	unless grep { -x "$_/openssl" } split /:/, ($ENV{PATH} || '');
 
-$t->plan(118);
+$t->plan(133);
 
 my $dir = $t->testdir;
+
+# the tenants the tokens name exist; tenant ids are ten_ + 24 characters
+my %TEN = map { $_ => 'ten_' . ($_ x 3) } qw/acmecorp TenantRS esTenant/;
 
 my $ISS = 'https://dash.payflow.test';
 my $AUD = 'payflow-api';
@@ -128,7 +134,7 @@ sub claims {
 		iss => $ISS,
 		aud => $AUD,
 		sub => 'usr_dashboard_1',
-		tenant => 'acme_corp',
+		tenant => $TEN{acmecorp},
 		role => 'developer',
 		mode => 'test',
 		iat => $now,
@@ -230,6 +236,11 @@ EOF
 
 $t->run;
 
+for my $id (values %TEN) {
+	$t->psql("INSERT INTO tenants (id, name) VALUES ('$id', 'jwt') "
+		. "ON CONFLICT (id) DO UPDATE SET status = 'active'");
+}
+
 ###############################################################################
 # valid tokens, one per algorithm; the claims come back from /v1/me
 
@@ -239,23 +250,23 @@ my $d = $r->{json} && $r->{json}{data} || {};
 is($r->{json} && $r->{json}{success}, JSON::PP::true, 'HS256: success true');
 is($d->{object}, 'me', 'HS256: object me');
 is($d->{credential}, 'jwt', 'HS256: credential jwt');
-is($d->{tenant_id}, 'acme_corp', 'HS256: tenant_id is the tenant claim');
+is($d->{tenant_id}, $TEN{acmecorp}, 'HS256: tenant_id is the tenant claim');
 is($d->{role}, 'developer', 'HS256: role is the role claim');
 is($d->{subject}, 'usr_dashboard_1', 'HS256: subject is the sub claim');
 is($d->{livemode}, JSON::PP::false, 'HS256: mode test -> livemode false');
 ok(exists $d->{key_id} && !defined $d->{key_id}, 'HS256: key_id null');
 is(ref $d->{permissions}, 'ARRAY', 'HS256: permissions is an array');
 
-$d = accepted(token(kid => 'rs', claims => claims(tenant => 'Tenant_RS',
+$d = accepted(token(kid => 'rs', claims => claims(tenant => $TEN{TenantRS},
 	role => 'owner', mode => 'live', sub => 'usr_rs')), 'RS256');
-is($d->{tenant_id}, 'Tenant_RS', 'RS256: tenant_id');
+is($d->{tenant_id}, $TEN{TenantRS}, 'RS256: tenant_id');
 is($d->{role}, 'owner', 'RS256: role');
 is($d->{subject}, 'usr_rs', 'RS256: subject');
 is($d->{livemode}, JSON::PP::true, 'RS256: mode live -> livemode true');
 
-$d = accepted(token(kid => 'es', claims => claims(tenant => 'es_tenant',
+$d = accepted(token(kid => 'es', claims => claims(tenant => $TEN{esTenant},
 	role => 'viewer', mode => 'test')), 'ES256');
-is($d->{tenant_id}, 'es_tenant', 'ES256: tenant_id');
+is($d->{tenant_id}, $TEN{esTenant}, 'ES256: tenant_id');
 is($d->{role}, 'viewer', 'ES256: role');
 is($d->{livemode}, JSON::PP::false, 'ES256: livemode false');
 
@@ -356,7 +367,67 @@ denied(token(claims => claims(role => 'root')), 'role "root"');
 denied(token(claims => claims(tenant => 'acme corp')),
 	'tenant with a space');
 denied(token(claims => claims(tenant => 't' x 65)), 'tenant of 65 chars');
-accepted(token(claims => claims(tenant => 't' x 64)), 'tenant of 64 chars');
+$r = denied(token(claims => claims(tenant => 't' x 64)),
+	'tenant of 64 chars, no such tenant');
+like($r->{json}{error}{message} // '', qr/tenant does not exist/,
+	'tenant of 64 chars: parsed, then refused as no such tenant');
+
+###############################################################################
+# the tenant a token names exists and is active, as for an API key
+
+sub within_1s {
+	my ($token, $status) = @_;
+	for (1 .. 20) {
+		my $r = me($token);
+		return $r if ($r->{status} // 0) == $status;
+		select undef, undef, undef, 0.05;
+	}
+	return me($token);
+}
+
+my $ghost = 'ten_' . ('ghost' x 4) . 'abcd';
+my $ghost_token = token(claims => claims(tenant => $ghost, role => 'owner'));
+$r = denied($ghost_token, 'a tenant that does not exist');
+like($r->{json}{error}{message} // '', qr/tenant does not exist/,
+	'no such tenant: the message says so');
+$r = denied($ghost_token, 'no such tenant, asked again (cached)');
+
+$t->psql("INSERT INTO tenants (id, name) VALUES ('$ghost', 'late')");
+$r = within_1s($ghost_token, 200);
+is($r->{status}, 200, 'the tenant created: its token works within 1 s')
+	or diag($r->{raw});
+
+my $owner = token(claims => claims(role => 'owner'));
+is(me($owner)->{status}, 200, 'owner token of an active tenant: 200');
+
+$t->psql("UPDATE tenants SET status = 'suspended' "
+	. "WHERE id = '$TEN{acmecorp}'");
+$r = within_1s($owner, 403);
+is($r->{status}, 403, 'tenant suspended: /v1/me 403 within 1 s')
+	or diag($r->{raw});
+is($r->{json}{error}{code}, 'tenant_suspended',
+	'tenant suspended: tenant_suspended');
+
+$r = bearer($owner, 'POST', '/v1/payments',
+	{ amount => 1000, currency => 'USD' });
+is(($r->{status} // '') . ' ' . ($r->{json}{error}{code} // ''),
+	'403 tenant_suspended', 'tenant suspended: no payment')
+	or diag($r->{raw});
+
+$r = bearer($owner, 'POST', '/v1/api_keys', { role => 'owner' });
+is(($r->{status} // '') . ' ' . ($r->{json}{error}{code} // ''),
+	'403 tenant_suspended', 'tenant suspended: no API key')
+	or diag($r->{raw});
+
+is($t->psql("SELECT count(*) FROM payments WHERE tenant_id = "
+	. "'$TEN{acmecorp}'") . ' '
+	. $t->psql("SELECT count(*) FROM api_keys WHERE tenant_id = "
+	. "'$TEN{acmecorp}'"), '0 0', 'nothing written for the suspended tenant');
+
+$t->psql("UPDATE tenants SET status = 'active' WHERE id = '$TEN{acmecorp}'");
+$r = within_1s($owner, 200);
+is($r->{status}, 200, 'tenant active again: 200 within 1 s')
+	or diag($r->{raw});
 
 ###############################################################################
 # size: 8192 bytes is the limit
