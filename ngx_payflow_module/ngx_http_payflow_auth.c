@@ -1307,6 +1307,7 @@ ngx_int_t
 ngx_http_payflow_auth_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    u_char                  *p;
     ngx_str_t                s;
     ngx_http_payflow_ctx_t  *ctx;
 
@@ -1318,6 +1319,29 @@ ngx_http_payflow_auth_variable(ngx_http_request_t *r,
     }
 
     switch (data) {
+
+    case NGX_HTTP_PAYFLOW_VAR_PRINCIPAL:
+
+        /* whoever is calling, as a rate-limit key: a key's id, a JWT's */
+
+        if (ctx->auth.credential != NGX_HTTP_PAYFLOW_CRED_JWT) {
+            s = ctx->auth.key_id;
+            break;
+        }
+
+        s.len = sizeof("jwt::") - 1 + ctx->auth.tenant_id.len
+                + ctx->auth.subject.len;
+        s.data = ngx_pnalloc(r->pool, s.len);
+        if (s.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(s.data, "jwt:", sizeof("jwt:") - 1);
+        p = ngx_cpymem(p, ctx->auth.tenant_id.data, ctx->auth.tenant_id.len);
+        *p++ = ':';
+        ngx_memcpy(p, ctx->auth.subject.data, ctx->auth.subject.len);
+
+        break;
 
     case NGX_HTTP_PAYFLOW_VAR_TENANT_ID:
         s = ctx->auth.tenant_id;

@@ -253,6 +253,10 @@ static ngx_http_variable_t  ngx_http_payflow_vars[] = {
       ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_ROLE,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("payflow_principal"), NULL,
+      ngx_http_payflow_auth_variable, NGX_HTTP_PAYFLOW_VAR_PRINCIPAL,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("payflow_payment_id"), NULL,
       ngx_http_payflow_payment_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 

@@ -8,12 +8,12 @@
  *
  *   payflow_ratelimit_zone  api:10m [redis];
  *   payflow_ratelimit_redis 127.0.0.1:6379 [timeout=30ms] [prefix=...];
- *   payflow_ratelimit zone=api key=$payflow_key_id rate=100r/s burst=100
+ *   payflow_ratelimit zone=api key=$payflow_principal rate=100r/s burst=100
  *                     [name=burst];
  *
  * Each limit is decided in the first phase where its key is not empty:
  * rewrite for keys such as the client address, precontent (after
- * authentication) for keys such as $payflow_key_id.  Unauthenticated
+ * authentication) for keys such as $payflow_principal.  Unauthenticated
  * requests are thus limited by address before any key is looked up.  The
  * first pass runs in the rewrite phase, ahead of the rewrite module's own
  * handler, so that a location answered by "return" is limited too.

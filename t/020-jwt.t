@@ -9,7 +9,8 @@
 # claims, a token too large to bother with.  The tenant a token names must
 # exist (401 otherwise) and be active (403 tenant_suspended on every
 # endpoint, as for an API key), and a change of its status is seen within
-# a second.  Bad keys are refused by "nginx -t" with a message that names
+# a second; a JWT caller is rate-limited by $payflow_principal like a key.
+# Bad keys are refused by "nginx -t" with a message that names
 # the problem.
 #
 # Keys are made with the openssl command line tool; tokens are signed here,
@@ -32,7 +33,7 @@ my $t = PayFlow::Test->new->has_module->has_pg;
 plan(skip_all => 'openssl binary not found')
 	unless grep { -x "$_/openssl" } split /:/, ($ENV{PATH} || '');
 
-$t->plan(133);
+$t->plan(136);
 
 my $dir = $t->testdir;
 
@@ -224,11 +225,26 @@ http {
     payflow_jwt issuer=https://dash.payflow.test audience=payflow-api
                 leeway=30s;
 
+    payflow_ratelimit_zone  jwt_rl:1m;
+
     server {
         listen       127.0.0.1:%%PORT_8080%%;
         server_name  localhost;
 
         location / { payflow_api; }
+    }
+
+    # the shipped config's per-caller limit, tight
+    server {
+        listen       127.0.0.1:%%PORT_8081%%;
+        server_name  localhost;
+
+        location / {
+            payflow_ratelimit zone=jwt_rl key=$payflow_principal
+                              rate=1r/m burst=5 name=caller;
+            add_header X-Principal $payflow_principal always;
+            payflow_api;
+        }
     }
 }
 
@@ -428,6 +444,25 @@ $t->psql("UPDATE tenants SET status = 'active' WHERE id = '$TEN{acmecorp}'");
 $r = within_1s($owner, 200);
 is($r->{status}, 200, 'tenant active again: 200 within 1 s')
 	or diag($r->{raw});
+
+###############################################################################
+# a JWT caller is limited by $payflow_principal like a key: jwt:<tenant>:<sub>
+
+sub me_limited {
+	my ($token) = @_;
+	return http_parse(http_get('/v1/me', port => $t->port(8081),
+		headers => ["Authorization: Bearer $token"]));
+}
+
+my $limited = token(claims => claims(sub => 'usr_limited'));
+my @codes = map { me_limited($limited)->{status} // 0 } 1 .. 8;
+is(join(' ', @codes), '200 200 200 200 200 429 429 429',
+	'JWT caller: 5 pass, then 429');
+
+$r = me_limited(token(claims => claims(sub => 'usr_other')));
+is($r->{status}, 200, 'another subject has its own limit');
+is($r->{headers}{'x-principal'}, "jwt:$TEN{acmecorp}:usr_other",
+	'$payflow_principal is jwt:<tenant>:<sub>');
 
 ###############################################################################
 # size: 8192 bytes is the limit
