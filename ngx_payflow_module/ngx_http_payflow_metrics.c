@@ -58,6 +58,16 @@ static void ngx_http_payflow_metrics_pg_out(pf_prom_t *out,
     pf_pg_metrics_t *pg, ngx_uint_t workers);
 static void ngx_http_payflow_metrics_seconds(pf_prom_t *out,
     const char *name, const char *labels, uint64_t ms);
+static void ngx_http_payflow_log_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
+
+
+/* a log that had a writer of its own (syslog, memory) keeps it here */
+
+typedef struct {
+    ngx_log_writer_pt           writer;
+    void                       *wdata;
+} ngx_http_payflow_log_wrap_t;
 
 
 /* nginx's error-log handler for requests, which ours extends */
@@ -771,10 +781,83 @@ ngx_http_payflow_metrics_seconds(pf_prom_t *out, const char *name,
 
 
 /*
+ * Every error log of the configuration (error_log at main, http, server
+ * and location level) writes through ngx_http_payflow_log_writer(), which
+ * masks the whole line in place before it goes to the file (or to the
+ * writer the log had: syslog, memory): nginx's own lines quote what a
+ * client sent (a duplicate Authorization header, a request line with a
+ * query string) and nothing lets a module rewrite those messages
+ * otherwise.  Masking keeps the length, so the line stays as nginx
+ * formatted it.
+ */
+
+ngx_int_t
+ngx_http_payflow_log_mask(ngx_pool_t *pool, ngx_log_t *log)
+{
+    ngx_http_payflow_log_wrap_t  *w;
+
+    for ( /* void */ ; log; log = log->next) {
+
+        if (log->writer == ngx_http_payflow_log_writer) {
+            continue;
+        }
+
+        if (log->writer) {
+            w = ngx_palloc(pool, sizeof(ngx_http_payflow_log_wrap_t));
+            if (w == NULL) {
+                return NGX_ERROR;
+            }
+
+            w->writer = log->writer;
+            w->wdata = log->wdata;
+            log->wdata = w;
+
+        } else {
+            log->wdata = NULL;
+        }
+
+        log->writer = ngx_http_payflow_log_writer;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_payflow_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    ssize_t                       n;
+    ngx_log_t                     own;
+    ngx_http_payflow_log_wrap_t  *w;
+
+    pf_mask(buf, buf + len);
+
+    w = log->wdata;
+
+    if (w) {
+        own = *log;
+        own.writer = w->writer;
+        own.wdata = w->wdata;
+        w->writer(&own, level, buf, len);
+        return;
+    }
+
+    if (log->file == NULL || ngx_time() == log->disk_full_time) {
+        return;
+    }
+
+    n = ngx_write_fd(log->file->fd, buf, len);
+
+    if (n == -1 && ngx_errno == NGX_ENOSPC) {
+        log->disk_full_time = ngx_time();
+    }
+}
+
+
+/*
  * r->log_handler: nginx's error-log lines about a request end with its
- * request id, so that they can be joined to the access log, and what it
- * quotes of the request (the request line may carry a query string) is
- * masked.
+ * request id, so that they can be joined to the access log.
  */
 
 u_char *
@@ -784,11 +867,9 @@ ngx_http_payflow_log_error(ngx_http_request_t *r, ngx_http_request_t *sr,
     u_char     *p;
     ngx_str_t  *id;
 
-    /* nginx's own "client: ..., request: ..." first, then masked */
+    /* nginx's own "client: ..., request: ..."; the writer masks it */
     p = ngx_http_payflow_log_next ? ngx_http_payflow_log_next(r, sr, buf, len)
                                   : buf;
-
-    pf_mask(buf, p);
 
     len -= p - buf;
 

@@ -57,6 +57,8 @@ ngx_int_t ngx_http_payflow_metrics_handler(ngx_http_request_t *r);
 u_char *ngx_http_payflow_log_error(ngx_http_request_t *r,
     ngx_http_request_t *sr, u_char *buf, size_t len);
 
+ngx_int_t ngx_http_payflow_log_mask(ngx_pool_t *pool, ngx_log_t *log);
+
 extern ngx_http_log_handler_pt  ngx_http_payflow_log_next;
 
 /* from ngx_http_payflow_api.c: route templates for labels */

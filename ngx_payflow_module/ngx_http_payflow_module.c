@@ -1272,10 +1272,19 @@ ngx_http_payflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_payflow_loc_conf_t *prev = parent;
     ngx_http_payflow_loc_conf_t *conf = child;
 
+    ngx_http_core_loc_conf_t      *clcf;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     ngx_conf_merge_off_value(conf->max_amount, prev->max_amount,
                              NGX_HTTP_PAYFLOW_MAX_AMOUNT);
+
+    /* the core module merged first: this is the location's final log */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (ngx_http_payflow_log_mask(cf->pool, clcf->error_log) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     /* the handler kind belongs to its location and is not inherited */
 
@@ -1401,6 +1410,12 @@ static ngx_int_t
 ngx_http_payflow_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_payflow_main_conf_t  *pmcf;
+
+    /* the main error_log as it ended up, whatever came after http {} */
+
+    if (ngx_http_payflow_log_mask(cycle->pool, &cycle->new_log) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     pmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_payflow_module);

@@ -1,9 +1,12 @@
 #!/usr/bin/perl
 
 # What nginx writes about a request in the error log (request line,
-# referrer) is masked: e-mail addresses keep their first character and
-# domain, keys their prefix and last four characters, admin credentials
-# and webhook secrets their prefix only; the line ends with the request id.
+# referrer, and its own messages, such as a duplicate Authorization header
+# quoted at info level) is masked: e-mail addresses keep their first
+# character and domain (also with the "@" sent as %40), keys their prefix
+# and last four characters, admin credentials and webhook secrets their
+# prefix only (a base64 secret whole, "+" and "/" and their %2B / %2F
+# forms included); the line ends with the request id.
 
 use warnings;
 use strict;
@@ -14,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(9);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(17);
 
 my ($key, $hash) = $t->pf_key('test', '--tenant', 'ten_mask',
 	'--role', 'viewer');
@@ -75,5 +78,41 @@ unlike($log, qr/\Q$whsec\E/, 'no webhook secret in the log');
 
 like($line, qr/request_id: \Q$r->{headers}{'x-request-id'}\E$/,
 	'the line ends with the request id');
+
+###############################################################################
+# nginx's own message quoting two Authorization headers, at info level
+
+my ($other) = $t->pf_key('test', '--tenant', 'ten_mask', '--role', 'viewer');
+$r = http_parse(http_get('/v1/me', headers => ["Authorization: Bearer $key",
+	"Authorization: Bearer $other"]));
+is($r->{status}, 400, 'two Authorization headers: 400');
+
+$log = $t->error_log;
+($line) = grep { /duplicate header line/ } split /\n/, $log;
+ok(defined $line, 'nginx logged the duplicate header') or diag($log);
+unlike($log, qr/\Q$key\E|\Q$other\E/, 'neither key is in the log');
+like($line // '', qr/pf_test_\*{34}\Q@{[substr $other, -4]}\E/,
+	'the duplicate is masked like any key');
+
+###############################################################################
+# a percent-encoded e-mail, a base64 webhook secret with + and /
+
+my $b64 = 'whsec_' . ('Ab+/9z' x 6) . '==';
+(my $b64_query = $b64) =~ s{([+/=])}{sprintf '%%%02X', ord $1}ge;
+
+$r = http_parse(http_request('POST',
+	"/v1/api_keys?email=bob.jones%40example.com&s=$b64_query",
+	headers => ["Referer: https://shop.example/?s=$b64"],
+	body => 'x' x 2048));
+is($r->{status}, 413, 'oversized body again: 413');
+
+$log = $t->error_log;
+($line) = (grep { /too large body/ } split /\n/, $log)[-1];
+ok(defined $line, 'the second error-log line is there') or diag($log);
+like($line // '', qr/email=b\*+%40example\.com/,
+	'a %40 e-mail address is masked, domain kept');
+my $tail = substr $b64, 12;
+unlike($log, qr/\Q$tail\E|9z%2F9z/,
+	'no part of the base64 secret, plain or percent-encoded, is left');
 
 ###############################################################################
