@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_lists.h"
+#include "ngx_http_payflow_refunds.h"
 #include "ngx_http_payflow_webhook.h"
 
 

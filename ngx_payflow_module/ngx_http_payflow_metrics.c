@@ -12,7 +12,7 @@
 
 #include "ngx_http_payflow_metrics.h"
 #include "pf_mask.h"
-#include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_idempotency.h"
 #include "ngx_http_payflow_routing.h"
 
 

@@ -2,63 +2,39 @@
 /*
  * Copyright (C) PayFlow
  *
- * POST /v1/payments, GET /v1/payments/{id}, capture, cancel, refunds and
- * the event log.
+ * POST /v1/payments, GET /v1/payments/{id}, capture, cancel and the event
+ * log, and the runner of the money operations on an existing payment
+ * (ngx_http_payflow_money.h): capture and cancel here, refunds in
+ * ngx_http_payflow_refunds.c.
  *
  * A payment is created and confirmed in one call.  With the built-in
- * sandbox provider the whole creation is one pipelined transaction: the
- * idempotency key (when given) is inserted first and gates the payment
- * insert, the outcome's transitions follow (triggers write the events and
- * the ledger), and the answer is stored on the key and read back in the
- * same transaction; a replay sends those very bytes.  Capture, cancel and
- * refund store their answer in a second round trip; a key left locked by
- * a request that died before that is resumed from its object once the
- * lock has expired (or completed by the background jobs).
+ * sandbox provider (ngx_http_payflow_sandbox.c) the whole creation is one
+ * pipelined transaction: the idempotency key (when given) is inserted
+ * first and gates the payment insert, the outcome's transitions follow
+ * (triggers write the events and the ledger), and the answer is stored on
+ * the key and read back in the same transaction; a replay sends those very
+ * bytes.  Capture, cancel and refund store their answer in a second round
+ * trip; a key left locked by a request that died before that is resumed
+ * from its object once the lock has expired (or completed by the
+ * background jobs).  The key's own handling, replays and stored answers
+ * are in ngx_http_payflow_idempotency.c.
  */
 
 
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_auth.h"
+#include "ngx_http_payflow_idempotency.h"
+#include "ngx_http_payflow_money.h"
 #include "ngx_http_payflow_providers.h"
+#include "ngx_http_payflow_refunds.h"
 #include "ngx_http_payflow_routing.h"
-
-#include <openssl/evp.h>
+#include "ngx_http_payflow_sandbox.h"
 
 
 typedef struct {
     const char                 *code;
     ngx_uint_t                  exponent;
 } ngx_http_payflow_currency_t;
-
-
-/*
- * A money-moving operation on an existing object: its statements plain
- * and with the idempotency key, an optional follow-up, how to read the
- * object back, and how to answer from what happened.
- */
-
-typedef struct {
-    const char                 *what;
-    const pf_pg_statement_t    *plain;
-    const pf_pg_statement_t    *keyed;
-    const pf_pg_statement_t    *follow;     /* takes values[0], or NULL */
-    const pf_pg_statement_t    *get;
-    ngx_http_payflow_db_ok_pt   answer;
-} ngx_http_payflow_money_t;
-
-
-#define NGX_HTTP_PAYFLOW_SANDBOX_ACTION                                       \
-    "https://sandbox.payflow.invalid/authenticate/"
-
-
-/* what the sandbox does, chosen by the last two digits of the amount */
-
-typedef struct {
-    const char                 *status;     /* NULL: stays processing */
-    const char                 *code;
-    const char                 *message;
-    ngx_uint_t                  action;
-} ngx_http_payflow_outcome_t;
 
 
 static ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
@@ -81,100 +57,40 @@ static ngx_int_t ngx_http_payflow_payments_backoff(ngx_http_request_t *r,
     ngx_msec_t delay);
 static void ngx_http_payflow_payments_retry(ngx_event_t *ev);
 static void ngx_http_payflow_payments_backoff_cleanup(void *data);
-static void ngx_http_payflow_payment_error(ngx_http_request_t *r,
-    pf_error_t *err);
 static ngx_int_t ngx_http_payflow_provider_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message,
     const char *param);
-static ngx_int_t ngx_http_payflow_payments_stored(ngx_http_request_t *r,
-    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
-static const char **ngx_http_payflow_idem_values(ngx_http_request_t *r,
-    ngx_uint_t n);
-static ngx_int_t ngx_http_payflow_envelope(ngx_http_request_t *r,
-    const char **head, const char **tail);
-static ngx_int_t ngx_http_payflow_idem_restored(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_idem_replay(ngx_http_request_t *r,
-    PGresult *key);
-static ngx_int_t ngx_http_payflow_idem_other(ngx_http_request_t *r,
-    PGresult *key);
-static ngx_int_t ngx_http_payflow_idem_settled(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_money_run(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_money_t *m,
-    const char **values, ngx_uint_t nvalues, const char *id);
 static ngx_int_t ngx_http_payflow_money_done(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_money_data(ngx_http_request_t *r,
-    PGresult *res);
 static ngx_int_t ngx_http_payflow_money_unsupported(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_money_remote(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_money_routed(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_money_called(ngx_http_request_t *r,
     pf_curl_call_t *call);
-static ngx_int_t ngx_http_payflow_refund_reserved(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_refund_called(ngx_http_request_t *r,
-    pf_curl_call_t *call);
-static ngx_int_t ngx_http_payflow_refund_settled(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_money_error(ngx_http_request_t *r,
-    ngx_uint_t status, const char *code, const char *message,
-    const char *param);
 static ngx_int_t ngx_http_payflow_capture_answer(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_cancel_answer(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_refund_answer(ngx_http_request_t *r,
-    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_events_got(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_refunds_got(ngx_http_request_t *r,
-    pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_read_one(ngx_http_request_t *r,
-    const pf_pg_statement_t *statement, ngx_str_t *id,
-    ngx_http_payflow_db_ok_pt ok, const char *what);
-static ngx_int_t ngx_http_payflow_idem_error(ngx_http_request_t *r,
-    ngx_uint_t status, const char *code, const char *message);
-static ngx_int_t ngx_http_payflow_fingerprint(ngx_http_request_t *r,
-    u_char *hex);
-static ngx_int_t ngx_http_payflow_bad(ngx_http_request_t *r,
-    const char *param, const char *code, const char *message);
 static char *ngx_http_payflow_text(ngx_http_request_t *r, json_t *v);
 static ngx_uint_t ngx_http_payflow_status_is(PGresult *pay,
     const char *status);
-static char *ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n);
-static ngx_http_payflow_outcome_t *ngx_http_payflow_sandbox(
-    json_int_t amount, ngx_uint_t manual);
-
-
-const char  *ngx_http_payflow_idem_names[] = {
-    "", "new", "replayed", "in_use", "reused"
-};
 
 
 /*
- * The money operations, filled once per worker when the statements are
+ * Capture and cancel, filled once per worker when the statements are
  * known: as the sandbox does them, and after a network provider did its
- * part (remote).
+ * part (remote).  The refund's are in ngx_http_payflow_refunds.c.
  */
 
 static ngx_http_payflow_money_t  ngx_http_payflow_capture_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_cancel_op;
-static ngx_http_payflow_money_t  ngx_http_payflow_refund_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_capture_remote_op;
 static ngx_http_payflow_money_t  ngx_http_payflow_cancel_remote_op;
-static ngx_http_payflow_money_t  ngx_http_payflow_refund_remote_op;
-
-
-static pf_error_t  ngx_http_payflow_no_refund = {
-    NGX_HTTP_NOT_FOUND, PF_ERROR_INVALID_REQUEST, "resource_missing",
-    "no such refund", "id", 0, NULL, NULL
-};
 
 
 static const char  *ngx_http_payflow_payment_fields[] = {
@@ -198,16 +114,6 @@ static ngx_http_payflow_currency_t  ngx_http_payflow_currencies[] = {
     { "OMR", 3 }, { "PLN", 2 }, { "RWF", 0 }, { "SEK", 2 }, { "SGD", 2 },
     { "TND", 3 }, { "TZS", 2 }, { "UGX", 0 }, { "USD", 2 }, { "XAF", 0 },
     { "XOF", 0 }, { "ZAR", 2 }, { NULL, 0 }
-};
-
-
-static ngx_http_payflow_outcome_t  ngx_http_payflow_outcomes[] = {
-    { "succeeded", NULL, NULL, 0 },
-    { "requires_capture", NULL, NULL, 0 },
-    { "failed", "card_declined", "the card was declined", 0 },
-    { "failed", "insufficient_funds", "the card has insufficient funds", 0 },
-    { "requires_action", NULL, NULL, 1 },
-    { NULL, NULL, NULL, 0 }
 };
 
 
@@ -274,45 +180,14 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "SELECT payflow_payment_json(p)::text FROM payments p "
         "WHERE id = $1", 1);
 
-    st->idem_get = pf_pg_statement_add(pmcf->db, "payflow_idem_get",
-        "SELECT encode(fingerprint, 'hex'), phase, "
-        "coalesce(locked_until > now(), false), response_status, "
-        "response_body, payment_id, request_id, object_id, "
-        "coalesce(xmin = pg_current_xact_id_if_assigned()::xid, false) "
-        "FROM idempotency_keys "
-        "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3", 3);
-
-    /* a key whose lock expired without an answer, settled for its retry */
-    st->idem_settle = pf_pg_statement_add(pmcf->db, "payflow_idem_settle",
-        "SELECT payflow_complete_idempotency_keys(1, $1, $2::boolean, $3)",
-        3);
-
-    st->idem_finish = pf_pg_statement_add(pmcf->db, "payflow_idem_finish",
-        "UPDATE idempotency_keys SET phase = 'finished', "
-        "response_status = $4::int, response_body = $5, locked_until = NULL "
-        "WHERE tenant_id = $1 AND livemode = $2::boolean AND key = $3 "
-        "AND phase <> 'finished'", 5);
-
-#define NGX_HTTP_PAYFLOW_KEY_CTE(t, l, k, f, path, rid, pay, obj)            \
-    "WITH k AS (INSERT INTO idempotency_keys (tenant_id, livemode, key, "    \
-    "fingerprint, method, path, phase, locked_until, payment_id, "          \
-    "request_id, object_id) VALUES (" t ", " l "::boolean, " k ", "         \
-    "decode(" f ", 'hex'), 'POST', " path ", 'provider_called', "           \
-    "now() + interval '30 seconds', " pay ", " rid ", " obj ") "             \
-    "ON CONFLICT DO NOTHING RETURNING 1) "
+    if (ngx_http_payflow_idempotency_init(pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
 #define NGX_HTTP_PAYFLOW_CAPTURE                                              \
     "UPDATE payments p SET status = 'succeeded', "                           \
     "amount_captured = coalesce($2::bigint, p.amount_capturable), "          \
     "amount_capturable = 0 "
-
-/*
- * The sandbox's statements raise PF008 for a payment at a network
- * provider; the remote ones run after that provider did its part.
- */
-
-#define NGX_HTTP_PAYFLOW_LOCAL   "payflow_operable(p.provider) "
-#define NGX_HTTP_PAYFLOW_REMOTE  "p.provider <> 'sandbox' "
 
 #define NGX_HTTP_PAYFLOW_CAPTURE_WHERE(where)                                 \
     "p.id = $1 AND " where                                                   \
@@ -377,79 +252,24 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         NGX_HTTP_PAYFLOW_CANCEL_WHERE(NGX_HTTP_PAYFLOW_REMOTE,
                                       ", 'canceled'"), 7);
 
-#define NGX_HTTP_PAYFLOW_REFUND                                               \
-    "INSERT INTO refunds (id, tenant_id, livemode, payment_id, amount, "     \
-    "currency, reason) SELECT $1, p.tenant_id, p.livemode, p.id, "           \
-    "coalesce($3::bigint, p.amount_captured - p.amount_refunded), "          \
-    "p.currency, $4 FROM payments p"
-
-    st->refund = pf_pg_statement_add(pmcf->db, "payflow_refund",
-        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 "
-        "AND " NGX_HTTP_PAYFLOW_LOCAL "RETURNING id", 4);
-
-    st->refund_keyed = pf_pg_statement_add(pmcf->db, "payflow_refund_k",
-        NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
-                                 "$1")
-        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 "
-        "AND " NGX_HTTP_PAYFLOW_LOCAL "RETURNING id", 10);
-
-    /* a refund at a network provider is reserved first, as pending */
-
-    st->refund_remote = pf_pg_statement_add(pmcf->db, "payflow_refund_r",
-        NGX_HTTP_PAYFLOW_REFUND " WHERE p.id = $2 "
-        "AND " NGX_HTTP_PAYFLOW_REMOTE "RETURNING id", 4);
-
-    st->refund_remote_keyed = pf_pg_statement_add(pmcf->db,
-        "payflow_refund_rk",
-        NGX_HTTP_PAYFLOW_KEY_CTE("$5", "$6", "$7", "$8", "$9", "$10", "$2",
-                                 "$1")
-        NGX_HTTP_PAYFLOW_REFUND ", k WHERE p.id = $2 "
-        "AND " NGX_HTTP_PAYFLOW_REMOTE "RETURNING id", 10);
-
-    st->refund_route = pf_pg_statement_add(pmcf->db, "payflow_refund_route",
-        "SELECT p.provider, p.id, coalesce(p.provider_reference, p.id), "
-        "f.amount, f.currency, f.reason FROM refunds f "
-        "JOIN payments p ON p.id = f.payment_id WHERE f.id = $1", 1);
-
-    st->refund_settle = pf_pg_statement_add(pmcf->db,
-        "payflow_refund_settle",
-        "UPDATE refunds SET status = $2, "
-        "provider_reference = coalesce($3, provider_reference), "
-        "failure_code = $4 WHERE id = $1 AND status = 'pending'", 4);
+    if (ngx_http_payflow_refunds_init(pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     st->pay_route = pf_pg_statement_add(pmcf->db, "payflow_pay_route",
         "SELECT provider, coalesce(provider_reference, id), currency "
         "FROM payments WHERE id = $1", 1);
-
-    /* the sandbox refunds at once */
-    st->refund_succeed = pf_pg_statement_add(pmcf->db,
-        "payflow_refund_succeed",
-        "UPDATE refunds SET status = 'succeeded', provider_reference = id "
-        "WHERE id = $1 AND status = 'pending'", 1);
-
-    st->refund_get = pf_pg_statement_add(pmcf->db, "payflow_refund_get",
-        "SELECT payflow_refund_json(f)::text FROM refunds f WHERE id = $1",
-        1);
 
     st->pay_events = pf_pg_statement_add(pmcf->db, "payflow_pay_events",
         "SELECT coalesce(jsonb_agg(payflow_event_json(e) "
         "ORDER BY e.created_at, e.id), '[]')::text "
         "FROM payment_events e WHERE e.payment_id = $1", 1);
 
-    if (st->capture_remote == NULL || st->capture_remote_keyed == NULL
-        || st->cancel_remote == NULL || st->cancel_remote_keyed == NULL
-        || st->refund_remote == NULL || st->refund_remote_keyed == NULL
-        || st->refund_route == NULL || st->refund_settle == NULL
-        || st->pay_route == NULL)
-    {
-        return NGX_ERROR;
-    }
-
     if (st->capture == NULL || st->capture_keyed == NULL
+        || st->capture_remote == NULL || st->capture_remote_keyed == NULL
         || st->cancel == NULL || st->cancel_keyed == NULL
-        || st->refund == NULL || st->refund_keyed == NULL
-        || st->refund_succeed == NULL || st->refund_get == NULL
-        || st->pay_events == NULL)
+        || st->cancel_remote == NULL || st->cancel_remote_keyed == NULL
+        || st->pay_route == NULL || st->pay_events == NULL)
     {
         return NGX_ERROR;
     }
@@ -457,9 +277,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     if (st->pay_create == NULL
         || st->pay_outcome == NULL || st->pay_reroute == NULL
         || st->pay_reference == NULL
-        || st->pay_finish == NULL || st->pay_get == NULL
-        || st->idem_get == NULL || st->idem_finish == NULL
-        || st->idem_settle == NULL)
+        || st->pay_finish == NULL || st->pay_get == NULL)
     {
         return NGX_ERROR;
     }
@@ -483,20 +301,6 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     ngx_http_payflow_cancel_remote_op = ngx_http_payflow_cancel_op;
     ngx_http_payflow_cancel_remote_op.plain = st->cancel_remote;
     ngx_http_payflow_cancel_remote_op.keyed = st->cancel_remote_keyed;
-
-    ngx_http_payflow_refund_op.what = "refunding a payment";
-    ngx_http_payflow_refund_op.plain = st->refund;
-    ngx_http_payflow_refund_op.keyed = st->refund_keyed;
-    ngx_http_payflow_refund_op.follow = st->refund_succeed;
-    ngx_http_payflow_refund_op.get = st->refund_get;
-    ngx_http_payflow_refund_op.answer = ngx_http_payflow_refund_answer;
-
-    ngx_http_payflow_refund_remote_op = ngx_http_payflow_refund_op;
-    ngx_http_payflow_refund_remote_op.plain = st->refund_remote;
-    ngx_http_payflow_refund_remote_op.keyed = st->refund_remote_keyed;
-    ngx_http_payflow_refund_remote_op.follow = st->refund_route;
-    ngx_http_payflow_refund_remote_op.answer =
-                                           ngx_http_payflow_refund_reserved;
 
     return NGX_OK;
 }
@@ -1194,7 +998,7 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
  * each with the payment in the error.
  */
 
-static void
+void
 ngx_http_payflow_payment_error(ngx_http_request_t *r, pf_error_t *err)
 {
     ngx_http_payflow_ctx_t              *ctx;
@@ -1580,203 +1384,6 @@ ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
-/*
- * This request's answer envelope split around the payment, as
- * NUL-terminated strings: what pf_response_data_body() (or, for a failed
- * payment, pf_response_error_body()) writes, so that an answer assembled
- * by the database is byte for byte the one C would send.  Sets
- * ctx->response_status.
- */
-
-static ngx_int_t
-ngx_http_payflow_envelope(ngx_http_request_t *r, const char **head,
-    const char **tail)
-{
-    u_char                  *p;
-    ngx_str_t                body, part;
-    pf_error_t               err;
-    const char              *mark;
-    ngx_http_payflow_ctx_t  *ctx;
-
-    static ngx_str_t  zero = ngx_string("0");
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    ngx_http_payflow_payment_error(r, &err);
-
-    ctx->response_status = err.status;
-
-    if (err.status == NGX_HTTP_OK) {
-        mark = "\"data\":0";
-
-        if (pf_response_data_body(r->pool, &zero,
-                                  ngx_http_payflow_request_id(r), &body)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else {
-        mark = "\"payment\":0";
-        err.object = &zero;
-
-        if (pf_response_error_body(r->pool, &err,
-                                   ngx_http_payflow_request_id(r), &body)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    p = ngx_strnstr(body.data, (char *) mark, body.len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    part.data = body.data;
-    part.len = p + ngx_strlen(mark) - 1 - body.data;
-
-    *head = ngx_http_payflow_db_str(r->pool, &part);
-
-    part.data = p + ngx_strlen(mark);
-    part.len = body.data + body.len - part.data;
-
-    *tail = ngx_http_payflow_db_str(r->pool, &part);
-
-    return (*head && *tail) ? NGX_OK : NGX_ERROR;
-}
-
-
-/* n statement parameters, the first three naming the key: tenant, mode, key */
-
-static const char **
-ngx_http_payflow_idem_values(ngx_http_request_t *r, ngx_uint_t n)
-{
-    const char              **values;
-    ngx_http_payflow_ctx_t   *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    values = ngx_pcalloc(r->pool, n * sizeof(char *));
-    if (values == NULL) {
-        return NULL;
-    }
-
-    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->auth.tenant_id);
-    values[1] = ctx->auth.livemode ? "true" : "false";
-    values[2] = ngx_http_payflow_db_str(r->pool, &ctx->idem_key);
-
-    return (values[0] && values[2]) ? values : NULL;
-}
-
-
-/* ctx->response goes on the key, then to the client */
-
-static ngx_int_t
-ngx_http_payflow_idem_store(ngx_http_request_t *r)
-{
-    u_char                         *p;
-    pf_pg_query_t                  *q;
-    const char                    **values;
-    ngx_http_payflow_ctx_t         *ctx;
-    ngx_http_payflow_main_conf_t   *pmcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    q = ngx_http_payflow_db_query(r, 1, 1);
-    values = ngx_http_payflow_idem_values(r, 5);
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + 1);
-
-    if (q == NULL || values == NULL || p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    *ngx_sprintf(p, "%ui", ctx->response_status) = '\0';
-
-    values[3] = (char *) p;
-    values[4] = ngx_http_payflow_db_str(r->pool, &ctx->response);
-
-    if (values[4] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_finish, 5, values);
-
-    ctx->db_sql_ok = 0;
-
-    return ngx_http_payflow_db_run(r, q, "storing an idempotent response",
-                                   ngx_http_payflow_payments_stored);
-}
-
-
-/*
- * The key was finished by this request, or meanwhile by another (a retry
- * resuming it too, the completer, or the first request outliving its
- * lock): then what the key holds is the answer, so that every answer the
- * key ever gives is the same.
- */
-
-static ngx_int_t
-ngx_http_payflow_payments_stored(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    char                          *n;
-    const char                   **values;
-    ngx_http_payflow_ctx_t        *ctx;
-    ngx_http_payflow_main_conf_t  *pmcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    n = PQcmdTuples(ngx_http_payflow_db_result(q, 0));
-
-    if (n[0] != '0') {
-        ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
-
-        return ngx_http_payflow_send_body(r, ctx->response_status,
-                                          &ctx->response);
-    }
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    /* tenant, mode and key, as idem_finish had them */
-    values = ngx_http_payflow_db_stmt(q, 0)->values;
-
-    /* a new query: its snapshot sees the other's commit */
-
-    q = ngx_http_payflow_db_query(r, 1, 1);
-    if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_get, 3, values);
-
-    return ngx_http_payflow_db_run(r, q, "reading an idempotent response",
-                                   ngx_http_payflow_idem_restored);
-}
-
-
-static ngx_int_t
-ngx_http_payflow_idem_restored(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult                *key;
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    key = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(key) == 1
-        && ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0)
-    {
-        return ngx_http_payflow_idem_replay(r, key);
-    }
-
-    /* purged in between: nothing else will ever be answered */
-
-    return ngx_http_payflow_send_body(r, ctx->response_status,
-                                      &ctx->response);
-}
-
-
 /* GET /v1/payments/{id} */
 
 ngx_int_t
@@ -1821,85 +1428,7 @@ ngx_http_payflow_payments_got(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
-static ngx_int_t
-ngx_http_payflow_idem_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *code, const char *message)
-{
-    pf_error_t               err;
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    ctx->idem = (status == NGX_HTTP_CONFLICT) ? NGX_HTTP_PAYFLOW_IDEM_IN_USE
-                                              : NGX_HTTP_PAYFLOW_IDEM_REUSED;
-    ctx->payment_id.len = 0;
-
-    ngx_memzero(&err, sizeof(pf_error_t));
-
-    err.status = status;
-    err.type = PF_ERROR_IDEMPOTENCY;
-    err.code = code;
-    err.message = message;
-    err.param = "Idempotency-Key";
-    err.retry_after = (status == NGX_HTTP_CONFLICT) ? 1 : 0;
-
-    return ngx_http_payflow_send_error(r, &err);
-}
-
-
-/* SHA-256 of method, path and the raw body, as lowercase hex */
-
-static ngx_int_t
-ngx_http_payflow_fingerprint(ngx_http_request_t *r, u_char *hex)
-{
-    u_char        digest[EVP_MAX_MD_SIZE];
-    ngx_int_t     rc;
-    ngx_chain_t  *cl;
-    EVP_MD_CTX   *md;
-    unsigned int  len;
-
-    md = EVP_MD_CTX_new();
-    if (md == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = NGX_ERROR;
-
-    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1
-        || EVP_DigestUpdate(md, r->method_name.data, r->method_name.len) != 1
-        || EVP_DigestUpdate(md, "\n", 1) != 1
-        || EVP_DigestUpdate(md, r->uri.data, r->uri.len) != 1
-        || EVP_DigestUpdate(md, "\n", 1) != 1)
-    {
-        goto done;
-    }
-
-    if (r->request_body) {
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            if (EVP_DigestUpdate(md, cl->buf->pos,
-                                 cl->buf->last - cl->buf->pos)
-                != 1)
-            {
-                goto done;
-            }
-        }
-    }
-
-    if (EVP_DigestFinal_ex(md, digest, &len) != 1) {
-        goto done;
-    }
-
-    *ngx_hex_dump(hex, digest, len) = '\0';
-    rc = NGX_OK;
-
-done:
-
-    EVP_MD_CTX_free(md);
-
-    return rc;
-}
-
-
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_bad(ngx_http_request_t *r, const char *param,
     const char *code, const char *message)
 {
@@ -1913,7 +1442,7 @@ ngx_http_payflow_bad(ngx_http_request_t *r, const char *param,
 
 /* a query parameter for an integer (jansson dumps only containers) */
 
-static char *
+char *
 ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n)
 {
     u_char  *p;
@@ -1948,172 +1477,12 @@ ngx_http_payflow_text(ngx_http_request_t *r, json_t *v)
 
 
 /*
- * The sandbox's outcome from the amount's last two digits:
- * ..02 declined, ..05 insufficient funds, ..08 requires action (a
- * redirect), ..09 stays processing (the slow, undecided case); anything
- * else succeeds, or waits for capture with capture_method "manual".
- */
-
-static ngx_http_payflow_outcome_t *
-ngx_http_payflow_sandbox(json_int_t amount, ngx_uint_t manual)
-{
-    switch (amount % 100) {
-    case 2:
-        return &ngx_http_payflow_outcomes[2];
-    case 5:
-        return &ngx_http_payflow_outcomes[3];
-    case 8:
-        return &ngx_http_payflow_outcomes[4];
-    case 9:
-        return &ngx_http_payflow_outcomes[5];
-    default:
-        return &ngx_http_payflow_outcomes[manual ? 1 : 0];
-    }
-}
-
-
-/* a finished key (an idem_get row): its stored response, byte for byte */
-
-static ngx_int_t
-ngx_http_payflow_idem_replay(ngx_http_request_t *r, PGresult *key)
-{
-    ngx_str_t                stored, value;
-    ngx_uint_t               status;
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    ctx->idem = NGX_HTTP_PAYFLOW_IDEM_REPLAYED;
-
-    /* $payflow_payment_id: the key's payment, not one this request made */
-
-    ctx->payment_id.len = 0;
-
-    if (!PQgetisnull(key, 0, 5)) {
-        value.data = (u_char *) PQgetvalue(key, 0, 5);
-        value.len = PQgetlength(key, 0, 5);
-
-        ctx->payment_id.data = ngx_pstrdup(r->pool, &value);
-        if (ctx->payment_id.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ctx->payment_id.len = value.len;
-    }
-
-    status = ngx_atoi((u_char *) PQgetvalue(key, 0, 3),
-                      PQgetlength(key, 0, 3));
-
-    stored.len = PQgetlength(key, 0, 4);
-    stored.data = ngx_pnalloc(r->pool, stored.len);
-    if (stored.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(stored.data, PQgetvalue(key, 0, 4), stored.len);
-
-    ngx_str_set(&value, "true");
-
-    if (pf_response_add_header(r, "Idempotent-Replayed", &value) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_payflow_send_body(r, status, &stored);
-}
-
-
-/*
- * The key belongs to another request: a different request is refused,
- * a finished one replayed byte for byte, a running one is a 409, and one
- * whose request died after its transaction committed is finished from the
- * object it made.
- */
-
-static ngx_int_t
-ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key)
-{
-    u_char                         hex[2 * 32 + 1];
-    const char                   **values;
-    pf_pg_query_t                 *q;
-    ngx_http_payflow_ctx_t        *ctx;
-    ngx_http_payflow_main_conf_t  *pmcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    if (ngx_http_payflow_fingerprint(r, hex) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_strcmp(PQgetvalue(key, 0, 0), hex) != 0) {
-        return ngx_http_payflow_idem_error(r, 422, "idempotency_key_reused",
-                   "this Idempotency-Key was used with a different "
-                   "request");
-    }
-
-    if (ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0) {
-        return ngx_http_payflow_idem_replay(r, key);
-    }
-
-    if (PQgetvalue(key, 0, 2)[0] == 't') {
-        return ngx_http_payflow_idem_error(r, NGX_HTTP_CONFLICT,
-                   "idempotency_key_in_use",
-                   "a request with this Idempotency-Key is in progress");
-    }
-
-    /*
-     * The lock expired without an answer: the completer settles this key
-     * now (finished from the object if its operation ran, deleted if it
-     * did not), then the key is read again.
-     */
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    q = ngx_http_payflow_db_query(r, 2, 1);
-    values = ngx_http_payflow_idem_values(r, 3);
-
-    if (q == NULL || values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_set(q, 0, pmcf->st.idem_settle, 3, values);
-
-    ngx_http_payflow_db_set(q, 1, pmcf->st.idem_get, 3, values);
-
-    ctx->db_sql_ok = 0;
-
-    return ngx_http_payflow_db_run(r, q, "resuming an idempotent request",
-                                   ngx_http_payflow_idem_settled);
-}
-
-
-/* a replay if the key was finished; otherwise the retry runs afresh */
-
-static ngx_int_t
-ngx_http_payflow_idem_settled(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult  *key;
-
-    key = ngx_http_payflow_db_result(q, 1);
-
-    if (PQntuples(key) == 1
-        && ngx_strcmp(PQgetvalue(key, 0, 1), "finished") == 0)
-    {
-        return ngx_http_payflow_idem_replay(r, key);
-    }
-
-    return ngx_http_payflow_idem_error(r, NGX_HTTP_CONFLICT,
-               "idempotency_key_in_use",
-               "a request with this Idempotency-Key is being settled; "
-               "retry");
-}
-
-
-/*
  * values[0 .. nvalues - 1] are the operation's own parameters; with an
  * Idempotency-Key the key's follow: tenant, mode, key, fingerprint, path,
  * request id.  id is the object to read back.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_money_run(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_http_payflow_money_t *m,
     const char **values, ngx_uint_t nvalues, const char *id)
@@ -2292,7 +1661,7 @@ ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
 
 /* the answer is the object read back */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_money_data(ngx_http_request_t *r, PGresult *res)
 {
     ngx_str_t                data;
@@ -2335,7 +1704,7 @@ ngx_http_payflow_money_unsupported(ngx_http_request_t *r)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_money_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message, const char *param)
 {
@@ -2583,172 +1952,10 @@ ngx_http_payflow_money_called(ngx_http_request_t *r, pf_curl_call_t *call)
 }
 
 
-/* the refund is reserved (results: refund, route, refund read back) */
-
-static ngx_int_t
-ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    ngx_int_t                       exponent;
-    PGresult                       *op_row, *row;
-    ngx_int_t                       rc;
-    ngx_str_t                       name;
-    pf_curl_call_t                 *call;
-    ngx_http_payflow_ctx_t         *ctx;
-    ngx_http_payflow_provider_t    *pv;
-    ngx_http_payflow_operation_t   *op;
-    ngx_http_payflow_main_conf_t   *pmcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    op_row = ngx_http_payflow_db_result(q, 0);
-    row = ngx_http_payflow_db_result(q, 1);
-
-    if (PQntuples(op_row) != 1 || PQntuples(row) != 1) {
-        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
-                                            "resource_missing",
-                                            "no such payment", "payment");
-    }
-
-    op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_operation_t));
-    if (op == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    /* provider, payment id, reference, amount, currency, reason */
-
-    op->op = NGX_HTTP_PAYFLOW_OP_REFUND;
-    op->refund_id.data = (u_char *) ctx->money_values[0];
-    op->refund_id.len = ngx_strlen(ctx->money_values[0]);
-
-    op->payment_id.data = (u_char *) PQgetvalue(row, 0, 1);
-    op->payment_id.len = PQgetlength(row, 0, 1);
-    op->reference.data = (u_char *) PQgetvalue(row, 0, 2);
-    op->reference.len = PQgetlength(row, 0, 2);
-    op->currency = PQgetvalue(row, 0, 4);
-    op->amount = ngx_atoof((u_char *) PQgetvalue(row, 0, 3),
-                           PQgetlength(row, 0, 3));
-    op->reason = PQgetisnull(row, 0, 5) ? NULL : PQgetvalue(row, 0, 5);
-
-    exponent = ngx_http_payflow_payments_exponent(op->currency);
-    if (exponent == NGX_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    op->exponent = exponent;
-
-    name.data = (u_char *) PQgetvalue(row, 0, 0);
-    name.len = PQgetlength(row, 0, 0);
-
-    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
-    call = pv ? ngx_http_payflow_provider_call(r, pv) : NULL;
-
-    rc = call ? pv->adapter->request(pv, op, call) : NGX_DECLINED;
-
-    if (rc != NGX_OK) {
-        /* the reservation stays pending, for an operator: logged */
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "payflow provider: refund %V of payment %V cannot be "
-                      "asked of provider \"%V\"", &op->refund_id,
-                      &op->payment_id, &name);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->provider = pv;
-    ctx->op = op;
-
-    return ngx_http_payflow_provider_run(r, call,
-                                         ngx_http_payflow_refund_called);
-}
-
-
-static ngx_int_t
-ngx_http_payflow_refund_called(ngx_http_request_t *r, pf_curl_call_t *call)
-{
-    pf_pg_query_t                       *q;
-    const char                         **values;
-    ngx_http_payflow_ctx_t              *ctx;
-    ngx_http_payflow_provider_t         *pv;
-    ngx_http_payflow_operation_t        *op;
-    ngx_http_payflow_main_conf_t        *pmcf;
-    ngx_http_payflow_provider_result_t   res;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-    pv = (ngx_http_payflow_provider_t *) ctx->provider;
-    op = ctx->op;
-
-    pv->adapter->response(pv, op, call, &res);
-
-    ngx_http_payflow_provider_record(pmcf, pv, op->op, &res, call->elapsed);
-
-    if (res.status == NULL && res.not_taken) {
-        /* refused: nothing refunded, the reservation is released */
-        res.status = "failed";
-    }
-
-    if (res.status == NULL) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "payflow provider: refund %V at \"%V\" is undecided "
-                      "(%s), it stays pending", &op->refund_id, &pv->name,
-                      res.code);
-        res.status = "pending";
-        res.code = NULL;
-    }
-
-    values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    q = ngx_http_payflow_db_query(r, 2, 1);
-
-    if (values == NULL || q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = (char *) op->refund_id.data;
-    values[1] = res.status;
-    values[2] = ngx_http_payflow_nullable(r, &res.reference);
-    values[3] = (ngx_strcmp(res.status, "failed") == 0) ? res.code : NULL;
-
-    ngx_http_payflow_db_set(q, 0, pmcf->st.refund_settle, 4, values);
-
-    ngx_http_payflow_db_set(q, 1, pmcf->st.refund_get, 1, values);
-
-    ctx->db_sql_ok = 0;
-
-    return ngx_http_payflow_db_run(r, q, "recording a refund",
-                                   ngx_http_payflow_refund_settled);
-}
-
-
-static ngx_int_t
-ngx_http_payflow_refund_settled(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    ngx_int_t                 rc;
-    ngx_http_payflow_ctx_t   *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    rc = ngx_http_payflow_money_data(r, ngx_http_payflow_db_result(q, 1));
-
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    if (ctx->idem_key.len) {
-        return ngx_http_payflow_idem_store(r);
-    }
-
-    return ngx_http_payflow_send_body(r, ctx->response_status,
-                                      &ctx->response);
-}
-
-
 /* POST /v1/payments/{id}/capture {"amount": n} (permission write) */
 
 
 static const char  *ngx_http_payflow_capture_fields[] = { "amount", NULL };
-static const char  *ngx_http_payflow_refund_fields[] = {
-    "payment", "amount", "reason", NULL
-};
 
 
 ngx_int_t
@@ -2903,139 +2110,6 @@ ngx_http_payflow_cancel_answer(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
-/* POST /v1/refunds {"payment", "amount", "reason"} (permission write) */
-
-ngx_int_t
-ngx_http_payflow_refunds_create(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx)
-{
-    json_t                         *v;
-    ngx_int_t                       rc;
-    ngx_str_t                       id;
-    pf_error_t                      err;
-    const char                    **values;
-
-    rc = pf_json_check_fields(r->pool, ctx->body,
-                              ngx_http_payflow_refund_fields, &err);
-    if (rc != NGX_OK) {
-        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
-                               : ngx_http_payflow_send_error(r, &err);
-    }
-
-    values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    if (values == NULL || pf_id_generate(r->pool, "re_", &id) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    values[0] = ngx_http_payflow_db_str(r->pool, &id);
-
-    v = json_object_get(ctx->body, "payment");
-
-    if (v == NULL || !json_is_string(v) || json_string_length(v) == 0
-        || json_string_length(v) > 64)
-    {
-        return ngx_http_payflow_bad(r, "payment",
-                                    v ? "parameter_invalid"
-                                      : "parameter_missing",
-                                    "payment must be a payment id");
-    }
-
-    values[1] = json_string_value(v);
-
-    v = json_object_get(ctx->body, "amount");
-
-    if (v) {
-        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
-            return ngx_http_payflow_bad(r, "amount", "amount_invalid",
-                                        "amount must be a positive integer");
-        }
-
-        values[2] = ngx_http_payflow_integer(r, json_integer_value(v));
-        if (values[2] == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    v = json_object_get(ctx->body, "reason");
-
-    if (v) {
-        if (!json_is_string(v)
-            || (ngx_strcmp(json_string_value(v), "duplicate") != 0
-                && ngx_strcmp(json_string_value(v), "fraudulent") != 0
-                && ngx_strcmp(json_string_value(v),
-                              "requested_by_customer") != 0))
-        {
-            return ngx_http_payflow_bad(r, "reason", "parameter_invalid",
-                       "reason must be duplicate, fraudulent or "
-                       "requested_by_customer");
-        }
-
-        values[3] = json_string_value(v);
-    }
-
-    if (values[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_payflow_money_run(r, ctx, &ngx_http_payflow_refund_op,
-                                      values, 4, values[0]);
-}
-
-
-static ngx_int_t
-ngx_http_payflow_refund_answer(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult  *op, *refund;
-
-    op = ngx_http_payflow_db_result(q, 0);
-    refund = ngx_http_payflow_db_result(q, 2);
-
-    if (PQntuples(op) != 1 || PQntuples(refund) != 1) {
-        /* another tenant's payment is as absent as a missing one */
-        return ngx_http_payflow_money_error(r, NGX_HTTP_NOT_FOUND,
-                                            "resource_missing",
-                                            "no such payment", "payment");
-    }
-
-    return ngx_http_payflow_money_data(r, refund);
-}
-
-
-/* GET /v1/refunds/{id} */
-
-ngx_int_t
-ngx_http_payflow_refunds_get(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx)
-{
-    ngx_http_payflow_main_conf_t  *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-
-    return ngx_http_payflow_read_one(r, pmcf->st.refund_get, &ctx->params[0],
-                                     ngx_http_payflow_refunds_got,
-                                     "reading a refund");
-}
-
-
-static ngx_int_t
-ngx_http_payflow_refunds_got(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult    *res;
-    ngx_str_t    data;
-
-    res = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(res) != 1) {
-        return ngx_http_payflow_send_error(r, &ngx_http_payflow_no_refund);
-    }
-
-    data.data = (u_char *) PQgetvalue(res, 0, 0);
-    data.len = PQgetlength(res, 0, 0);
-
-    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
-}
-
-
 /* GET /v1/payments/{id}/events: the append-only log, oldest first */
 
 ngx_int_t
@@ -3110,7 +2184,7 @@ ngx_http_payflow_events_got(ngx_http_request_t *r, pf_pg_query_t *q)
 
 /* one object by id, through a statement returning its JSON */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_read_one(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, ngx_str_t *id,
     ngx_http_payflow_db_ok_pt ok, const char *what)

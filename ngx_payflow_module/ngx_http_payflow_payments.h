@@ -22,16 +22,19 @@ ngx_int_t ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_payments_events(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
-ngx_int_t ngx_http_payflow_refunds_create(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx);
-ngx_int_t ngx_http_payflow_refunds_get(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_payments_exponent(const char *currency);
 ngx_int_t ngx_http_payflow_payment_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
+/* shared with ngx_http_payflow_refunds.c and _idempotency.c */
 
-extern const char  *ngx_http_payflow_idem_names[];
+void ngx_http_payflow_payment_error(ngx_http_request_t *r, pf_error_t *err);
+ngx_int_t ngx_http_payflow_bad(ngx_http_request_t *r, const char *param,
+    const char *code, const char *message);
+char *ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n);
+ngx_int_t ngx_http_payflow_read_one(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, ngx_str_t *id,
+    ngx_http_payflow_db_ok_pt ok, const char *what);
 
 
 #endif /* _NGX_HTTP_PAYFLOW_PAYMENTS_H_INCLUDED_ */
