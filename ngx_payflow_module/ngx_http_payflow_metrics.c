@@ -60,6 +60,7 @@ static void ngx_http_payflow_metrics_seconds(pf_prom_t *out,
     const char *name, const char *labels, uint64_t ms);
 static void ngx_http_payflow_log_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
+static void ngx_http_payflow_log_unmask(void *data);
 
 
 /* a log that had a writer of its own (syslog, memory) keeps it here */
@@ -794,6 +795,7 @@ ngx_http_payflow_metrics_seconds(pf_prom_t *out, const char *name,
 ngx_int_t
 ngx_http_payflow_log_mask(ngx_pool_t *pool, ngx_log_t *log)
 {
+    ngx_pool_cleanup_t           *cln;
     ngx_http_payflow_log_wrap_t  *w;
 
     for ( /* void */ ; log; log = log->next) {
@@ -801,6 +803,21 @@ ngx_http_payflow_log_mask(ngx_pool_t *pool, ngx_log_t *log)
         if (log->writer == ngx_http_payflow_log_writer) {
             continue;
         }
+
+        /*
+         * The pool's cleanups run in reverse order of registration: this
+         * one before the dlclose() of the module registered by
+         * load_module, after which a debug line written through this
+         * writer would jump into unmapped code.
+         */
+
+        cln = ngx_pool_cleanup_add(pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_payflow_log_unmask;
+        cln->data = log;
 
         if (log->writer) {
             w = ngx_palloc(pool, sizeof(ngx_http_payflow_log_wrap_t));
@@ -820,6 +837,24 @@ ngx_http_payflow_log_mask(ngx_pool_t *pool, ngx_log_t *log)
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_payflow_log_unmask(void *data)
+{
+    ngx_log_t *log = data;
+
+    ngx_http_payflow_log_wrap_t  *w;
+
+    if (log->writer != ngx_http_payflow_log_writer) {
+        return;
+    }
+
+    w = log->wdata;
+
+    log->writer = w ? w->writer : NULL;
+    log->wdata = w ? w->wdata : NULL;
 }
 
 
