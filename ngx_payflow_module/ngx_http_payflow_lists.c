@@ -144,7 +144,8 @@ ngx_http_payflow_payments_list(ngx_http_request_t *r,
         email.len = dst - email.data;
 
         if (email.len == 0 || email.len > 254
-            || ngx_strlchr(email.data, email.data + email.len, '@') == NULL)
+            || ngx_strlchr(email.data, email.data + email.len, '@') == NULL
+            || !pf_text_valid(email.data, email.len))
         {
             pf_json_param_error(&err, "customer", "parameter_invalid",
                                 "customer must be the customer's "

@@ -9,11 +9,10 @@
  *
  * A payment is created and confirmed in one call.  With the built-in
  * sandbox provider (ngx_http_payflow_sandbox.c) the whole creation is one
- * pipelined transaction: the idempotency key (when given) is inserted
- * first and gates the payment insert, the outcome's transitions follow
- * (triggers write the events and the ledger), and the answer is stored on
- * the key and read back in the same transaction; a replay sends those very
- * bytes.  Capture, cancel and refund store their answer in a second round
+ * statement, payflow_payment_create(): the idempotency key (when given)
+ * with its stored answer, the payment in its outcome, its events and
+ * outbox deliveries, its ledger transaction (sealed into the chain later
+ * by ngx_http_payflow_sealer.c); a replay sends the stored bytes.  Capture, cancel and refund store their answer in a second round
  * trip; a key left locked by a request that died before that is resumed
  * from its object once the lock has expired (or completed by the
  * background jobs).  The key's own handling, replays and stored answers
@@ -652,11 +651,13 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
 
     if (rc == NGX_OK
-        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255))
+        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
+            || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len)))
     {
         return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
                    "idempotency_key_invalid",
-                   "Idempotency-Key must be 1 to 255 characters");
+                   "Idempotency-Key must be 1 to 255 bytes of UTF-8 "
+                   "text without control characters");
     }
 
     keyed = (rc == NGX_OK);
@@ -1499,11 +1500,13 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
     rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
 
     if (rc == NGX_OK
-        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255))
+        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
+            || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len)))
     {
         return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
                    "idempotency_key_invalid",
-                   "Idempotency-Key must be 1 to 255 characters");
+                   "Idempotency-Key must be 1 to 255 bytes of UTF-8 "
+                   "text without control characters");
     }
 
     keyed = (rc == NGX_OK);
@@ -1872,6 +1875,37 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
+/*
+ * An amount for an operation on a payment (capture, refund) above any
+ * payment's limit is refused here, before the database: NGX_DECLINED if
+ * it is within the limit.
+ */
+
+ngx_int_t
+ngx_http_payflow_amount_over(ngx_http_request_t *r, json_int_t amount)
+{
+    u_char                       *msg;
+    ngx_http_payflow_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_module);
+
+    if (amount <= plcf->max_amount) {
+        return NGX_DECLINED;
+    }
+
+    msg = ngx_pnalloc(r->pool, 64);
+    if (msg == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *ngx_snprintf(msg, 63, "amount must be at most %O", plcf->max_amount)
+        = '\0';
+
+    return ngx_http_payflow_bad(r, "amount", "amount_too_large",
+                                (char *) msg);
+}
+
+
 /* the minor-unit exponent of an accepted currency, or NGX_ERROR */
 
 ngx_int_t
@@ -1987,6 +2021,11 @@ ngx_http_payflow_payments_capture(ngx_http_request_t *r,
         if (!json_is_integer(v) || json_integer_value(v) <= 0) {
             return ngx_http_payflow_bad(r, "amount", "amount_invalid",
                                         "amount must be a positive integer");
+        }
+
+        rc = ngx_http_payflow_amount_over(r, json_integer_value(v));
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
         values[1] = ngx_http_payflow_integer(r, json_integer_value(v));

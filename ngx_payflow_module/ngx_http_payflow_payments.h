@@ -23,6 +23,8 @@ ngx_int_t ngx_http_payflow_payments_cancel(ngx_http_request_t *r,
 ngx_int_t ngx_http_payflow_payments_events(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_payments_exponent(const char *currency);
+ngx_int_t ngx_http_payflow_amount_over(ngx_http_request_t *r,
+    json_int_t amount);
 ngx_int_t ngx_http_payflow_payment_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 

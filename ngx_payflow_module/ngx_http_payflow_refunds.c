@@ -183,6 +183,11 @@ ngx_http_payflow_refunds_create(ngx_http_request_t *r,
                                         "amount must be a positive integer");
         }
 
+        rc = ngx_http_payflow_amount_over(r, json_integer_value(v));
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
         values[2] = ngx_http_payflow_integer(r, json_integer_value(v));
         if (values[2] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;

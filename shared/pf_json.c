@@ -158,6 +158,42 @@ pf_json_check_fields(ngx_pool_t *pool, json_t *obj, const char **allowed,
 }
 
 
+/*
+ * Text from a header or a query string that is to reach the database:
+ * well-formed UTF-8 (PostgreSQL refuses anything else, as a 500 it would
+ * be) and no control characters.
+ */
+
+ngx_uint_t
+pf_text_valid(u_char *p, size_t len)
+{
+    u_char    *last;
+    uint32_t   ch;
+
+    last = p + len;
+
+    while (p < last) {
+
+        if (*p < 0x80) {
+            if (*p < 0x20 || *p == 0x7f) {
+                return 0;
+            }
+
+            p++;
+            continue;
+        }
+
+        ch = ngx_utf8_decode(&p, last - p);
+
+        if (ch > 0x10ffff || (ch >= 0xd800 && ch <= 0xdfff)) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 void
 pf_json_param_error(pf_error_t *err, const char *param, const char *code,
     const char *message)

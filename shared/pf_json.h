@@ -39,6 +39,7 @@ ngx_int_t pf_json_parse_body(ngx_http_request_t *r, json_t **obj,
     pf_error_t *err);
 ngx_int_t pf_json_check_fields(ngx_pool_t *pool, json_t *obj,
     const char **allowed, pf_error_t *err);
+ngx_uint_t pf_text_valid(u_char *p, size_t len);
 void pf_json_param_error(pf_error_t *err, const char *param,
     const char *code, const char *message);
 
