@@ -463,7 +463,11 @@ ngx_http_payflow_idem_other(ngx_http_request_t *r, PGresult *key)
 }
 
 
-/* a replay if the key was finished; otherwise the retry runs afresh */
+/*
+ * A replay if the key was finished; otherwise it was deleted (its
+ * operation never ran) or another request is settling it, and the client
+ * is told to retry: that retry runs afresh.
+ */
 
 static ngx_int_t
 ngx_http_payflow_idem_settled(ngx_http_request_t *r, pf_pg_query_t *q)

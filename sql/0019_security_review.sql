@@ -34,3 +34,84 @@ $$;
 
 CREATE TRIGGER tenants_notify_insert AFTER INSERT ON tenants
     FOR EACH ROW EXECUTE FUNCTION tenants_notify();
+
+-- 2. The completer decides whether a capture or cancel ran from what the
+--    server wrote, not from the client's X-Request-Id: the key is inserted
+--    by the statement that moves the payment (NGX_HTTP_PAYFLOW_KEY_CTE),
+--    so the operation ran if and only if the payment row, or an event of
+--    the payment, was written by the key's own transaction (the key row's
+--    xmin: a key is never updated before it is finished).  A request id
+--    reused from an earlier request on the same payment no longer turns a
+--    capture that matched nothing into a stored 200.
+
+CREATE OR REPLACE FUNCTION payflow_complete_idempotency_keys(p_limit int,
+    p_tenant text DEFAULT NULL, p_livemode boolean DEFAULT NULL,
+    p_key text DEFAULT NULL)
+    RETURNS int
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+DECLARE
+    k     record;
+    data  jsonb;
+    n     int := 0;
+BEGIN
+    FOR k IN SELECT ik.*, ik.xmin AS written_by FROM idempotency_keys ik
+              WHERE ik.phase <> 'finished' AND ik.locked_until < now()
+                AND (p_key IS NULL
+                     OR (ik.tenant_id = p_tenant
+                         AND ik.livemode = p_livemode
+                         AND ik.key = p_key))
+              ORDER BY ik.locked_until
+              LIMIT p_limit
+                FOR UPDATE SKIP LOCKED
+    LOOP
+        data := NULL;
+
+        IF k.path = '/v1/payments' THEN
+            SELECT payflow_payment_json(p) INTO data FROM payments p
+             WHERE p.id = k.payment_id
+               AND p.tenant_id = k.tenant_id AND p.livemode = k.livemode;
+
+        ELSIF k.path = '/v1/refunds' THEN
+            SELECT payflow_refund_json(f) INTO data FROM refunds f
+             WHERE f.id = k.object_id
+               AND f.tenant_id = k.tenant_id AND f.livemode = k.livemode;
+
+        ELSE
+            SELECT payflow_payment_json(p) INTO data FROM payments p
+             WHERE p.id = coalesce(k.object_id, k.payment_id)
+               AND p.tenant_id = k.tenant_id AND p.livemode = k.livemode
+               AND (p.xmin = k.written_by
+                    OR EXISTS (SELECT 1 FROM payment_events e
+                                WHERE e.payment_id = p.id
+                                  AND e.tenant_id = k.tenant_id
+                                  AND e.xmin = k.written_by));
+        END IF;
+
+        IF data IS NULL THEN
+            DELETE FROM idempotency_keys
+             WHERE tenant_id = k.tenant_id AND livemode = k.livemode
+               AND key = k.key;
+
+        ELSE
+            UPDATE idempotency_keys
+               SET phase = 'finished', response_status = 200,
+                   locked_until = NULL,
+                   response_body = '{"success":true,"data":' || data::text
+                       || ',"meta":{"request_id":'
+                       || to_json(coalesce(k.request_id, 'req_completer'))
+                       || ',"timestamp":'
+                       || to_json(to_char(now() AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                       || '}}'
+             WHERE tenant_id = k.tenant_id AND livemode = k.livemode
+               AND key = k.key;
+        END IF;
+
+        n := n + 1;
+    END LOOP;
+
+    RETURN n;
+END
+$$;

@@ -6,7 +6,11 @@
 # once its lock expires, so that the client's retry gets an answer instead
 # of a key stuck "in progress".  A key whose lock still holds is left to
 # its request; a key whose operation never ran (nothing to answer with)
-# is deleted, so that a retry runs afresh.
+# is deleted, so that a retry runs afresh.  Whether a capture or cancel
+# ran is decided from what the server wrote in the key's transaction, not
+# from the client's X-Request-Id: a capture of a canceled payment that
+# died in its first round trip, retried under a request id the cancel
+# used, gets the true 409, not a stored 200.
 
 use warnings;
 use strict;
@@ -14,10 +18,11 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use Digest::SHA qw/sha256_hex/;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(17);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(22);
 
 my $conf = <<'EOF';
 
@@ -156,6 +161,56 @@ is($t->psql("SELECT count(*) FROM payments WHERE tenant_id = '$tenant'")
 	. ' ' . $t->psql("SELECT count(*) FROM refunds r JOIN payments p "
 	. "ON p.id = r.payment_id WHERE p.tenant_id = '$tenant'"),
 	'1 1', 'no payment or refund made twice');
+
+# a capture or cancel that died in its first round trip: its key is in
+# the database, not finished, lock expired; the payment moved (or not) in
+# the key's own transaction
+sub dead_key {
+	my ($key_name, $payment, $op, $rid, $also) = @_;
+	my $path = "/v1/payments/$payment/$op";
+	my $fp = sha256_hex("POST\n$path\n{}");
+	$t->psql("BEGIN; INSERT INTO idempotency_keys (tenant_id, livemode, "
+		. "key, fingerprint, method, path, phase, locked_until, "
+		. "payment_id, request_id, object_id) VALUES ('$tenant', false, "
+		. "'$key_name', decode('$fp', 'hex'), 'POST', '$path', "
+		. "'provider_called', now() - interval '1 second', '$payment', "
+		. "'$rid', '$payment'); " . ($also // '') . ' COMMIT;');
+}
+
+my %manual = (amount => 3000, currency => 'usd', capture_method => 'manual');
+my $c = call('POST', '/v1/payments', \%manual)->{json}{data}{id};
+$r = call('POST', "/v1/payments/$c/cancel", {},
+	headers => ['X-Request-Id: req_reused']);
+is($r->{json}{data}{status}, 'canceled', 'canceled under req_reused');
+
+dead_key('cap-dead', $c, 'capture', 'req_reused');
+my @seen;
+for (1 .. 3) {
+	$r = call('POST', "/v1/payments/$c/capture", {},
+		headers => ['Idempotency-Key: cap-dead',
+			'X-Request-Id: req_reused']);
+	push @seen, ($r->{status} // '') . ' ' . ($r->{json}{error}{code}
+		// $r->{json}{data}{status} // '') . ' '
+		. ($r->{headers}{'idempotent-replayed'} // '-');
+	last if $seen[-1] !~ /idempotency_key_in_use/;
+}
+is($seen[-1], '409 payment_not_capturable -',
+	'a capture that never ran, retried under a reused request id: 409')
+	or diag(join "\n", @seen);
+ok(!grep({ /^200/ } @seen), 'never answered as a success');
+
+# one that did run: the cancel and its key in one transaction
+my $d = call('POST', '/v1/payments', \%manual)->{json}{data}{id};
+dead_key('cancel-dead', $d, 'cancel', 'req_gone',
+	"UPDATE payments SET status = 'canceled', amount_capturable = 0 "
+	. "WHERE id = '$d';");
+$r = call('POST', "/v1/payments/$d/cancel", {},
+	headers => ['Idempotency-Key: cancel-dead']);
+is(($r->{status} // '') . ' ' . ($r->{json}{data}{status} // '') . ' '
+	. ($r->{headers}{'idempotent-replayed'} // '-'), '200 canceled true',
+	'a cancel that ran and died before its answer: replayed as done');
+is($r->{json}{meta}{request_id}, 'req_gone',
+	'under the request id of the request that died');
 
 # retries racing each other (and the completer) over a key whose lock has
 # just expired: one of them stores its answer, all of them send that one
