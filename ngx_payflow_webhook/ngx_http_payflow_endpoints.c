@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_payflow_endpoint_fields(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_endpoint_url(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, json_t *url, ngx_str_t *host,
     pf_error_t *err);
+static ngx_int_t ngx_http_payflow_endpoint_ipv4(ngx_http_request_t *r,
+    ngx_str_t *host, struct sockaddr_in *sin);
 static ngx_int_t ngx_http_payflow_endpoint_probe(ngx_http_request_t *r,
     ngx_str_t *url, ngx_str_t *host);
 static void ngx_http_payflow_endpoint_probed(pf_curl_call_t *call);
@@ -333,7 +335,9 @@ ngx_http_payflow_endpoint_url(ngx_http_request_t *r,
 {
     u_char                          *p, *last, *start, *end;
     size_t                           len;
+    ngx_int_t                        rc;
     ngx_addr_t                       addr;
+    struct sockaddr_in               sin;
     ngx_http_payflow_outbox_conf_t  *ocf;
 
     ocf = ngx_http_get_module_main_conf(r, ngx_http_payflow_webhook_module);
@@ -421,7 +425,28 @@ ngx_http_payflow_endpoint_url(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    /* an address literal is judged now; a name once it is resolved */
+    /*
+     * An address literal is judged now; a name once it is resolved.  An
+     * IPv4 literal is read as libcurl will connect to it (inet_aton's
+     * forms: octal "0177.0.0.1", hex "0x7f.1", one to four parts), not
+     * as ngx_parse_addr() reads it (decimal octets only).
+     */
+
+    rc = ngx_http_payflow_endpoint_ipv4(r, host, &sin);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc == NGX_OK) {
+
+        if (!pf_curl_address_public((struct sockaddr *) &sin)) {
+            goto refused;
+        }
+
+        ngx_str_null(host);
+        return NGX_OK;
+    }
 
     if (ngx_parse_addr(r->pool, &addr, host->data, host->len) == NGX_OK) {
 
@@ -446,6 +471,47 @@ invalid:
     pf_json_param_error(err, "url", "url_invalid",
                         "url must be an absolute https URL");
     return NGX_DECLINED;
+}
+
+
+/*
+ * NGX_OK and the address if the host is an IPv4 literal in any form
+ * inet_aton() (and libcurl's URL parser) accepts, NGX_DECLINED if it is
+ * not one.
+ */
+
+static ngx_int_t
+ngx_http_payflow_endpoint_ipv4(ngx_http_request_t *r, ngx_str_t *host,
+    struct sockaddr_in *sin)
+{
+    u_char  *p, *last, *name;
+
+    last = host->data + host->len;
+
+    for (p = host->data; p < last; p++) {
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')
+              || (*p >= 'A' && *p <= 'F') || *p == 'x' || *p == 'X'
+              || *p == '.'))
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    name = ngx_pnalloc(r->pool, host->len + 1);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(name, host->data, host->len) = '\0';
+
+    ngx_memzero(sin, sizeof(struct sockaddr_in));
+    sin->sin_family = AF_INET;
+
+    if (inet_aton((char *) name, &sin->sin_addr) == 0) {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }
 
 

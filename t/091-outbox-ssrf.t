@@ -6,7 +6,10 @@
 # what their name resolves to; live-mode endpoints need https; and at
 # delivery, an endpoint that has come to point at such an address (its
 # name now resolving there) is never connected to: the receiver on
-# 127.0.0.1 gets nothing, the attempt says why.
+# 127.0.0.1 gets nothing, the attempt says why.  Both checks read an IPv4
+# literal as libcurl connects to it: the same table of forms (decimal,
+# octal, hex, short, one number, IPv4-mapped IPv6) is refused at creation
+# and never connected to at delivery.
 
 use warnings;
 use strict;
@@ -18,7 +21,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(20);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(29);
 
 $t->write_file_expand('nginx.conf', <<'EOF2');
 
@@ -87,7 +90,10 @@ for my $url ("http://127.0.0.1:$rport/hook/ok", 'http://localhost/x',
 	'https://0.0.0.0/x', 'https://[::1]/x', 'https://[fe80::1]/x',
 	'https://[::ffff:127.0.0.1]/x', 'https://224.0.0.1/x',
 	'https://[64:ff9b::7f00:1]/x', 'https://[2002:7f00:1::1]/x',
-	'https://2130706433/x')
+	'https://2130706433/x', 'http://0177.0.0.1:8095/x', 'http://012.0.0.1/',
+	'https://0x7f.0.0.1/x', 'https://0x7f000001/x', 'https://127.1/x',
+	'https://017700000001/x', 'https://0300.0250.0.1/x',
+	'https://[::ffff:7f00:1]/x', 'https://0xa.1/x')
 {
 	is(create($url), '400 url_not_allowed', "refused: $url");
 }
@@ -99,14 +105,25 @@ is(create('http://93.184.216.34/hook', $live), '400 url_invalid',
 
 # an endpoint that has come to point at the receiver on 127.0.0.1, as a
 # name rebound to a private address would
-$t->psql("INSERT INTO webhook_endpoints (tenant_id, livemode, url, events, "
-	. "secret) VALUES ('$tenant', false, 'http://127.0.0.1:$rport/hook/ok', "
-	. "'{*}', 'whsec_" . ('A' x 43) . "=')");
+# (and every other form of it, written past the creation check)
+my @forms = ("127.0.0.1:$rport", "0177.0.0.1:$rport", "0x7f.0.0.1:$rport",
+	"127.1:$rport", "2130706433:$rport", "0x7f000001:$rport",
+	"[::ffff:127.0.0.1]:$rport");
+for my $form (@forms) {
+	$t->psql("INSERT INTO webhook_endpoints (tenant_id, livemode, url, "
+		. "events, secret) VALUES ('$tenant', false, "
+		. "'http://$form/hook/ok', '{*}', 'whsec_" . ('A' x 43) . "=')");
+}
 bearer($key, 'POST', '/v1/payments', { amount => 2000, currency => 'usd' });
 
-ok($t->poll(5, sub { $t->psql("SELECT count(*) FROM webhook_attempts "
-	. "WHERE error LIKE '%not allowed%'") > 0 }),
-	'the delivery is refused at connect time');
+ok($t->poll(10, sub { $t->psql("SELECT count(DISTINCT d.endpoint_id) "
+	. "FROM webhook_attempts a JOIN webhook_deliveries d "
+	. "ON d.id = a.delivery_id WHERE a.error LIKE '%not allowed%'")
+	== @forms }),
+	'the delivery to every form is refused at connect time')
+	or diag($t->psql("SELECT e.url, a.error FROM webhook_attempts a "
+	. "JOIN webhook_deliveries d ON d.id = a.delivery_id "
+	. "JOIN webhook_endpoints e ON e.id = d.endpoint_id"));
 my $got = http_parse(http_get('/_receiver/requests', port => $rport));
 is(scalar @{$got->{json} // [1]}, 0, 'the receiver got nothing');
 like(http_parse(http_get('/metrics'))->{body},
