@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_payflow_endpoint_fields(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_endpoint_url(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, json_t *url, ngx_str_t *host,
     pf_error_t *err);
+static ngx_int_t ngx_http_payflow_events_redelivered(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_endpoint_ipv4(ngx_http_request_t *r,
     ngx_str_t *host, struct sockaddr_in *sin);
 static ngx_int_t ngx_http_payflow_endpoint_probe(ngx_http_request_t *r,
@@ -845,6 +847,8 @@ ngx_http_payflow_events_redeliver(ngx_http_request_t *r,
 {
     ngx_int_t                      rc;
     pf_error_t                     err;
+    const char                   **v;
+    pf_pg_query_t                 *q;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     static const char  *none[] = { NULL };
@@ -857,8 +861,94 @@ ngx_http_payflow_events_redeliver(ngx_http_request_t *r,
                                : ngx_http_payflow_send_error(r, &err);
     }
 
-    return ngx_http_payflow_id_run(r, ctx, pmcf->st.event_redeliver,
-                                   "redelivering an event");
+    v = ngx_palloc(r->pool, sizeof(char *));
+    q = ngx_http_payflow_db_query(r, 1, 1);
+
+    if (v == NULL || q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+    if (v[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_set(q, 0, pmcf->st.event_redeliver, 1, v);
+
+    ctx->db_sql_ok = 1;
+
+    return ngx_http_payflow_db_run(r, q, "redelivering an event",
+                                   ngx_http_payflow_events_redelivered);
+}
+
+
+/* the event's deliveries, or 429 when the last redelivery is too recent */
+
+static ngx_int_t
+ngx_http_payflow_events_redelivered(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    char        *detail;
+    PGresult    *res;
+    ngx_str_t    data, after;
+    pf_error_t   err;
+    const char  *state;
+
+    if (q->status == PF_PG_SQL_ERROR) {
+        state = pf_pg_query_sqlstate(q);
+
+        if (state && ngx_strcmp(state, "PF011") == 0) {
+            detail = PQresultErrorField(q->results[q->failed],
+                                        PG_DIAG_MESSAGE_DETAIL);
+
+            if (detail) {
+                after.data = (u_char *) detail;
+                after.len = ngx_strlen(detail);
+
+                if (pf_response_add_header(r, "Retry-After", &after)
+                    != NGX_OK)
+                {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
+            }
+
+            ngx_memzero(&err, sizeof(pf_error_t));
+
+            err.status = NGX_HTTP_TOO_MANY_REQUESTS;
+            err.type = PF_ERROR_RATE_LIMIT;
+            err.code = "redelivery_too_soon";
+            err.message = "an event is redelivered to an endpoint at most "
+                          "once a minute; see Retry-After";
+            err.param = "id";
+
+            return ngx_http_payflow_send_error(r, &err);
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow: redelivering an event failed: %s (%s)",
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY), state);
+
+        return ngx_http_payflow_send_db_error(r, q);
+    }
+
+    res = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        ngx_memzero(&err, sizeof(pf_error_t));
+
+        err.status = NGX_HTTP_NOT_FOUND;
+        err.type = PF_ERROR_INVALID_REQUEST;
+        err.code = "resource_missing";
+        err.message = "no such event";
+        err.param = "id";
+
+        return ngx_http_payflow_send_error(r, &err);
+    }
+
+    data.data = (u_char *) PQgetvalue(res, 0, 0);
+    data.len = PQgetlength(res, 0, 0);
+
+    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
 }
 
 

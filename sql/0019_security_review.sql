@@ -115,3 +115,69 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- 3. A manual redelivery is throttled per event and endpoint: a delivery
+--    in flight is left to finish, and one redelivered by hand less than a
+--    minute ago is not sent again (each call used to send to every
+--    endpoint, so 11 calls made 110 POSTs).  When a call sends nothing
+--    because of the minute, it says how long to wait (PF011, the seconds
+--    in the detail: 429 with Retry-After).
+
+ALTER TABLE webhook_deliveries ADD COLUMN redelivered_at timestamptz;
+
+CREATE OR REPLACE FUNCTION payflow_event_redeliver(p_id text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+DECLARE
+    ev      payment_events;
+    queued  int;
+    wait    timestamptz;
+BEGIN
+    SELECT * INTO ev FROM payment_events e
+     WHERE e.id = p_id AND e.tenant_id = payflow_tenant()
+       AND e.livemode = payflow_livemode();
+
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    WITH sent AS (
+        INSERT INTO webhook_deliveries (tenant_id, livemode, event_id,
+                                        endpoint_id, next_attempt_at,
+                                        redelivered_at)
+        SELECT ev.tenant_id, ev.livemode, ev.id, e.id, now(), now()
+          FROM webhook_endpoints e
+         WHERE e.tenant_id = ev.tenant_id AND e.livemode = ev.livemode
+           AND e.enabled
+           AND (ev.type = ANY (e.events) OR '*' = ANY (e.events))
+        ON CONFLICT (event_id, endpoint_id) DO UPDATE
+           SET status = 'pending', next_attempt_at = now(),
+               leased_until = NULL, redelivered_at = now()
+         WHERE (webhook_deliveries.status <> 'pending'
+                OR webhook_deliveries.leased_until IS NULL)
+           AND (webhook_deliveries.redelivered_at IS NULL
+                OR webhook_deliveries.redelivered_at
+                   <= now() - interval '60 seconds')
+        RETURNING 1)
+    SELECT count(*) INTO queued FROM sent;
+
+    IF queued = 0 THEN
+        SELECT min(d.redelivered_at) + interval '60 seconds' INTO wait
+          FROM webhook_deliveries d
+         WHERE d.event_id = ev.id
+           AND d.redelivered_at > now() - interval '60 seconds';
+
+        IF wait IS NOT NULL THEN
+            RAISE EXCEPTION 'this event was redelivered less than a minute '
+                'ago' USING ERRCODE = 'PF011',
+                DETAIL = ceil(extract(epoch FROM wait - now()))::int::text;
+        END IF;
+
+    ELSE
+        PERFORM pg_notify('payflow_outbox', '');
+    END IF;
+
+    RETURN payflow_event_deliveries(p_id);
+END
+$$;

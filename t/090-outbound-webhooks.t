@@ -28,7 +28,7 @@ push @{$t->{skip}}, 'the standardwebhooks npm package is not installed '
 	. '(make deps)'
 	unless -f "$node_dir/node_modules/standardwebhooks/package.json";
 
-$t->plan(62);
+$t->plan(68);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -200,6 +200,26 @@ $r = tapi('POST', "/v1/events/$body->{id}/redeliver", {});
 is($r->{status}, 200, 'redeliver');
 ok($t->poll(5, sub { (grep { $_->{id} eq $d->{id} } @{received()}) == 2 }),
 	'the same delivery arrives again, same webhook-id');
+
+# at most once a minute per event and endpoint: ten more calls, no more POSTs
+my @again = map { tapi('POST', "/v1/events/$body->{id}/redeliver", {}) }
+	1 .. 10;
+is(join(' ', map { $_->{status} // 0 } @again), join(' ', (429) x 10),
+	'redelivering again within the minute: 429');
+is($again[0]{json}{error}{code}, 'redelivery_too_soon',
+	'429 redelivery_too_soon');
+like($again[0]{headers}{'retry-after'} // '', qr/^([1-9]|[1-5][0-9]|60)$/,
+	'with Retry-After in seconds');
+select undef, undef, undef, 1;
+is(scalar(grep { $_->{id} eq $d->{id} } @{received()}), 2,
+	'the receiver got nothing more');
+
+$t->psql("UPDATE webhook_deliveries SET redelivered_at = redelivered_at "
+	. "- interval '61 seconds' WHERE event_id = '$body->{id}'");
+$r = tapi('POST', "/v1/events/$body->{id}/redeliver", {});
+is($r->{status}, 200, 'a minute later: redelivered') or diag($r->{raw});
+ok($t->poll(5, sub { (grep { $_->{id} eq $d->{id} } @{received()}) == 3 }),
+	'and it arrives once more');
 
 ###############################################################################
 # failures: 500, a timeout, a redirect, 410, and for too long
