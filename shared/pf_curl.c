@@ -233,6 +233,18 @@ pf_curl_start(pf_curl_t *curl, pf_curl_call_t *call)
     (void) curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                             (long) call->connect_timeout);
     (void) curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) call->timeout);
+    /*
+     * Removing a handle whose name is still resolving (a call cancelled
+     * or timed out) joins libcurl's resolver thread: the worker would
+     * block until the system resolver gives up.  With quick exit the
+     * thread is left to finish on its own.
+     */
+#if (LIBCURL_VERSION_NUM >= 0x075700)
+    (void) curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+#else
+#error "libcurl 7.87.0 or later is needed (CURLOPT_QUICK_EXIT)"
+#endif
+
     (void) curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
     (void) curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 
