@@ -28,7 +28,8 @@ WARN :=		-Wall -Wextra -Wno-unused-parameter -Werror
 SOURCES :=	config $(wildcard shared/*.[ch] ngx_payflow_*/*.[ch] \
 		ngx_payflow_*/*/*.[ch])
 
-.PHONY: all build deps run stop test bench static clang key clean distclean
+.PHONY: all build deps run stop test test-asan bench static clang key clean \
+	distclean
 
 all: build
 
@@ -70,6 +71,11 @@ stop:
 
 test: deps build
 	@scripts/test $(T)
+
+# the suite against nginx and the module built with ASan and UBSan
+test-asan: deps
+	@scripts/asan-build
+	@scripts/test-asan $(T)
 
 bench: deps build
 	@bench/run
