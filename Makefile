@@ -28,8 +28,8 @@ WARN :=		-Wall -Wextra -Wno-unused-parameter -Werror
 SOURCES :=	config $(wildcard shared/*.[ch] ngx_payflow_*/*.[ch] \
 		ngx_payflow_*/*/*.[ch])
 
-.PHONY: all build deps run stop test test-asan bench static clang key clean \
-	distclean
+.PHONY: all build deps run stop test test-asan fuzz bench static clang key \
+	clean distclean
 
 all: build
 
@@ -71,6 +71,10 @@ stop:
 
 test: deps build
 	@scripts/test $(T)
+
+# libFuzzer harnesses (fuzz/), FUZZ_TIME seconds each (default 60)
+fuzz: deps
+	@scripts/fuzz $(FUZZ)
 
 # the suite against nginx and the module built with ASan and UBSan
 test-asan: deps

@@ -160,22 +160,27 @@ pf_json_check_fields(ngx_pool_t *pool, json_t *obj, const char **allowed,
 
 /*
  * Text from a header or a query string that is to reach the database:
- * well-formed UTF-8 (PostgreSQL refuses anything else, as a 500 it would
- * be) and no control characters.
+ * well-formed UTF-8 as PostgreSQL reads it (RFC 3629: no overlong form,
+ * no surrogate, nothing above U+10FFFF, every continuation byte 10xxxxxx)
+ * and no control characters.  ngx_utf8_decode() is not strict enough: it
+ * takes any byte from 0x80 up as a continuation byte.
  */
 
 ngx_uint_t
 pf_text_valid(u_char *p, size_t len)
 {
     u_char    *last;
-    uint32_t   ch;
+    size_t     need, i;
+    uint32_t   ch, min;
 
     last = p + len;
 
     while (p < last) {
 
-        if (*p < 0x80) {
-            if (*p < 0x20 || *p == 0x7f) {
+        ch = *p;
+
+        if (ch < 0x80) {
+            if (ch < 0x20 || ch == 0x7f) {
                 return 0;
             }
 
@@ -183,11 +188,42 @@ pf_text_valid(u_char *p, size_t len)
             continue;
         }
 
-        ch = ngx_utf8_decode(&p, last - p);
+        if (ch >= 0xc2 && ch <= 0xdf) {
+            need = 1;
+            ch &= 0x1f;
+            min = 0x80;
 
-        if (ch > 0x10ffff || (ch >= 0xd800 && ch <= 0xdfff)) {
+        } else if (ch >= 0xe0 && ch <= 0xef) {
+            need = 2;
+            ch &= 0x0f;
+            min = 0x800;
+
+        } else if (ch >= 0xf0 && ch <= 0xf4) {
+            need = 3;
+            ch &= 0x07;
+            min = 0x10000;
+
+        } else {
             return 0;
         }
+
+        if ((size_t) (last - p) <= need) {
+            return 0;
+        }
+
+        for (i = 1; i <= need; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                return 0;
+            }
+
+            ch = (ch << 6) | (p[i] & 0x3f);
+        }
+
+        if (ch < min || ch > 0x10ffff || (ch >= 0xd800 && ch <= 0xdfff)) {
+            return 0;
+        }
+
+        p += need + 1;
     }
 
     return 1;
