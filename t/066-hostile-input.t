@@ -17,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(27);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(40);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -120,6 +120,25 @@ for my $q ('customer=%ff%40x', 'customer=a%c3%40x.example',
 
 $r = call('GET', '/v1/payments?customer=ren%C3%A9%40x.example');
 is(res($r), '200 ok -', 'a UTF-8 customer address is fine');
+
+###############################################################################
+# ids and cursors with bad bytes, in paths and query strings: never a 500
+
+for my $req (['GET', '/v1/payments/pay_%ff'], ['GET', '/v1/refunds/%c3%28'],
+	['POST', '/v1/payments/%ff/capture', {}],
+	['POST', '/v1/payments/pay_%c3%ec/cancel', {}],
+	['GET', '/v1/payments/%ff/events'], ['GET', '/v1/events/%ff'],
+	['GET', '/v1/api_keys/%ff'], ['GET', '/v1/webhook_endpoints/%ff'],
+	['GET', '/v1/payments?starting_after=%ff'],
+	['GET', '/v1/payments?ending_before=pay_%c3%ec'],
+	['GET', '/v1/events?type=%ff'], ['GET', '/v1/ledger/entries?payment=%ff'],
+	['POST', '/v1/refunds', { payment => "pay_\xff" }])
+{
+	my ($method, $uri, $body) = @$req;
+	$r = call($method, $uri, $body);
+	like($r->{status} // 0, qr/^4\d\d$/, "$method $uri: " . ($r->{status}
+		// 'none') . ' ' . ($r->{json}{error}{code} // ''));
+}
 
 ###############################################################################
 # amounts beyond any payment's limit, before the database sees them
