@@ -164,6 +164,49 @@ pf_key_well_formed(ngx_str_t *key)
 }
 
 
+/*
+ * Stripe-Signature: t=<unix time>,v1=<hex>[,v1=<hex>...]: the first t=
+ * (in ts and t) and up to max v1= values, pointing into the header; v0
+ * and other schemes are ignored.  NGX_DECLINED if there is no usable t=.
+ */
+
+ngx_int_t
+pf_stripe_signature_parse(ngx_str_t *header, ngx_str_t *ts, time_t *t,
+    ngx_str_t *v1, ngx_uint_t max, ngx_uint_t *n)
+{
+    u_char  *p, *end, *last;
+
+    ngx_str_null(ts);
+    *n = 0;
+
+    last = header->data + header->len;
+
+    for (p = header->data; p < last; p = end + 1) {
+        end = ngx_strlchr(p, last, ',');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (end - p > 2 && p[0] == 't' && p[1] == '=' && ts->len == 0) {
+            ts->data = p + 2;
+            ts->len = end - p - 2;
+
+        } else if (end - p > 3 && ngx_strncmp(p, "v1=", 3) == 0
+                   && *n < max)
+        {
+            v1[*n].data = p + 3;
+            v1[*n].len = end - p - 3;
+            (*n)++;
+        }
+    }
+
+    *t = (ts->len && ts->len <= NGX_TIME_T_LEN) ? ngx_atotm(ts->data, ts->len)
+                                                : NGX_ERROR;
+
+    return (*t == NGX_ERROR) ? NGX_DECLINED : NGX_OK;
+}
+
+
 /* 1 for pf_live_, 0 for pf_test_, NGX_ERROR for anything else */
 
 ngx_int_t

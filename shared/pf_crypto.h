@@ -37,6 +37,9 @@ void pf_hmac_free(pf_hmac_t *h);
 ngx_int_t pf_hmac_sha256(pf_hmac_t *h, u_char *data, size_t len,
     u_char *out);
 
+ngx_int_t pf_stripe_signature_parse(ngx_str_t *header, ngx_str_t *ts,
+    time_t *t, ngx_str_t *v1, ngx_uint_t max, ngx_uint_t *n);
+
 ngx_int_t pf_key_generate(u_char *key, ngx_uint_t livemode);
 ngx_uint_t pf_key_well_formed(ngx_str_t *key);
 ngx_int_t pf_key_livemode(ngx_str_t *key);

@@ -502,11 +502,11 @@ static ngx_int_t
 ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
     ngx_http_payflow_webhook_conf_t *wcf, ngx_str_t *body)
 {
-    u_char      *p, *last, *end, *data;
+    u_char      *p, *data;
     time_t       t;
     ngx_int_t    rc;
-    ngx_str_t    header, ts;
-    ngx_uint_t   n;
+    ngx_str_t    header, ts, v1[8];
+    ngx_uint_t   i, n;
 
     if (ngx_http_payflow_header(r, "Stripe-Signature", &header) != NGX_OK
         || header.len == 0)
@@ -514,25 +514,7 @@ ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
         return NGX_HTTP_PAYFLOW_WEBHOOK_MISSING;
     }
 
-    ngx_str_null(&ts);
-
-    last = header.data + header.len;
-
-    for (p = header.data; p < last; p = end + 1) {
-        end = ngx_strlchr(p, last, ',');
-        if (end == NULL) {
-            end = last;
-        }
-
-        if (end - p > 2 && p[0] == 't' && p[1] == '=' && ts.len == 0) {
-            ts.data = p + 2;
-            ts.len = end - p - 2;
-        }
-    }
-
-    t = (ts.len && ts.len <= NGX_TIME_T_LEN) ? ngx_atotm(ts.data, ts.len)
-                                              : NGX_ERROR;
-    if (t == NGX_ERROR) {
+    if (pf_stripe_signature_parse(&header, &ts, &t, v1, 8, &n) != NGX_OK) {
         return NGX_HTTP_PAYFLOW_WEBHOOK_INVALID;
     }
 
@@ -546,23 +528,13 @@ ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
     p = ngx_cpymem(p, body->data, body->len);
 
     rc = NGX_DECLINED;
-    n = 0;
 
-    for (p = header.data; p < last && n < 8; p = end + 1) {
-        end = ngx_strlchr(p, last, ',');
-        if (end == NULL) {
-            end = last;
-        }
-
-        if (end - p > 3 && ngx_strncmp(p, "v1=", 3) == 0) {
-            n++;
-
-            rc = ngx_http_payflow_webhook_hmac(wcf, EVP_sha256(), data,
-                                               ts.len + 1 + body->len,
-                                               p + 3, end - p - 3);
-            if (rc != NGX_DECLINED) {
-                break;
-            }
+    for (i = 0; i < n; i++) {
+        rc = ngx_http_payflow_webhook_hmac(wcf, EVP_sha256(), data,
+                                           ts.len + 1 + body->len,
+                                           v1[i].data, v1[i].len);
+        if (rc != NGX_DECLINED) {
+            break;
         }
     }
 
