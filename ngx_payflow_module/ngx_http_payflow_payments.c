@@ -12,8 +12,9 @@
  * statement, payflow_payment_create(): the idempotency key (when given)
  * with its stored answer, the payment in its outcome, its events and
  * outbox deliveries, its ledger transaction (sealed into the chain later
- * by ngx_http_payflow_sealer.c); a replay sends the stored bytes.  Capture, cancel and refund store their answer in a second round
- * trip; a key left locked by a request that died before that is resumed
+ * by ngx_http_payflow_sealer.c); a replay sends the stored bytes.
+ * Capture, cancel and refund store their answer in a second round trip;
+ * a key left locked by a request that died before that is resumed
  * from its object once the lock has expired (or completed by the
  * background jobs).  The key's own handling, replays and stored answers
  * are in ngx_http_payflow_idempotency.c.

@@ -547,7 +547,8 @@ ngx_http_payflow_stripe_webhook_verify(ngx_http_request_t *r,
     }
 
     if (wcf->tolerance
-        && (ngx_time() - t > wcf->tolerance || t - ngx_time() > wcf->tolerance))
+        && (ngx_time() - t > wcf->tolerance
+            || t - ngx_time() > wcf->tolerance))
     {
         return NGX_HTTP_PAYFLOW_WEBHOOK_STALE;
     }
