@@ -31,10 +31,10 @@ SELECT set_config('payflow.tenant_id', :tenant, true),
        set_config('payflow.request_id',
                   'req_' || :run || lpad(:u::text, 14, '0'), true);
 SELECT fingerprint, phase, locked, response_status, response_body,
-       payment_id, request_id, object_id, mine, payment
+       payment_id, request_id, object_id, mine, payment, decision
   FROM payflow_payment_create('pay_' || :run || lpad(:u::text, 14, '0'),
        :amount::bigint, :currency, :capture, :provider, NULL, NULL::jsonb,
        NULL::jsonb, NULL, NULL, NULL, :outcome, NULL, NULL, NULL, NULL,
-       :run || '-' || :u, :fp, :head, :tail, 200);
+       :run || '-' || :u, :fp, :head, :tail, 200, NULL::jsonb);
 COMMIT;
 \endpipeline

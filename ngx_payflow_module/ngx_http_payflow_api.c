@@ -17,6 +17,7 @@
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_refunds.h"
+#include "ngx_http_payflow_risk.h"
 #include "ngx_http_payflow_webhook.h"
 
 
@@ -144,6 +145,36 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
 
     { NGX_HTTP_GET, "/v1/balance", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_balance },
+
+    { NGX_HTTP_GET, "/v1/risk/rules", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_risk_rules_get },
+
+    { NGX_HTTP_PATCH, "/v1/risk/rules", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_risk_rules_update },
+
+    { NGX_HTTP_POST, "/v1/risk/rules", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_risk_rules_update },
+
+    { NGX_HTTP_DELETE, "/v1/risk/rules", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_risk_rules_reset },
+
+    { NGX_HTTP_GET, "/v1/risk/lists/{}", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_risk_lists_get },
+
+    { NGX_HTTP_POST, "/v1/risk/lists/{}", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_risk_lists_add },
+
+    { NGX_HTTP_DELETE, "/v1/risk/lists/{}", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_risk_lists_delete },
+
+    { NGX_HTTP_GET, "/v1/reviews", NGX_HTTP_PAYFLOW_PERM_READ,
+      ngx_http_payflow_reviews_list },
+
+    { NGX_HTTP_POST, "/v1/reviews/{}/approve", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_reviews_approve },
+
+    { NGX_HTTP_POST, "/v1/reviews/{}/reject", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_reviews_reject },
 
     { 0, NULL, 0, NULL }
 };

@@ -14,6 +14,7 @@
 
 
 #include "ngx_http_payflow_jobs.h"
+#include "ngx_http_payflow_risk.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_metrics.h"
@@ -63,13 +64,33 @@ static void ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs);
 static ngx_http_payflow_jobs_t  ngx_http_payflow_jobs;
 
 
+#define NGX_HTTP_PAYFLOW_JOBS                                                 \
+    "SELECT payflow_purge_idempotency_keys(1000), "                          \
+    "payflow_complete_idempotency_keys(100), "                               \
+    "payflow_webhook_retry(100)"
+
+
 ngx_int_t
 ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
 {
+    time_t         expiry;
+    static u_char  jobs[256];
+
+    /* with the risk engine on, reviews nobody decided in time expire */
+
+    expiry = ngx_http_payflow_risk_review_expiry(pmcf);
+
+    if (expiry) {
+        *ngx_snprintf(jobs, sizeof(jobs) - 1,
+                      NGX_HTTP_PAYFLOW_JOBS ", payflow_review_expire("
+                      "'%T seconds'::interval, 100)", expiry) = '\0';
+
+    } else {
+        *ngx_snprintf(jobs, sizeof(jobs) - 1, NGX_HTTP_PAYFLOW_JOBS) = '\0';
+    }
+
     pmcf->st.jobs = pf_pg_statement_add(pmcf->db, "payflow_jobs",
-        "SELECT payflow_purge_idempotency_keys(1000), "
-        "payflow_complete_idempotency_keys(100), "
-        "payflow_webhook_retry(100)", 0);
+                                        (char *) jobs, 0);
 
     pmcf->st.transitions = pf_pg_statement_add(pmcf->db,
         "payflow_transitions",

@@ -14,6 +14,7 @@
 #include "pf_mask.h"
 #include "ngx_http_payflow_idempotency.h"
 #include "ngx_http_payflow_routing.h"
+#include "ngx_http_payflow_risk.h"
 
 
 #define NGX_HTTP_PAYFLOW_M_AUTH  (NGX_HTTP_PAYFLOW_M_AUTH_REFUSED + 14)
@@ -458,6 +459,8 @@ ngx_http_payflow_metrics_handler(ngx_http_request_t *r)
                                             PF_PG_MAX_WORKERS));
     ngx_http_payflow_ratelimit_metrics(&out);
     ngx_http_payflow_providers_metrics(
+        ngx_http_get_module_main_conf(r, ngx_http_payflow_module), &out);
+    ngx_http_payflow_risk_metrics(
         ngx_http_get_module_main_conf(r, ngx_http_payflow_module), &out);
 
     if (out.failed) {

@@ -12,7 +12,7 @@
 #include "pf_prom.h"
 
 
-#define NGX_HTTP_PAYFLOW_M_ROUTES    48
+#define NGX_HTTP_PAYFLOW_M_ROUTES    64
 #define NGX_HTTP_PAYFLOW_M_TYPES     15
 #define NGX_HTTP_PAYFLOW_M_SOURCES   4
 #define NGX_HTTP_PAYFLOW_M_METHODS   6

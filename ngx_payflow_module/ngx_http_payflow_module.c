@@ -23,6 +23,7 @@
 #include "ngx_http_payflow_providers.h"
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_routing.h"
+#include "ngx_http_payflow_risk.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -110,6 +111,20 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_payflow_max_amount,
       NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_risk"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_payflow_risk,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("payflow_risk_rule"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_payflow_risk_rule,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -1364,8 +1379,13 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_sealer_init(pmcf) != NGX_OK
             || ngx_http_payflow_webhook_init(pmcf) != NGX_OK
             || ngx_http_payflow_outbox_init(cf, pmcf) != NGX_OK
-            || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK
+            || ngx_http_payflow_reviews_init(pmcf) != NGX_OK))
     {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_payflow_risk_init(cf, pmcf) != NGX_OK) {
         return NGX_ERROR;
     }
 

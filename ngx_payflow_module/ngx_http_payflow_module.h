@@ -158,6 +158,14 @@ typedef struct {
     const pf_pg_statement_t    *event_get;
     const pf_pg_statement_t    *event_deliveries;
     const pf_pg_statement_t    *event_redeliver;
+    const pf_pg_statement_t    *risk_list_add;
+    const pf_pg_statement_t    *risk_list_page;
+    const pf_pg_statement_t    *risk_list_remove;
+    const pf_pg_statement_t    *risk_settings;
+    const pf_pg_statement_t    *risk_settings_update;
+    const pf_pg_statement_t    *risk_settings_reset;
+    const pf_pg_statement_t    *review_list;
+    const pf_pg_statement_t    *review_decide;
 } ngx_http_payflow_statements_t;
 
 
@@ -195,6 +203,7 @@ typedef struct {
     ngx_msec_t                  provider_deadline;
     ngx_msec_t                  reconcile_after;
     pf_curl_t                  *curl;          /* this worker's */
+    void                       *risk;          /* risk_conf_t */
 } ngx_http_payflow_main_conf_t;
 
 

@@ -27,6 +27,7 @@
 #include "ngx_http_payflow_money.h"
 #include "ngx_http_payflow_providers.h"
 #include "ngx_http_payflow_refunds.h"
+#include "ngx_http_payflow_risk.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_sandbox.h"
 
@@ -37,20 +38,19 @@ typedef struct {
 } ngx_http_payflow_currency_t;
 
 
-static ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
-    pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_payments_held(ngx_http_request_t *r,
+    PGresult *row);
+static ngx_int_t ngx_http_payflow_payments_risk(ngx_http_request_t *r,
+    json_t *body, json_int_t amount, const char *currency,
+    const char *method, const char **risk);
 static ngx_int_t ngx_http_payflow_payments_outcome(ngx_http_request_t *r,
     ngx_http_payflow_provider_result_t *res);
 static ngx_int_t ngx_http_payflow_payments_made(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_payments_settle(ngx_http_request_t *r,
-    pf_pg_query_t *q, ngx_uint_t i,
-    ngx_http_payflow_provider_result_t *res);
 static ngx_int_t ngx_http_payflow_payments_started(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_charged(ngx_http_request_t *r,
     pf_curl_call_t *call);
-static ngx_int_t ngx_http_payflow_payments_attempt(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_payments_rerouted(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_payments_backoff(ngx_http_request_t *r,
@@ -99,7 +99,7 @@ static const char  *ngx_http_payflow_payment_fields[] = {
 };
 
 static const char  *ngx_http_payflow_customer_fields[] = {
-    "email", "name", "phone", NULL
+    "email", "name", "phone", "id", "country", NULL
 };
 
 
@@ -134,10 +134,10 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
 
     st->pay_create = pf_pg_statement_add(pmcf->db, "payflow_pay_create",
         "SELECT fingerprint, phase, locked, response_status, "
-        "response_body, payment_id, request_id, object_id, mine, payment "
-        "FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
+        "response_body, payment_id, request_id, object_id, mine, payment, "
+        "decision FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
         "$7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-        "$18, $19, $20, $21::int)", 21);
+        "$18, $19, $20, $21::int, $22::jsonb)", 22);
 
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "
@@ -617,6 +617,32 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
                                         "32 bytes");
         }
 
+        item = json_object_get(v, "id");
+
+        if (item && (!json_is_string(item) || json_string_length(item) == 0
+                     || json_string_length(item) > 255
+                     || !pf_text_valid((u_char *) json_string_value(item),
+                                       json_string_length(item))))
+        {
+            return ngx_http_payflow_bad(r, "customer[id]",
+                                        "parameter_invalid",
+                                        "customer id: your own reference "
+                                        "for the customer, 1 to 255 bytes "
+                                        "of text");
+        }
+
+        item = json_object_get(v, "country");
+
+        if (item && (!json_is_string(item) || json_string_length(item) != 2
+                     || !isalpha(json_string_value(item)[0])
+                     || !isalpha(json_string_value(item)[1])))
+        {
+            return ngx_http_payflow_bad(r, "customer[country]",
+                                        "parameter_invalid",
+                                        "customer country: an ISO 3166-1 "
+                                        "alpha-2 code such as \"GB\"");
+        }
+
         customer = ngx_http_payflow_text(r, v);
         if (customer == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -671,7 +697,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    values = ngx_pcalloc(r->pool, 21 * sizeof(char *));
+    values = ngx_pcalloc(r->pool, 22 * sizeof(char *));
     if (values == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -694,6 +720,15 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     *ngx_sprintf((u_char *) values[1], "%L", (int64_t) amount) = '\0';
+
+    /* scored before any provider is asked; decided with the payment */
+
+    if (ngx_http_payflow_payments_risk(r, body, amount, currency, method,
+                                       &values[21])
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (pv) {
         values[10] = ngx_http_payflow_db_str(r->pool, &plan->reason);
@@ -748,7 +783,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 21, values);
+        ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
 
         return ngx_http_payflow_db_run(r, q, "creating a payment",
                                        ngx_http_payflow_payments_started);
@@ -809,7 +844,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 21, values);
+    ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
 
     return ngx_http_payflow_db_run(r, q, "creating a payment",
                                    ngx_http_payflow_payments_made);
@@ -867,6 +902,14 @@ ngx_http_payflow_payments_made(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx->created = 1;
 
+    if (!PQgetisnull(row, 0, 10)) {
+        ngx_http_payflow_risk_decided(r, PQgetvalue(row, 0, 10));
+
+        if (ngx_strcmp(PQgetvalue(row, 0, 10), "allow") != 0) {
+            return ngx_http_payflow_payments_held(r, row);
+        }
+    }
+
     if (ctx->idem_key.len) {
         /* this request made the payment and stored its answer */
         ctx->idem = NGX_HTTP_PAYFLOW_IDEM_NEW;
@@ -904,9 +947,9 @@ ngx_http_payflow_payments_made(ngx_http_request_t *r, pf_pg_query_t *q)
  * answer: [outcome], then finish and idem_get with a key, or get.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
-    ngx_uint_t i, ngx_http_payflow_provider_result_t *res)
+    ngx_uint_t i, ngx_http_payflow_provider_result_t *res, ngx_uint_t record)
 {
     u_char                         *p;
     const char                    **values, **finish;
@@ -935,7 +978,10 @@ ngx_http_payflow_payments_settle(ngx_http_request_t *r, pf_pg_query_t *q,
         return NGX_ERROR;
     }
 
-    if (res->status) {
+    if (!record) {
+        /* the payment is in its state already: only its answer */
+
+    } else if (res->status) {
         values = ngx_pcalloc(r->pool, 6 * sizeof(char *));
         if (values == NULL) {
             return NGX_ERROR;
@@ -1083,11 +1129,143 @@ ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx->created = 1;
 
+    key = ngx_http_payflow_db_result(q, 0);
+
+    if (PQntuples(key) == 1 && !PQgetisnull(key, 0, 10)) {
+        ngx_http_payflow_risk_decided(r, PQgetvalue(key, 0, 10));
+
+        if (ngx_strcmp(PQgetvalue(key, 0, 10), "allow") != 0) {
+            /* no provider is asked */
+            return ngx_http_payflow_payments_held(r, key);
+        }
+    }
+
     return ngx_http_payflow_payments_attempt(r);
 }
 
 
+/*
+ * The risk decision held a new payment before any provider: blocked
+ * (402 payment_blocked, the payment failed) or waiting for review (200,
+ * requires_review).  Its key, if any, is finished on that answer.
+ */
+
 static ngx_int_t
+ngx_http_payflow_payments_held(ngx_http_request_t *r, PGresult *row)
+{
+    pf_pg_query_t                       *q;
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_provider_result_t   res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    ngx_memzero(&res, sizeof(ngx_http_payflow_provider_result_t));
+
+    if (ngx_strcmp(PQgetvalue(row, 0, 10), "block") == 0) {
+        res.status = "failed";
+        res.code = "payment_blocked";
+        res.message = "the payment was blocked by the risk rules; nothing "
+                      "was charged";
+        res.declined = 1;
+
+    } else {
+        res.status = "requires_review";
+    }
+
+    q = ngx_http_payflow_db_query(r, ctx->idem_key.len ? 2 : 1, 1);
+
+    if (q == NULL
+        || ngx_http_payflow_payments_settle(r, q, 0, &res, 0) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_db_run(r, q, "answering a held payment",
+                                   ngx_http_payflow_payments_created);
+}
+
+
+/*
+ * A new payment's signals for the risk engine: *risk is its p_risk, NULL
+ * with the engine off.
+ */
+
+static ngx_int_t
+ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
+    json_int_t amount, const char *currency, const char *method,
+    const char **risk)
+{
+    u_char                           *at;
+    json_t                           *customer, *v;
+    ngx_uint_t                        i;
+    ngx_http_payflow_main_conf_t     *pmcf;
+    ngx_http_payflow_risk_signals_t   sig;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    *risk = NULL;
+
+    if (pmcf->risk == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&sig, sizeof(ngx_http_payflow_risk_signals_t));
+
+    sig.amount = amount;
+    sig.currency = currency;
+
+    customer = json_object_get(body, "customer");
+    v = json_object_get(customer, "email");
+
+    if (json_is_string(v)) {
+        sig.email.len = json_string_length(v);
+        sig.email.data = ngx_pnalloc(r->pool, sig.email.len);
+        if (sig.email.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < sig.email.len; i++) {
+            sig.email.data[i] = ngx_tolower(json_string_value(v)[i]);
+        }
+
+        at = ngx_strlchr(sig.email.data, sig.email.data + sig.email.len,
+                         '@');
+        if (at) {
+            sig.domain.data = at + 1;
+            sig.domain.len = sig.email.data + sig.email.len - at - 1;
+        }
+
+        sig.customer = sig.email;
+    }
+
+    v = json_object_get(customer, "id");
+
+    if (json_is_string(v)) {
+        sig.customer_id.data = (u_char *) json_string_value(v);
+        sig.customer_id.len = json_string_length(v);
+        sig.customer = sig.customer_id;
+    }
+
+    v = json_object_get(customer, "country");
+
+    if (json_is_string(v)) {
+        sig.country.data = (u_char *) json_string_value(v);
+        sig.country.len = json_string_length(v);
+    }
+
+    if (method) {
+        sig.card.data = (u_char *) method;
+        sig.card.len = ngx_strlen(method);
+    }
+
+    /* the client, as nginx sees it (set_real_ip_from: a trusted proxy's) */
+    sig.ip = r->connection->addr_text;
+
+    return ngx_http_payflow_risk_assess(r, &sig, risk);
+}
+
+
+ngx_int_t
 ngx_http_payflow_payments_attempt(ngx_http_request_t *r)
 {
     ngx_msec_t                     left;
@@ -1234,7 +1412,7 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
 
     q = ngx_http_payflow_db_query(r, n, 1);
     if (q == NULL
-        || ngx_http_payflow_payments_settle(r, q, 0, &res) != NGX_OK)
+        || ngx_http_payflow_payments_settle(r, q, 0, &res, 1) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -1320,7 +1498,7 @@ ngx_http_payflow_payments_backoff_cleanup(void *data)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_payflow_payments_created(ngx_http_request_t *r, pf_pg_query_t *q)
 {
     PGresult                *pay, *key, *done;

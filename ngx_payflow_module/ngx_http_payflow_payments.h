@@ -9,6 +9,7 @@
 
 
 #include "ngx_http_payflow_module.h"
+#include "ngx_http_payflow_providers.h"
 
 
 ngx_int_t ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf);
@@ -37,6 +38,15 @@ char *ngx_http_payflow_integer(ngx_http_request_t *r, json_int_t n);
 ngx_int_t ngx_http_payflow_read_one(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, ngx_str_t *id,
     ngx_http_payflow_db_ok_pt ok, const char *what);
+
+
+/* shared with ngx_http_payflow_reviews.c: a payment's way to its answer */
+ngx_int_t ngx_http_payflow_payments_attempt(ngx_http_request_t *r);
+ngx_int_t ngx_http_payflow_payments_settle(ngx_http_request_t *r,
+    pf_pg_query_t *q, ngx_uint_t i, ngx_http_payflow_provider_result_t *res,
+    ngx_uint_t record);
+ngx_int_t ngx_http_payflow_payments_created(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 
 
 #endif /* _NGX_HTTP_PAYFLOW_PAYMENTS_H_INCLUDED_ */

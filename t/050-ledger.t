@@ -55,7 +55,7 @@ sub create {
 	return "SELECT mine FROM payflow_payment_create('$id', $amount, 'USD', "
 		. "'automatic', 'sandbox', NULL, NULL, NULL, NULL, NULL, NULL, "
 		. "'$status', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-		. "NULL) \\g /dev/null\n";
+		. "NULL, NULL) \\g /dev/null\n";
 }
 
 sub payment {

@@ -1,0 +1,1227 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * The risk engine's worker half: what every payment is scored on before
+ * any provider is asked (docs/risk.md).
+ *
+ * One shared memory zone ("payflow_risk zone=") holds a node per thing
+ * counted: a customer, a customer in one currency, an e-mail, a client
+ * address, a card, a tenant in one currency.  A node is found by a 64-bit
+ * digest of what it counts (tenant, mode, kind, value), never the value
+ * itself: no e-mail or address is kept in shared memory.  Each node keeps
+ * sliding-window counts and sums over a minute, an hour and a day (the
+ * current and the previous fixed window, the previous weighted by how much
+ * of it still overlaps), rolling statistics of the amounts it saw and, for
+ * a customer, the last cards it used.  Nodes are evicted least recently
+ * used first when the zone is full.
+ *
+ * The rules here read those counters; their hits, the payment's signals
+ * and the operator's thresholds go to payflow_payment_create (sql/0020),
+ * which adds the tenant's lists, self-dealing and rule settings and
+ * decides, in the statement that writes the payment.
+ */
+
+
+#include "ngx_http_payflow_risk.h"
+
+#include <math.h>
+
+
+#define NGX_HTTP_PAYFLOW_RISK_WINDOWS  3
+#define NGX_HTTP_PAYFLOW_RISK_CARDS    8
+#define NGX_HTTP_PAYFLOW_RISK_BUCKETS  9
+
+/* what a node counts */
+#define NGX_HTTP_PAYFLOW_RISK_CUSTOMER   0
+#define NGX_HTTP_PAYFLOW_RISK_EMAIL      1
+#define NGX_HTTP_PAYFLOW_RISK_IP         2
+#define NGX_HTTP_PAYFLOW_RISK_CARD       3
+#define NGX_HTTP_PAYFLOW_RISK_TENANT     4
+#define NGX_HTTP_PAYFLOW_RISK_SPENDER    5     /* customer, one currency */
+#define NGX_HTTP_PAYFLOW_RISK_KINDS      6
+
+/* what a rule looks at */
+#define NGX_HTTP_PAYFLOW_RISK_COUNT      0
+#define NGX_HTTP_PAYFLOW_RISK_SUM        1
+#define NGX_HTTP_PAYFLOW_RISK_ANOMALY    2
+#define NGX_HTTP_PAYFLOW_RISK_ZSCORE     3
+#define NGX_HTTP_PAYFLOW_RISK_FIRST      4
+#define NGX_HTTP_PAYFLOW_RISK_DISTINCT   5
+#define NGX_HTTP_PAYFLOW_RISK_SQL        6     /* decided in the database */
+
+
+typedef struct {
+    const char                 *name;
+    ngx_uint_t                  test;
+    ngx_uint_t                  kind;
+    ngx_uint_t                  window;
+    int64_t                     limit;
+    ngx_uint_t                  score;
+    const char                 *description;
+} ngx_http_payflow_risk_rule_t;
+
+
+static ngx_http_payflow_risk_rule_t  ngx_http_payflow_risk_rules[] = {
+
+#define NGX_HTTP_PAYFLOW_VELOCITY(who, kind, l1, l2, l3)                      \
+    { "velocity_" who "_1m", NGX_HTTP_PAYFLOW_RISK_COUNT, kind, 0, l1, 20,    \
+      "more than limit payments of one " who " in a minute" },               \
+    { "velocity_" who "_1h", NGX_HTTP_PAYFLOW_RISK_COUNT, kind, 1, l2, 25,    \
+      "more than limit payments of one " who " in an hour" },                \
+    { "velocity_" who "_24h", NGX_HTTP_PAYFLOW_RISK_COUNT, kind, 2, l3, 20,   \
+      "more than limit payments of one " who " in a day" }
+
+    NGX_HTTP_PAYFLOW_VELOCITY("customer", NGX_HTTP_PAYFLOW_RISK_CUSTOMER,
+                              3, 10, 25),
+    NGX_HTTP_PAYFLOW_VELOCITY("email", NGX_HTTP_PAYFLOW_RISK_EMAIL,
+                              3, 10, 25),
+    NGX_HTTP_PAYFLOW_VELOCITY("ip", NGX_HTTP_PAYFLOW_RISK_IP, 5, 20, 60),
+    NGX_HTTP_PAYFLOW_VELOCITY("card", NGX_HTTP_PAYFLOW_RISK_CARD, 3, 10, 25),
+
+    { "velocity_tenant_1m", NGX_HTTP_PAYFLOW_RISK_COUNT,
+      NGX_HTTP_PAYFLOW_RISK_TENANT, 0, 100000, 10,
+      "more than limit payments of the tenant in one currency in a minute" },
+
+    { "amount_customer_24h", NGX_HTTP_PAYFLOW_RISK_SUM,
+      NGX_HTTP_PAYFLOW_RISK_SPENDER, 2, 1000000, 25,
+      "one customer's payments in one currency add up to more than limit "
+      "(minor units) in a day" },
+
+    { "amount_customer_anomaly", NGX_HTTP_PAYFLOW_RISK_ANOMALY,
+      NGX_HTTP_PAYFLOW_RISK_SPENDER, 0, 5, 25,
+      "the amount is more than limit times the customer's usual amount "
+      "(after 3 payments)" },
+
+    { "amount_tenant_anomaly", NGX_HTTP_PAYFLOW_RISK_ZSCORE,
+      NGX_HTTP_PAYFLOW_RISK_TENANT, 0, 3, 20,
+      "the amount is more than limit standard deviations above the "
+      "tenant's usual amounts in the currency (after 30 payments)" },
+
+    { "first_seen_large", NGX_HTTP_PAYFLOW_RISK_FIRST,
+      NGX_HTTP_PAYFLOW_RISK_CUSTOMER, 0, 50000, 20,
+      "a customer never seen before pays more than limit (minor units)" },
+
+    { "cards_per_customer", NGX_HTTP_PAYFLOW_RISK_DISTINCT,
+      NGX_HTTP_PAYFLOW_RISK_CUSTOMER, 2, 3, 30,
+      "one customer used more than limit distinct cards in a day" },
+
+    { "self_dealing", NGX_HTTP_PAYFLOW_RISK_SQL, 0, 0, 0, 60,
+      "the payer's e-mail or domain is one of the tenant's own" },
+
+    { "blocklist", NGX_HTTP_PAYFLOW_RISK_SQL, 0, 0, 0, 100,
+      "an e-mail, domain, address, card, country or customer on the "
+      "tenant's block list" },
+
+    { NULL, 0, 0, 0, 0, 0, NULL }
+};
+
+#define NGX_HTTP_PAYFLOW_RISK_NRULES                                          \
+    (sizeof(ngx_http_payflow_risk_rules)                                      \
+     / sizeof(ngx_http_payflow_risk_rule_t) - 1)
+
+
+static const uint32_t  ngx_http_payflow_risk_spans[] = { 60, 3600, 86400 };
+
+static const ngx_uint_t  ngx_http_payflow_risk_bounds[] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 5000
+};
+
+static const char  *ngx_http_payflow_risk_decisions[] = {
+    "allow", "review", "block"
+};
+
+
+typedef struct {
+    ngx_rbtree_node_t           node;          /* key: the digest */
+    ngx_queue_t                 queue;
+    uint64_t                    digest;
+    uint32_t                    start[NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    uint32_t                    count[NGX_HTTP_PAYFLOW_RISK_WINDOWS][2];
+    int64_t                     sum[NGX_HTTP_PAYFLOW_RISK_WINDOWS][2];
+    uint32_t                    seen;          /* payments, ever */
+    double                      mean;          /* of amounts (log: tenant) */
+    double                      var;
+    uint32_t                    cards[NGX_HTTP_PAYFLOW_RISK_CARDS];
+    uint32_t                    card_at[NGX_HTTP_PAYFLOW_RISK_CARDS];
+} ngx_http_payflow_risk_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+    ngx_queue_t                 queue;
+    ngx_atomic_t                nodes;
+    ngx_atomic_t                evicted;
+    ngx_atomic_t                assessed;
+    ngx_atomic_t                decisions[3];
+    ngx_atomic_t                hits[NGX_HTTP_PAYFLOW_RISK_NRULES];
+    ngx_atomic_t                latency[NGX_HTTP_PAYFLOW_RISK_BUCKETS];
+    ngx_atomic_t                latency_us;
+} ngx_http_payflow_risk_sh_t;
+
+
+typedef struct {
+    ngx_shm_zone_t             *zone;
+    ngx_http_payflow_risk_sh_t *sh;
+    ngx_slab_pool_t            *shpool;
+    ngx_uint_t                  review;
+    ngx_uint_t                  block;
+    time_t                      review_expiry;
+    int64_t                     limits[NGX_HTTP_PAYFLOW_RISK_NRULES];
+    ngx_uint_t                  scores[NGX_HTTP_PAYFLOW_RISK_NRULES];
+    ngx_uint_t                  disabled[NGX_HTTP_PAYFLOW_RISK_NRULES];
+} ngx_http_payflow_risk_conf_t;
+
+
+static ngx_http_payflow_risk_conf_t *ngx_http_payflow_risk_conf(
+    ngx_conf_t *cf, ngx_http_payflow_main_conf_t *pmcf);
+static ngx_int_t ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_http_payflow_risk_node_t *ngx_http_payflow_risk_node(
+    ngx_http_payflow_risk_conf_t *rc, uint64_t digest, uint32_t now);
+static uint64_t ngx_http_payflow_risk_digest(ngx_str_t *tenant,
+    ngx_uint_t livemode, ngx_uint_t kind, ngx_str_t *value,
+    const char *currency);
+static void ngx_http_payflow_risk_roll(ngx_http_payflow_risk_node_t *n,
+    uint32_t now);
+static double ngx_http_payflow_risk_window(ngx_http_payflow_risk_node_t *n,
+    ngx_uint_t w, uint32_t now, ngx_uint_t sum);
+
+
+/* payflow_risk zone=name:size [review=50] [block=90] */
+
+char *
+ngx_http_payflow_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    u_char                        *p;
+    ssize_t                        size;
+    ngx_str_t                     *value, name, s;
+    ngx_int_t                      n;
+    ngx_uint_t                     i;
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = ngx_http_payflow_risk_conf(cf, pmcf);
+    if (rc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc->zone) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    size = 0;
+    ngx_str_null(&name);
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            name.data = value[i].data + 5;
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL) {
+                goto invalid;
+            }
+
+            name.len = p - name.data;
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+
+            if (name.len == 0 || size == NGX_ERROR
+                || size < (ssize_t) (8 * ngx_pagesize))
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "review=", 7) == 0
+            || ngx_strncmp(value[i].data, "block=", 6) == 0)
+        {
+            p = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            n = ngx_atoi(p, value[i].data + value[i].len - p);
+
+            if (n == NGX_ERROR || n > 100) {
+                goto invalid;
+            }
+
+            if (value[i].data[0] == 'r') {
+                rc->review = n;
+
+            } else {
+                rc->block = n;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "review_expiry=", 14) == 0) {
+            s.data = value[i].data + 14;
+            s.len = value[i].len - 14;
+
+            rc->review_expiry = ngx_parse_time(&s, 1);
+
+            if (rc->review_expiry == (time_t) NGX_ERROR
+                || rc->review_expiry == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_risk: zone=name:size is required");
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc->review > rc->block) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_risk: review=%ui is above block=%ui",
+                           rc->review, rc->block);
+        return NGX_CONF_ERROR;
+    }
+
+    rc->zone = ngx_shared_memory_add(cf, &name, size,
+                                     &ngx_http_payflow_module);
+    if (rc->zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc->zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    rc->zone->init = ngx_http_payflow_risk_init_zone;
+    rc->zone->data = rc;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "payflow_risk: invalid parameter \"%V\" (zone=name:"
+                       "size of at least 8 pages, review= and block= 0 to "
+                       "100, review_expiry= a time)", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* payflow_risk_rule name [limit=n] [score=n] [off] */
+
+char *
+ngx_http_payflow_risk_rule(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    u_char                        *p;
+    int64_t                        n;
+    ngx_str_t                     *value;
+    ngx_uint_t                     i, k;
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = ngx_http_payflow_risk_conf(cf, pmcf);
+    if (rc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    k = ngx_http_payflow_risk_rule_known((char *) value[1].data,
+                                         value[1].len);
+    if (k == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_risk_rule: unknown rule \"%V\" (see "
+                           "docs/risk.md)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    k--;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "off") == 0) {
+            rc->disabled[k] = 1;
+            continue;
+        }
+
+        p = (u_char *) ngx_strchr(value[i].data, '=');
+        if (p == NULL) {
+            goto invalid;
+        }
+
+        p++;
+        n = ngx_atoof(p, value[i].data + value[i].len - p);
+
+        if (ngx_strncmp(value[i].data, "score=", 6) == 0) {
+            if (n < 0 || n > 100) {
+                goto invalid;
+            }
+
+            rc->scores[k] = (ngx_uint_t) n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "limit=", 6) == 0
+            && ngx_http_payflow_risk_rules[k].test
+               != NGX_HTTP_PAYFLOW_RISK_SQL)
+        {
+            if (n < 1 || n > NGX_HTTP_PAYFLOW_MAX_AMOUNT
+                || (ngx_http_payflow_risk_rules[k].test
+                    == NGX_HTTP_PAYFLOW_RISK_DISTINCT
+                    && n >= NGX_HTTP_PAYFLOW_RISK_CARDS))
+            {
+                goto invalid;
+            }
+
+            rc->limits[k] = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "payflow_risk_rule: invalid parameter \"%V\" "
+                       "(score= 0 to 100, limit= a positive integer; "
+                       "cards_per_customer below %d)", &value[i],
+                       NGX_HTTP_PAYFLOW_RISK_CARDS);
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_http_payflow_risk_conf_t *
+ngx_http_payflow_risk_conf(ngx_conf_t *cf,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_uint_t                     k;
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    if (pmcf->risk) {
+        return pmcf->risk;
+    }
+
+    rc = ngx_pcalloc(cf->pool, sizeof(ngx_http_payflow_risk_conf_t));
+    if (rc == NULL) {
+        return NULL;
+    }
+
+    rc->review = 50;
+    rc->block = 90;
+    rc->review_expiry = 72 * 3600;
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+        rc->limits[k] = ngx_http_payflow_risk_rules[k].limit;
+        rc->scores[k] = ngx_http_payflow_risk_rules[k].score;
+    }
+
+    pmcf->risk = rc;
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_payflow_risk_init(ngx_conf_t *cf,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    /*
+     * The catalogue is there for the API even with the engine off
+     * (payflow_risk_rule lines alone do not turn it on).
+     */
+
+    rc = ngx_http_payflow_risk_conf(cf, pmcf);
+
+    return rc ? NGX_OK : NGX_ERROR;
+}
+
+
+/* seconds a review may wait, 0: the engine is off */
+
+time_t
+ngx_http_payflow_risk_review_expiry(ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = pmcf->risk;
+
+    return (rc && rc->zone) ? rc->review_expiry : 0;
+}
+
+
+/* 1 + the rule's index, 0: no such rule */
+
+ngx_uint_t
+ngx_http_payflow_risk_rule_known(const char *name, size_t len)
+{
+    ngx_uint_t  k;
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+        if (ngx_strlen(ngx_http_payflow_risk_rules[k].name) == len
+            && ngx_strncmp(ngx_http_payflow_risk_rules[k].name, name, len)
+               == 0)
+        {
+            return k + 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_payflow_risk_conf_t  *orc = data;
+
+    size_t                         len;
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = shm_zone->data;
+
+    if (orc) {
+        /* reload: what was counted stays */
+        rc->sh = orc->sh;
+        rc->shpool = orc->shpool;
+        return NGX_OK;
+    }
+
+    rc->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        rc->sh = rc->shpool->data;
+        return NGX_OK;
+    }
+
+    rc->sh = ngx_slab_alloc(rc->shpool, sizeof(ngx_http_payflow_risk_sh_t));
+    if (rc->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(rc->sh, sizeof(ngx_http_payflow_risk_sh_t));
+
+    rc->shpool->data = rc->sh;
+
+    ngx_rbtree_init(&rc->sh->rbtree, &rc->sh->sentinel,
+                    ngx_rbtree_insert_value);
+    ngx_queue_init(&rc->sh->queue);
+
+    len = sizeof(" in payflow_risk zone \"\"") + shm_zone->shm.name.len;
+
+    rc->shpool->log_ctx = ngx_slab_alloc(rc->shpool, len);
+    if (rc->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(rc->shpool->log_ctx, " in payflow_risk zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* eviction makes room */
+    rc->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Scores a payment on what this node counted, and counts it.  *risk is
+ * the JSON for payflow_payment_create's p_risk, NULL with the engine off.
+ */
+
+ngx_int_t
+ngx_http_payflow_risk_assess(ngx_http_request_t *r,
+    ngx_http_payflow_risk_signals_t *sig, const char **risk)
+{
+    char                           *dump;
+    double                          v, x, sd, alpha, d;
+    json_t                         *doc, *rules, *signals, *scores, *hit;
+    uint32_t                        now, card;
+    uint64_t                        digest;
+    ngx_str_t                      *value, s, tenant;
+    ngx_uint_t                      k, kind, j, cards, found, us;
+    struct timespec                 t0, t1;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_risk_conf_t   *rc;
+    ngx_http_payflow_main_conf_t   *pmcf;
+    ngx_http_payflow_risk_node_t   *nodes[NGX_HTTP_PAYFLOW_RISK_KINDS], *n;
+    u_char                          detail[160];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    *risk = NULL;
+
+    if (rc == NULL || rc->zone == NULL) {
+        return NGX_OK;
+    }
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &t0);
+
+    /* the document owns its parts from the start: one decref frees all */
+
+    doc = json_object();
+    rules = json_array();
+    signals = json_object();
+    scores = json_object();
+
+    if (doc == NULL
+        || json_object_set_new(doc, "rules", rules) != 0
+        || json_object_set_new(doc, "signals", signals) != 0
+        || json_object_set_new(doc, "scores", scores) != 0)
+    {
+        goto failed;
+    }
+
+    now = (uint32_t) ngx_time();
+    tenant = ctx->auth.tenant_id;
+
+    ngx_shmtx_lock(&rc->shpool->mutex);
+
+    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
+        nodes[kind] = NULL;
+
+        switch (kind) {
+        case NGX_HTTP_PAYFLOW_RISK_CUSTOMER:
+        case NGX_HTTP_PAYFLOW_RISK_SPENDER:
+            value = &sig->customer;
+            break;
+        case NGX_HTTP_PAYFLOW_RISK_EMAIL:
+            value = &sig->email;
+            break;
+        case NGX_HTTP_PAYFLOW_RISK_IP:
+            value = &sig->ip;
+            break;
+        case NGX_HTTP_PAYFLOW_RISK_CARD:
+            value = &sig->card;
+            break;
+        default: /* NGX_HTTP_PAYFLOW_RISK_TENANT */
+            value = &tenant;
+            break;
+        }
+
+        if (value->len == 0) {
+            continue;
+        }
+
+        digest = ngx_http_payflow_risk_digest(&tenant, ctx->auth.livemode,
+                     kind, value,
+                     (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER
+                      || kind == NGX_HTTP_PAYFLOW_RISK_TENANT)
+                     ? sig->currency : NULL);
+
+        nodes[kind] = ngx_http_payflow_risk_node(rc, digest, now);
+    }
+
+    /* the rules, on the counts before this payment */
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+        n = nodes[ngx_http_payflow_risk_rules[k].kind];
+
+        if (rc->disabled[k] || n == NULL) {
+            continue;
+        }
+
+        detail[0] = '\0';
+
+        switch (ngx_http_payflow_risk_rules[k].test) {
+
+        case NGX_HTTP_PAYFLOW_RISK_COUNT:
+            v = ngx_http_payflow_risk_window(n,
+                    ngx_http_payflow_risk_rules[k].window, now, 0) + 1;
+
+            if (v > rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.0f payments (limit %L)", v, rc->limits[k])
+                    = '\0';
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_RISK_SUM:
+            v = ngx_http_payflow_risk_window(n,
+                    ngx_http_payflow_risk_rules[k].window, now, 1)
+                + sig->amount;
+
+            if (v > rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.0f %s in a day (limit %L)", v,
+                              sig->currency, rc->limits[k]) = '\0';
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_RISK_ANOMALY:
+            if (n->seen >= 3 && n->mean > 0
+                && sig->amount > rc->limits[k] * n->mean)
+            {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.1f times the customer's usual %.0f",
+                              sig->amount / n->mean, n->mean) = '\0';
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_RISK_ZSCORE:
+            sd = sqrt(n->var);
+            x = log((double) sig->amount);
+
+            if (n->seen >= 30 && sd > 0.01
+                && (x - n->mean) / sd > rc->limits[k])
+            {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.1f standard deviations above the tenant's "
+                              "usual amounts", (x - n->mean) / sd) = '\0';
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_RISK_FIRST:
+            if (n->seen == 0 && sig->amount > rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "a new customer pays %L (limit %L)",
+                              sig->amount, rc->limits[k]) = '\0';
+            }
+
+            break;
+
+        case NGX_HTTP_PAYFLOW_RISK_DISTINCT:
+            if (sig->card.len == 0) {
+                break;
+            }
+
+            card = ngx_crc32_long(sig->card.data, sig->card.len);
+            cards = 1;
+
+            for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
+                if (n->card_at[j] + 86400 > now && n->cards[j] != card) {
+                    cards++;
+                }
+            }
+
+            if (cards > (ngx_uint_t) rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%ui cards in a day (limit %L)", cards,
+                              rc->limits[k]) = '\0';
+            }
+
+            break;
+
+        default:
+            break;
+        }
+
+        if (detail[0] == '\0') {
+            continue;
+        }
+
+        (void) ngx_atomic_fetch_add(&rc->sh->hits[k], 1);
+
+        hit = json_pack("{s:s, s:I, s:s}",
+                        "rule", ngx_http_payflow_risk_rules[k].name,
+                        "score", (json_int_t) rc->scores[k],
+                        "detail", (char *) detail);
+
+        if (hit == NULL || json_array_append_new(rules, hit) != 0) {
+            ngx_shmtx_unlock(&rc->shpool->mutex);
+            goto failed;
+        }
+    }
+
+    /* then this payment is counted */
+
+    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
+        n = nodes[kind];
+
+        if (n == NULL) {
+            continue;
+        }
+
+        for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_WINDOWS; j++) {
+            n->count[j][0]++;
+            n->sum[j][0] += sig->amount;
+        }
+
+        n->seen++;
+        alpha = 1.0 / ngx_min(n->seen, 1000);
+
+        if (kind == NGX_HTTP_PAYFLOW_RISK_TENANT) {
+            x = log((double) sig->amount);
+            d = x - n->mean;
+            n->mean += alpha * d;
+            n->var = (1 - alpha) * (n->var + d * alpha * d);
+
+        } else if (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER) {
+            n->mean += (sig->amount - n->mean) / ngx_min(n->seen, 50);
+        }
+
+        if (kind == NGX_HTTP_PAYFLOW_RISK_CUSTOMER && sig->card.len) {
+            card = ngx_crc32_long(sig->card.data, sig->card.len);
+            found = NGX_HTTP_PAYFLOW_RISK_CARDS;
+
+            for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
+                if (n->cards[j] == card && n->card_at[j]) {
+                    found = j;
+                    break;
+                }
+
+                if (found == NGX_HTTP_PAYFLOW_RISK_CARDS
+                    || n->card_at[j] < n->card_at[found])
+                {
+                    found = j;
+                }
+            }
+
+            n->cards[found] = card;
+            n->card_at[found] = now;
+        }
+    }
+
+    ngx_shmtx_unlock(&rc->shpool->mutex);
+
+    /* the signals the database matches the tenant's lists against */
+
+#define ngx_http_payflow_risk_signal(name, v)                                 \
+    if ((v)->len                                                              \
+        && json_object_set_new(signals, name,                                 \
+               json_stringn((char *) (v)->data, (v)->len)) != 0)              \
+    {                                                                         \
+        goto failed;                                                          \
+    }
+
+    ngx_http_payflow_risk_signal("email", &sig->email);
+    ngx_http_payflow_risk_signal("domain", &sig->domain);
+    ngx_http_payflow_risk_signal("ip", &sig->ip);
+    ngx_http_payflow_risk_signal("card", &sig->card);
+    ngx_http_payflow_risk_signal("country", &sig->country);
+    ngx_http_payflow_risk_signal("customer", &sig->customer_id);
+
+#undef ngx_http_payflow_risk_signal
+
+    k = ngx_http_payflow_risk_rule_known("self_dealing", 12) - 1;
+    j = ngx_http_payflow_risk_rule_known("blocklist", 9) - 1;
+
+    if (json_object_set_new(scores, "self_dealing",
+            json_integer(rc->disabled[k] ? 0 : rc->scores[k])) != 0
+        || json_object_set_new(scores, "blocklist",
+               json_integer(rc->disabled[j] ? 0 : rc->scores[j])) != 0
+        || json_object_set_new(doc, "review", json_integer(rc->review)) != 0
+        || json_object_set_new(doc, "block", json_integer(rc->block)) != 0)
+    {
+        goto failed;
+    }
+
+    dump = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+
+    if (dump == NULL) {
+        return NGX_ERROR;
+    }
+
+    s.data = (u_char *) dump;
+    s.len = ngx_strlen(dump);
+    *risk = ngx_http_payflow_db_str(r->pool, &s);
+    free(dump);
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    us = (t1.tv_sec - t0.tv_sec) * 1000000
+         + (t1.tv_nsec - t0.tv_nsec) / 1000;
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_BUCKETS; k++) {
+        if (us <= ngx_http_payflow_risk_bounds[k]) {
+            break;
+        }
+    }
+
+    if (k < NGX_HTTP_PAYFLOW_RISK_BUCKETS) {
+        (void) ngx_atomic_fetch_add(&rc->sh->latency[k], 1);
+    }
+
+    (void) ngx_atomic_fetch_add(&rc->sh->assessed, 1);
+    (void) ngx_atomic_fetch_add(&rc->sh->latency_us, us);
+
+    return *risk ? NGX_OK : NGX_ERROR;
+
+failed:
+
+    if (doc) {
+        json_decref(doc);
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* the database's decision on a payment this worker assessed */
+
+void
+ngx_http_payflow_risk_decided(ngx_http_request_t *r, const char *decision)
+{
+    ngx_uint_t                     i;
+    ngx_http_payflow_risk_conf_t  *rc;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    if (rc == NULL || rc->sh == NULL || decision == NULL) {
+        return;
+    }
+
+    for (i = 0; i < 3; i++) {
+        if (ngx_strcmp(decision, ngx_http_payflow_risk_decisions[i]) == 0) {
+            (void) ngx_atomic_fetch_add(&rc->sh->decisions[i], 1);
+            return;
+        }
+    }
+}
+
+
+/* the node counting digest, created if new; NULL: no memory */
+
+static ngx_http_payflow_risk_node_t *
+ngx_http_payflow_risk_node(ngx_http_payflow_risk_conf_t *rc, uint64_t digest,
+    uint32_t now)
+{
+    ngx_uint_t                     i;
+    ngx_queue_t                   *q;
+    ngx_rbtree_node_t             *node, *sentinel;
+    ngx_http_payflow_risk_node_t  *n;
+
+    node = rc->sh->rbtree.root;
+    sentinel = rc->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+        n = (ngx_http_payflow_risk_node_t *) node;
+
+        if ((ngx_rbtree_key_t) digest < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if ((ngx_rbtree_key_t) digest > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        if (n->digest == digest) {
+            ngx_queue_remove(&n->queue);
+            ngx_queue_insert_head(&rc->sh->queue, &n->queue);
+            ngx_http_payflow_risk_roll(n, now);
+            return n;
+        }
+
+        node = node->right;
+    }
+
+    n = ngx_slab_alloc_locked(rc->shpool,
+                              sizeof(ngx_http_payflow_risk_node_t));
+
+    for (i = 0; n == NULL && i < 16; i++) {
+
+        /* full: the least recently used go */
+
+        if (ngx_queue_empty(&rc->sh->queue)) {
+            return NULL;
+        }
+
+        q = ngx_queue_last(&rc->sh->queue);
+        n = ngx_queue_data(q, ngx_http_payflow_risk_node_t, queue);
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&rc->sh->rbtree, &n->node);
+        ngx_slab_free_locked(rc->shpool, n);
+
+        rc->sh->nodes--;
+        rc->sh->evicted++;
+
+        n = ngx_slab_alloc_locked(rc->shpool,
+                                  sizeof(ngx_http_payflow_risk_node_t));
+    }
+
+    if (n == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(n, sizeof(ngx_http_payflow_risk_node_t));
+
+    n->node.key = (ngx_rbtree_key_t) digest;
+    n->digest = digest;
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_RISK_WINDOWS; i++) {
+        n->start[i] = now - now % ngx_http_payflow_risk_spans[i];
+    }
+
+    ngx_rbtree_insert(&rc->sh->rbtree, &n->node);
+    ngx_queue_insert_head(&rc->sh->queue, &n->queue);
+
+    rc->sh->nodes++;
+
+    return n;
+}
+
+
+/* the windows moved on: the current becomes the previous, or both clear */
+
+static void
+ngx_http_payflow_risk_roll(ngx_http_payflow_risk_node_t *n, uint32_t now)
+{
+    uint32_t    span, start;
+    ngx_uint_t  w;
+
+    for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
+        span = ngx_http_payflow_risk_spans[w];
+        start = now - now % span;
+
+        if (start == n->start[w]) {
+            continue;
+        }
+
+        if (start - n->start[w] == span) {
+            n->count[w][1] = n->count[w][0];
+            n->sum[w][1] = n->sum[w][0];
+
+        } else {
+            n->count[w][1] = 0;
+            n->sum[w][1] = 0;
+        }
+
+        n->count[w][0] = 0;
+        n->sum[w][0] = 0;
+        n->start[w] = start;
+    }
+}
+
+
+/* the sliding window's estimate: the previous window by its overlap */
+
+static double
+ngx_http_payflow_risk_window(ngx_http_payflow_risk_node_t *n, ngx_uint_t w,
+    uint32_t now, ngx_uint_t sum)
+{
+    double    left;
+    uint32_t  span;
+
+    span = ngx_http_payflow_risk_spans[w];
+    left = (double) (span - (now - n->start[w])) / span;
+
+    if (sum) {
+        return n->sum[w][0] + n->sum[w][1] * left;
+    }
+
+    return n->count[w][0] + n->count[w][1] * left;
+}
+
+
+static uint64_t
+ngx_http_payflow_risk_digest(ngx_str_t *tenant, ngx_uint_t livemode,
+    ngx_uint_t kind, ngx_str_t *value, const char *currency)
+{
+    u_char    *p, buf[512];
+    size_t     len;
+    uint32_t   crc, mm;
+
+    /* tenant ids are 28 bytes; values are cut at what the buffer holds */
+
+    if (tenant->len > 64) {
+        return 0;
+    }
+
+    len = ngx_min(value->len, sizeof(buf) - tenant->len - 8);
+
+    p = ngx_cpymem(buf, tenant->data, tenant->len);
+    *p++ = livemode ? 'l' : 't';
+    *p++ = (u_char) ('a' + kind);
+
+    if (currency) {
+        p = ngx_cpymem(p, currency, 3);
+    }
+
+    *p++ = ':';
+    p = ngx_cpymem(p, value->data, len);
+
+    crc = ngx_crc32_long(buf, p - buf);
+    mm = ngx_murmur_hash2(buf, p - buf);
+
+    return ((uint64_t) crc << 32) | mm;
+}
+
+
+/* the catalogue for the settings API: defaults as nginx.conf made them */
+
+const char *
+ngx_http_payflow_risk_defaults(ngx_http_request_t *r)
+{
+    char                           *dump;
+    json_t                         *doc, *rules, *rule;
+    ngx_str_t                       s;
+    ngx_uint_t                      k;
+    const char                     *out;
+    ngx_http_payflow_risk_conf_t   *rc;
+    ngx_http_payflow_main_conf_t   *pmcf;
+    u_char                          text[256];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    doc = json_object();
+    rules = json_object();
+
+    if (doc == NULL || rules == NULL) {
+        goto failed;
+    }
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+
+        if (ngx_http_payflow_risk_rules[k].test
+            == NGX_HTTP_PAYFLOW_RISK_SQL)
+        {
+            *ngx_snprintf(text, sizeof(text) - 1, "%s",
+                          ngx_http_payflow_risk_rules[k].description) = '\0';
+
+        } else {
+            *ngx_snprintf(text, sizeof(text) - 1, "%s (limit %L)",
+                          ngx_http_payflow_risk_rules[k].description,
+                          rc->limits[k]) = '\0';
+        }
+
+        rule = json_pack("{s:I, s:s}", "score",
+                         (json_int_t) (rc->disabled[k] ? 0 : rc->scores[k]),
+                         "description", (char *) text);
+
+        if (rule == NULL
+            || json_object_set_new(rules,
+                   ngx_http_payflow_risk_rules[k].name, rule) != 0)
+        {
+            goto failed;
+        }
+    }
+
+    if (json_object_set_new(doc, "rules", rules) != 0) {
+        rules = NULL;
+        goto failed;
+    }
+
+    rules = NULL;
+
+    if (json_object_set_new(doc, "review", json_integer(rc->review)) != 0
+        || json_object_set_new(doc, "block", json_integer(rc->block)) != 0)
+    {
+        goto failed;
+    }
+
+    dump = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+
+    if (dump == NULL) {
+        return NULL;
+    }
+
+    s.data = (u_char *) dump;
+    s.len = ngx_strlen(dump);
+    out = ngx_http_payflow_db_str(r->pool, &s);
+    free(dump);
+
+    return out;
+
+failed:
+
+    if (rules) {
+        json_decref(rules);
+    }
+
+    if (doc) {
+        json_decref(doc);
+    }
+
+    return NULL;
+}
+
+
+void
+ngx_http_payflow_risk_metrics(ngx_http_payflow_main_conf_t *pmcf,
+    pf_prom_t *out)
+{
+    ngx_uint_t                     k;
+    ngx_atomic_uint_t              cum;
+    ngx_http_payflow_risk_sh_t    *sh;
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = pmcf->risk;
+
+    if (rc == NULL || rc->sh == NULL) {
+        return;
+    }
+
+    sh = rc->sh;
+
+    pf_prom_family(out, "payflow_risk_decisions_total", "counter",
+                   "Risk decisions on new payments, by outcome.");
+
+    for (k = 0; k < 3; k++) {
+        pf_prom_printf(out, "payflow_risk_decisions_total{decision=\"%s\"} "
+                       "%uA\n", ngx_http_payflow_risk_decisions[k],
+                       sh->decisions[k]);
+    }
+
+    pf_prom_family(out, "payflow_risk_rule_hits_total", "counter",
+                   "Payments a worker-side risk rule fired on.");
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+        if (ngx_http_payflow_risk_rules[k].test
+            != NGX_HTTP_PAYFLOW_RISK_SQL)
+        {
+            pf_prom_printf(out, "payflow_risk_rule_hits_total{rule=\"%s\"} "
+                           "%uA\n", ngx_http_payflow_risk_rules[k].name,
+                           sh->hits[k]);
+        }
+    }
+
+    pf_prom_family(out, "payflow_risk_evaluation_seconds", "histogram",
+                   "Time a worker takes to evaluate its risk rules.");
+
+    cum = 0;
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_BUCKETS; k++) {
+        cum += sh->latency[k];
+        pf_prom_printf(out, "payflow_risk_evaluation_seconds_bucket"
+                       "{le=\"%.6f\"} %uA\n",
+                       (double) ngx_http_payflow_risk_bounds[k] / 1000000,
+                       cum);
+    }
+
+    pf_prom_printf(out, "payflow_risk_evaluation_seconds_bucket{le=\"+Inf\"} "
+                   "%uA\n", sh->assessed);
+    pf_prom_printf(out, "payflow_risk_evaluation_seconds_sum %.6f\n",
+                   (double) sh->latency_us / 1000000);
+    pf_prom_printf(out, "payflow_risk_evaluation_seconds_count %uA\n",
+                   sh->assessed);
+
+    pf_prom_family(out, "payflow_risk_counters", "gauge",
+                   "Things the risk zone counts now (customers, e-mails, "
+                   "addresses, cards, tenants).");
+    pf_prom_printf(out, "payflow_risk_counters %uA\n", sh->nodes);
+
+    pf_prom_family(out, "payflow_risk_evicted_total", "counter",
+                   "Risk counters dropped to make room.");
+    pf_prom_printf(out, "payflow_risk_evicted_total %uA\n", sh->evicted);
+}
