@@ -35,8 +35,8 @@ static ngx_int_t ngx_http_payflow_list_created(ngx_http_request_t *r,
 
 static const char  *ngx_http_payflow_statuses[] = {
     "pending", "processing", "requires_action", "requires_capture",
-    "succeeded", "partially_refunded", "refunded", "failed", "canceled",
-    NULL
+    "requires_review", "succeeded", "partially_refunded", "refunded",
+    "failed", "canceled", NULL
 };
 
 
@@ -123,6 +123,7 @@ ngx_http_payflow_payments_list(ngx_http_request_t *r,
             pf_json_param_error(&err, "status", "parameter_invalid",
                                 "status must be one of pending, processing, "
                                 "requires_action, requires_capture, "
+                                "requires_review, "
                                 "succeeded, partially_refunded, refunded, "
                                 "failed, canceled");
             goto invalid;

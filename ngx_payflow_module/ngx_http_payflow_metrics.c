@@ -30,7 +30,7 @@ typedef struct {
     ngx_atomic_t                auth[NGX_HTTP_PAYFLOW_M_AUTH];
     ngx_atomic_t                cache[4];
     ngx_atomic_t                idem[5];       /* ngx_http_payflow_idem_e */
-    ngx_atomic_t                created[5];    /* m_created[] */
+    ngx_atomic_t                created[6];    /* m_created[] */
     ngx_atomic_t                outbox[NGX_HTTP_PAYFLOW_OUTBOX_NRESULTS];
     ngx_atomic_t                outbox_backlog;
     ngx_atomic_t                outbox_lag_ms;
@@ -104,7 +104,7 @@ static const char  *ngx_http_payflow_m_credentials[] = {
 /* what a new payment can be when its creation returns */
 static const char  *ngx_http_payflow_m_created[] = {
     "succeeded", "requires_capture", "requires_action", "processing",
-    "failed"
+    "requires_review", "failed"
 };
 
 
@@ -179,7 +179,8 @@ static const char  *ngx_http_payflow_m_types[] = {
     "payment.created", "payment.processing", "payment.requires_action",
     "payment.requires_capture", "payment.succeeded", "payment.failed",
     "payment.canceled", "payment.captured", "payment.partially_refunded",
-    "payment.refunded", "payment.rerouted", "refund.created",
+    "payment.refunded", "payment.rerouted", "payment.review_required",
+    "payment.review_approved", "payment.review_rejected", "refund.created",
     "refund.succeeded", "refund.failed", "other"
 };
 
@@ -371,7 +372,7 @@ ngx_http_payflow_metrics_log(ngx_http_request_t *r)
 
         /* the last, failed, also takes what is not listed */
 
-        for (b = 0; b < 4; b++) {
+        for (b = 0; b < 5; b++) {
             if (ngx_strcmp(ctx->outcome, ngx_http_payflow_m_created[b]) == 0)
             {
                 break;
@@ -640,7 +641,7 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
                    "Payments created, by their status when the creating "
                    "request returned.");
 
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < 6; i++) {
         pf_prom_printf(out, "payflow_payments_created_total{status=\"%s\"} "
                        "%uA\n", ngx_http_payflow_m_created[i],
                        sh->created[i]);

@@ -58,7 +58,8 @@ static const char  *ngx_http_payflow_event_types[] = {
     "*", "payment.created", "payment.processing", "payment.requires_action",
     "payment.requires_capture", "payment.succeeded", "payment.failed",
     "payment.canceled", "payment.captured", "payment.partially_refunded",
-    "payment.refunded", "payment.rerouted", "refund.created",
+    "payment.refunded", "payment.rerouted", "payment.review_required",
+    "payment.review_approved", "payment.review_rejected", "refund.created",
     "refund.succeeded", "refund.failed", NULL
 };
 

@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(64);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(65);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -280,6 +280,12 @@ is_deeply([$r->{status}, payment($r)->{status}, decision($r), rules($r)],
 	[200, 'requires_review', 'review', 'self_dealing'],
 	'paying oneself goes to review');
 my $review = payment($r)->{id};
+
+is(join(' ', map { (split ' ', err($_))[0] }
+	bearer($ks, 'POST', "/v1/payments/$review/capture"),
+	bearer($ks, 'POST', "/v1/payments/$review/cancel"),
+	bearer($ks, 'POST', '/v1/refunds', { payment => $review })),
+	'409 409 409', 'a payment in review is not captured, canceled or refunded');
 
 $r = bearer($ks, 'GET', '/v1/reviews');
 is_deeply([map { $_->{id} } @{$r->{json}{data}{data}}], [$review],
