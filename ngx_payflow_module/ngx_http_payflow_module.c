@@ -1467,6 +1467,10 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_payflow_risk_init_process(cycle, pmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK
         || ngx_http_payflow_sealer_start(cycle, pmcf) != NGX_OK
         || ngx_http_payflow_outbox_start(cycle, pmcf) != NGX_OK)
@@ -1500,6 +1504,8 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
 
     pf_curl_destroy(pmcf->curl);
     pmcf->curl = NULL;
+
+    ngx_http_payflow_risk_exit_process(pmcf);
 
     ngx_http_payflow_auth_exit_process(pmcf);
 }

@@ -42,7 +42,8 @@ static ngx_int_t ngx_http_payflow_payments_held(ngx_http_request_t *r,
     PGresult *row);
 static ngx_int_t ngx_http_payflow_payments_risk(ngx_http_request_t *r,
     json_t *body, json_int_t amount, const char *currency,
-    const char *method, const char **risk);
+    const char *method, const char **risk, pf_pg_query_t *q,
+    ngx_http_payflow_db_ok_pt ok);
 static ngx_int_t ngx_http_payflow_payments_outcome(ngx_http_request_t *r,
     ngx_http_payflow_provider_result_t *res);
 static ngx_int_t ngx_http_payflow_payments_made(ngx_http_request_t *r,
@@ -721,15 +722,6 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     *ngx_sprintf((u_char *) values[1], "%L", (int64_t) amount) = '\0';
 
-    /* scored before any provider is asked; decided with the payment */
-
-    if (ngx_http_payflow_payments_risk(r, body, amount, currency, method,
-                                       &values[21])
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     if (pv) {
         values[10] = ngx_http_payflow_db_str(r->pool, &plan->reason);
         if (values[10] == NULL) {
@@ -785,8 +777,10 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
         ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
 
-        return ngx_http_payflow_db_run(r, q, "creating a payment",
-                                       ngx_http_payflow_payments_started);
+        /* scored before any provider is asked; decided with the payment */
+
+        return ngx_http_payflow_payments_risk(r, body, amount, currency,
+                   method, &values[21], q, ngx_http_payflow_payments_started);
     }
 
     outcome = ngx_http_payflow_sandbox(amount, manual);
@@ -846,8 +840,9 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
     ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
 
-    return ngx_http_payflow_db_run(r, q, "creating a payment",
-                                   ngx_http_payflow_payments_made);
+    return ngx_http_payflow_payments_risk(r, body, amount, currency, method,
+                                          &values[21], q,
+                                          ngx_http_payflow_payments_made);
 }
 
 
@@ -1186,14 +1181,15 @@ ngx_http_payflow_payments_held(ngx_http_request_t *r, PGresult *row)
 
 
 /*
- * A new payment's signals for the risk engine: *risk is its p_risk, NULL
- * with the engine off.
+ * A new payment's signals for the risk engine, which sets *risk (its
+ * p_risk; NULL with the engine off) and then runs q, the statement that
+ * creates the payment.
  */
 
 static ngx_int_t
 ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
     json_int_t amount, const char *currency, const char *method,
-    const char **risk)
+    const char **risk, pf_pg_query_t *q, ngx_http_payflow_db_ok_pt ok)
 {
     u_char                           *at;
     json_t                           *customer, *v;
@@ -1206,7 +1202,7 @@ ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
     *risk = NULL;
 
     if (pmcf->risk == NULL) {
-        return NGX_OK;
+        return ngx_http_payflow_db_run(r, q, "creating a payment", ok);
     }
 
     ngx_memzero(&sig, sizeof(ngx_http_payflow_risk_signals_t));
@@ -1221,7 +1217,7 @@ ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
         sig.email.len = json_string_length(v);
         sig.email.data = ngx_pnalloc(r->pool, sig.email.len);
         if (sig.email.data == NULL) {
-            return NGX_ERROR;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         for (i = 0; i < sig.email.len; i++) {
@@ -1261,7 +1257,8 @@ ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
     /* the client, as nginx sees it (set_real_ip_from: a trusted proxy's) */
     sig.ip = r->connection->addr_text;
 
-    return ngx_http_payflow_risk_assess(r, &sig, risk);
+    return ngx_http_payflow_risk_assess(r, &sig, risk, q,
+                                        "creating a payment", ok);
 }
 
 

@@ -158,6 +158,7 @@ typedef struct {
     ngx_atomic_t                hits[NGX_HTTP_PAYFLOW_RISK_NRULES];
     ngx_atomic_t                latency[NGX_HTTP_PAYFLOW_RISK_BUCKETS];
     ngx_atomic_t                latency_us;
+    ngx_atomic_t                fallbacks;
 } ngx_http_payflow_risk_sh_t;
 
 
@@ -171,7 +172,68 @@ typedef struct {
     int64_t                     limits[NGX_HTTP_PAYFLOW_RISK_NRULES];
     ngx_uint_t                  scores[NGX_HTTP_PAYFLOW_RISK_NRULES];
     ngx_uint_t                  disabled[NGX_HTTP_PAYFLOW_RISK_NRULES];
+    pf_redis_conf_t            *redis;
+    ngx_msec_t                  redis_timeout;
+    ngx_str_t                   prefix;
+    pf_redis_t                 *rd;            /* this worker's */
 } ngx_http_payflow_risk_conf_t;
+
+
+/* one payment's assessment, while Redis is asked */
+
+typedef struct {
+    ngx_http_request_t         *request;
+    const char                **risk;          /* where p_risk goes */
+    pf_pg_query_t              *query;         /* then runs */
+    const char                 *what;
+    ngx_http_payflow_db_ok_pt   ok;
+    json_t                     *doc;
+    json_t                     *rules;         /* doc's */
+    json_t                     *signals;       /* doc's */
+    json_t                     *scores;        /* doc's */
+    int64_t                     amount;
+    const char                 *currency;
+    uint32_t                    now;
+    ngx_uint_t                  present[NGX_HTTP_PAYFLOW_RISK_KINDS];
+    uint64_t                    digest[NGX_HTTP_PAYFLOW_RISK_KINDS];
+    double                      counts[NGX_HTTP_PAYFLOW_RISK_KINDS]
+                                      [NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    double                      sums[NGX_HTTP_PAYFLOW_RISK_KINDS]
+                                    [NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    struct {
+        ngx_uint_t              kind;
+        ngx_uint_t              window;
+    }                           windows[NGX_HTTP_PAYFLOW_RISK_KINDS
+                                        * NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    ngx_uint_t                  nwindows;
+    pf_redis_cmd_t             *cmd;
+    ngx_event_t                 timer;
+    struct timespec             t0;
+    ngx_uint_t                  us;
+} ngx_http_payflow_risk_req_t;
+
+
+/*
+ * KEYS: pairs of (current, previous) window buckets; ARGV[1]: the amount.
+ * Counts the payment in each current bucket (kept two spans and a minute)
+ * and answers, per pair: count, sum (this payment included), then the
+ * previous bucket's count and sum.
+ */
+
+static const char  ngx_http_payflow_risk_script[] =
+    "local out = {}\n"
+    "for i = 1, #KEYS, 2 do\n"
+    "  local span = tonumber(string.match(KEYS[i], ':(%d+):%d+$'))\n"
+    "  local n = redis.call('HINCRBY', KEYS[i], 'n', 1)\n"
+    "  local s = redis.call('HINCRBY', KEYS[i], 's', ARGV[1])\n"
+    "  if n == 1 then redis.call('EXPIRE', KEYS[i], 2 * span + 60) end\n"
+    "  local p = redis.call('HMGET', KEYS[i + 1], 'n', 's')\n"
+    "  out[#out + 1] = n\n"
+    "  out[#out + 1] = s\n"
+    "  out[#out + 1] = tonumber(p[1]) or 0\n"
+    "  out[#out + 1] = tonumber(p[2]) or 0\n"
+    "end\n"
+    "return out\n";
 
 
 static ngx_http_payflow_risk_conf_t *ngx_http_payflow_risk_conf(
@@ -187,6 +249,17 @@ static void ngx_http_payflow_risk_roll(ngx_http_payflow_risk_node_t *n,
     uint32_t now);
 static double ngx_http_payflow_risk_window(ngx_http_payflow_risk_node_t *n,
     ngx_uint_t w, uint32_t now, ngx_uint_t sum);
+static ngx_int_t ngx_http_payflow_risk_decide(
+    ngx_http_payflow_risk_req_t *rq);
+static void ngx_http_payflow_risk_clock(ngx_http_payflow_risk_req_t *rq,
+    ngx_uint_t stop);
+static ngx_int_t ngx_http_payflow_risk_redis_send(
+    ngx_http_payflow_risk_req_t *rq);
+static void ngx_http_payflow_risk_redis_reply(void *data, redisReply *reply);
+static void ngx_http_payflow_risk_timeout(ngx_event_t *ev);
+static void ngx_http_payflow_risk_fallback(ngx_http_payflow_risk_req_t *rq,
+    const char *why);
+static void ngx_http_payflow_risk_cleanup(void *data);
 
 
 /* payflow_risk zone=name:size [review=50] [block=90] */
@@ -261,6 +334,36 @@ ngx_http_payflow_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "redis=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            rc->redis = ngx_pcalloc(cf->pool, sizeof(pf_redis_conf_t));
+            if (rc->redis == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            if (pf_redis_conf_parse(cf, &s, rc->redis) != NGX_CONF_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            rc->redis->connect_timeout = 1000;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "redis_timeout=", 14) == 0) {
+            s.data = value[i].data + 14;
+            s.len = value[i].len - 14;
+
+            n = ngx_parse_time(&s, 0);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            rc->redis_timeout = (ngx_msec_t) n;
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "review_expiry=", 14) == 0) {
             s.data = value[i].data + 14;
             s.len = value[i].len - 14;
@@ -314,7 +417,8 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "payflow_risk: invalid parameter \"%V\" (zone=name:"
                        "size of at least 8 pages, review= and block= 0 to "
-                       "100, review_expiry= a time)", &value[i]);
+                       "100, review_expiry= and redis_timeout= times, "
+                       "redis=host:port)", &value[i]);
     return NGX_CONF_ERROR;
 }
 
@@ -425,6 +529,8 @@ ngx_http_payflow_risk_conf(ngx_conf_t *cf,
     rc->review = 50;
     rc->block = 90;
     rc->review_expiry = 72 * 3600;
+    rc->redis_timeout = 30;
+    ngx_str_set(&rc->prefix, "payflow:risk:");
 
     for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
         rc->limits[k] = ngx_http_payflow_risk_rules[k].limit;
@@ -451,6 +557,38 @@ ngx_http_payflow_risk_init(ngx_conf_t *cf,
     rc = ngx_http_payflow_risk_conf(cf, pmcf);
 
     return rc ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_payflow_risk_init_process(ngx_cycle_t *cycle,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = pmcf->risk;
+
+    if (rc == NULL || rc->zone == NULL || rc->redis == NULL) {
+        return NGX_OK;
+    }
+
+    rc->rd = pf_redis_create(cycle, rc->redis);
+
+    return rc->rd ? NGX_OK : NGX_ERROR;
+}
+
+
+void
+ngx_http_payflow_risk_exit_process(ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = pmcf->risk;
+
+    if (rc && rc->rd) {
+        pf_redis_destroy(rc->rd);
+        rc->rd = NULL;
+    }
 }
 
 
@@ -542,23 +680,26 @@ ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
 
 /*
- * Scores a payment on what this node counted, and counts it.  *risk is
- * the JSON for payflow_payment_create's p_risk, NULL with the engine off.
+ * Scores a payment and counts it, then runs q, the statement that writes
+ * it, with *risk (its p_risk) set.  What this node counted decides at once;
+ * with "redis=", the velocity windows are the cluster's: the request waits
+ * for Redis (at most redis_timeout) and what this node counted decides if
+ * Redis does not answer in time.  Returns what db_run returns.
  */
 
 ngx_int_t
 ngx_http_payflow_risk_assess(ngx_http_request_t *r,
-    ngx_http_payflow_risk_signals_t *sig, const char **risk)
+    ngx_http_payflow_risk_signals_t *sig, const char **risk,
+    pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok)
 {
-    char                           *dump;
-    double                          v, x, sd, alpha, d;
-    json_t                         *doc, *rules, *signals, *scores, *hit;
-    uint32_t                        now, card;
-    uint64_t                        digest;
-    ngx_str_t                      *value, s, tenant;
-    ngx_uint_t                      k, kind, j, cards, found, us;
-    struct timespec                 t0, t1;
+    double                          x, sd, alpha, d;
+    json_t                         *hit;
+    uint32_t                        card;
+    ngx_str_t                      *value, tenant;
+    ngx_uint_t                      k, kind, j, cards, found, w;
+    ngx_http_cleanup_t             *cln;
     ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_risk_req_t    *rq;
     ngx_http_payflow_risk_conf_t   *rc;
     ngx_http_payflow_main_conf_t   *pmcf;
     ngx_http_payflow_risk_node_t   *nodes[NGX_HTTP_PAYFLOW_RISK_KINDS], *n;
@@ -571,27 +712,48 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     *risk = NULL;
 
     if (rc == NULL || rc->zone == NULL) {
-        return NGX_OK;
+        return ngx_http_payflow_db_run(r, q, what, ok);
     }
 
-    (void) clock_gettime(CLOCK_MONOTONIC, &t0);
+    rq = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_risk_req_t));
+    if (rq == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rq->request = r;
+    rq->risk = risk;
+    rq->query = q;
+    rq->what = what;
+    rq->ok = ok;
+    rq->amount = sig->amount;
+    rq->currency = sig->currency;
+
+    ngx_http_payflow_risk_clock(rq, 0);
 
     /* the document owns its parts from the start: one decref frees all */
 
-    doc = json_object();
-    rules = json_array();
-    signals = json_object();
-    scores = json_object();
+    rq->doc = json_object();
+    rq->rules = json_array();
+    rq->signals = json_object();
+    rq->scores = json_object();
 
-    if (doc == NULL
-        || json_object_set_new(doc, "rules", rules) != 0
-        || json_object_set_new(doc, "signals", signals) != 0
-        || json_object_set_new(doc, "scores", scores) != 0)
+    if (rq->doc == NULL
+        || json_object_set_new(rq->doc, "rules", rq->rules) != 0
+        || json_object_set_new(rq->doc, "signals", rq->signals) != 0
+        || json_object_set_new(rq->doc, "scores", rq->scores) != 0)
     {
         goto failed;
     }
 
-    now = (uint32_t) ngx_time();
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        goto failed;
+    }
+
+    cln->handler = ngx_http_payflow_risk_cleanup;
+    cln->data = rq;
+
+    rq->now = (uint32_t) ngx_time();
     tenant = ctx->auth.tenant_id;
 
     ngx_shmtx_lock(&rc->shpool->mutex);
@@ -622,16 +784,31 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             continue;
         }
 
-        digest = ngx_http_payflow_risk_digest(&tenant, ctx->auth.livemode,
-                     kind, value,
+        rq->digest[kind] = ngx_http_payflow_risk_digest(&tenant,
+                     ctx->auth.livemode, kind, value,
                      (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER
                       || kind == NGX_HTTP_PAYFLOW_RISK_TENANT)
                      ? sig->currency : NULL);
+        rq->present[kind] = 1;
 
-        nodes[kind] = ngx_http_payflow_risk_node(rc, digest, now);
+        n = ngx_http_payflow_risk_node(rc, rq->digest[kind], rq->now);
+        nodes[kind] = n;
+
+        if (n == NULL) {
+            continue;
+        }
+
+        /* the windows as this node saw them, this payment included */
+
+        for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
+            rq->counts[kind][w] = ngx_http_payflow_risk_window(n, w,
+                                      rq->now, 0) + 1;
+            rq->sums[kind][w] = ngx_http_payflow_risk_window(n, w,
+                                    rq->now, 1) + sig->amount;
+        }
     }
 
-    /* the rules, on the counts before this payment */
+    /* the rules on the node's own statistics, before this payment */
 
     for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
         n = nodes[ngx_http_payflow_risk_rules[k].kind];
@@ -643,31 +820,6 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
         detail[0] = '\0';
 
         switch (ngx_http_payflow_risk_rules[k].test) {
-
-        case NGX_HTTP_PAYFLOW_RISK_COUNT:
-            v = ngx_http_payflow_risk_window(n,
-                    ngx_http_payflow_risk_rules[k].window, now, 0) + 1;
-
-            if (v > rc->limits[k]) {
-                *ngx_snprintf(detail, sizeof(detail) - 1,
-                              "%.0f payments (limit %L)", v, rc->limits[k])
-                    = '\0';
-            }
-
-            break;
-
-        case NGX_HTTP_PAYFLOW_RISK_SUM:
-            v = ngx_http_payflow_risk_window(n,
-                    ngx_http_payflow_risk_rules[k].window, now, 1)
-                + sig->amount;
-
-            if (v > rc->limits[k]) {
-                *ngx_snprintf(detail, sizeof(detail) - 1,
-                              "%.0f %s in a day (limit %L)", v,
-                              sig->currency, rc->limits[k]) = '\0';
-            }
-
-            break;
 
         case NGX_HTTP_PAYFLOW_RISK_ANOMALY:
             if (n->seen >= 3 && n->mean > 0
@@ -712,7 +864,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             cards = 1;
 
             for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
-                if (n->card_at[j] + 86400 > now && n->cards[j] != card) {
+                if (n->card_at[j] + 86400 > rq->now && n->cards[j] != card) {
                     cards++;
                 }
             }
@@ -726,6 +878,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             break;
 
         default:
+            /* velocity: once the windows are known */
             break;
         }
 
@@ -740,7 +893,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
                         "score", (json_int_t) rc->scores[k],
                         "detail", (char *) detail);
 
-        if (hit == NULL || json_array_append_new(rules, hit) != 0) {
+        if (hit == NULL || json_array_append_new(rq->rules, hit) != 0) {
             ngx_shmtx_unlock(&rc->shpool->mutex);
             goto failed;
         }
@@ -791,7 +944,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             }
 
             n->cards[found] = card;
-            n->card_at[found] = now;
+            n->card_at[found] = rq->now;
         }
     }
 
@@ -801,7 +954,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
 
 #define ngx_http_payflow_risk_signal(name, v)                                 \
     if ((v)->len                                                              \
-        && json_object_set_new(signals, name,                                 \
+        && json_object_set_new(rq->signals, name,                             \
                json_stringn((char *) (v)->data, (v)->len)) != 0)              \
     {                                                                         \
         goto failed;                                                          \
@@ -816,35 +969,141 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
 
 #undef ngx_http_payflow_risk_signal
 
+    ngx_http_payflow_risk_clock(rq, 1);
+
+    if (rc->rd && ngx_http_payflow_risk_redis_send(rq) == NGX_OK) {
+        rq->timer.handler = ngx_http_payflow_risk_timeout;
+        rq->timer.data = rq;
+        rq->timer.log = r->connection->log;
+        ngx_add_timer(&rq->timer, rc->redis_timeout);
+
+        r->main->count++;
+
+        return NGX_DONE;
+    }
+
+    if (rc->rd) {
+        ngx_http_payflow_risk_fallback(rq, "not connected");
+    }
+
+    return ngx_http_payflow_risk_decide(rq);
+
+failed:
+
+    if (rq->doc) {
+        json_decref(rq->doc);
+        rq->doc = NULL;
+    }
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* the velocity rules on the windows known, then the statement runs */
+
+static ngx_int_t
+ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
+{
+    char                          *dump;
+    double                         v;
+    json_t                        *hit;
+    ngx_str_t                      s;
+    ngx_uint_t                     k, j, kind, w, us;
+    ngx_http_request_t            *r;
+    ngx_http_payflow_risk_conf_t  *rc;
+    ngx_http_payflow_main_conf_t  *pmcf;
+    u_char                         detail[160];
+
+    r = rq->request;
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    ngx_http_payflow_risk_clock(rq, 0);
+
+    for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
+        kind = ngx_http_payflow_risk_rules[k].kind;
+        w = ngx_http_payflow_risk_rules[k].window;
+
+        if (rc->disabled[k] || !rq->present[kind]) {
+            continue;
+        }
+
+        detail[0] = '\0';
+
+        if (ngx_http_payflow_risk_rules[k].test
+            == NGX_HTTP_PAYFLOW_RISK_COUNT)
+        {
+            v = rq->counts[kind][w];
+
+            if (v > rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.0f payments (limit %L)", v, rc->limits[k])
+                    = '\0';
+            }
+
+        } else if (ngx_http_payflow_risk_rules[k].test
+                   == NGX_HTTP_PAYFLOW_RISK_SUM)
+        {
+            v = rq->sums[kind][w];
+
+            if (v > rc->limits[k]) {
+                *ngx_snprintf(detail, sizeof(detail) - 1,
+                              "%.0f %s in a day (limit %L)", v,
+                              rq->currency, rc->limits[k]) = '\0';
+            }
+        }
+
+        if (detail[0] == '\0') {
+            continue;
+        }
+
+        (void) ngx_atomic_fetch_add(&rc->sh->hits[k], 1);
+
+        hit = json_pack("{s:s, s:I, s:s}",
+                        "rule", ngx_http_payflow_risk_rules[k].name,
+                        "score", (json_int_t) rc->scores[k],
+                        "detail", (char *) detail);
+
+        if (hit == NULL || json_array_append_new(rq->rules, hit) != 0) {
+            goto failed;
+        }
+    }
+
     k = ngx_http_payflow_risk_rule_known("self_dealing", 12) - 1;
     j = ngx_http_payflow_risk_rule_known("blocklist", 9) - 1;
 
-    if (json_object_set_new(scores, "self_dealing",
+    if (json_object_set_new(rq->scores, "self_dealing",
             json_integer(rc->disabled[k] ? 0 : rc->scores[k])) != 0
-        || json_object_set_new(scores, "blocklist",
+        || json_object_set_new(rq->scores, "blocklist",
                json_integer(rc->disabled[j] ? 0 : rc->scores[j])) != 0
-        || json_object_set_new(doc, "review", json_integer(rc->review)) != 0
-        || json_object_set_new(doc, "block", json_integer(rc->block)) != 0)
+        || json_object_set_new(rq->doc, "review", json_integer(rc->review))
+           != 0
+        || json_object_set_new(rq->doc, "block", json_integer(rc->block))
+           != 0)
     {
         goto failed;
     }
 
-    dump = json_dumps(doc, JSON_COMPACT);
-    json_decref(doc);
+    dump = json_dumps(rq->doc, JSON_COMPACT);
+    json_decref(rq->doc);
+    rq->doc = NULL;
 
     if (dump == NULL) {
-        return NGX_ERROR;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     s.data = (u_char *) dump;
     s.len = ngx_strlen(dump);
-    *risk = ngx_http_payflow_db_str(r->pool, &s);
+    *rq->risk = ngx_http_payflow_db_str(r->pool, &s);
     free(dump);
 
-    (void) clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (*rq->risk == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    us = (t1.tv_sec - t0.tv_sec) * 1000000
-         + (t1.tv_nsec - t0.tv_nsec) / 1000;
+    ngx_http_payflow_risk_clock(rq, 1);
+
+    us = rq->us;
 
     for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_BUCKETS; k++) {
         if (us <= ngx_http_payflow_risk_bounds[k]) {
@@ -859,15 +1118,265 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     (void) ngx_atomic_fetch_add(&rc->sh->assessed, 1);
     (void) ngx_atomic_fetch_add(&rc->sh->latency_us, us);
 
-    return *risk ? NGX_OK : NGX_ERROR;
+    return ngx_http_payflow_db_run(r, rq->query, rq->what, rq->ok);
 
 failed:
 
-    if (doc) {
-        json_decref(doc);
+    if (rq->doc) {
+        json_decref(rq->doc);
+        rq->doc = NULL;
     }
 
-    return NGX_ERROR;
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* the worker's own time on a payment, Redis's wait left out */
+
+static void
+ngx_http_payflow_risk_clock(ngx_http_payflow_risk_req_t *rq,
+    ngx_uint_t stop)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    if (!stop) {
+        rq->t0 = ts;
+        return;
+    }
+
+    rq->us += (ts.tv_sec - rq->t0.tv_sec) * 1000000
+              + (ts.tv_nsec - rq->t0.tv_nsec) / 1000;
+}
+
+
+/*
+ * One EVAL counts the payment in every window of every thing counted, on
+ * the cluster's clock-independent buckets (each node names the bucket by
+ * its own clock: nodes keep NTP time), and answers each window's current
+ * count and sum (this payment included) and the previous ones.
+ */
+
+static ngx_int_t
+ngx_http_payflow_risk_redis_send(ngx_http_payflow_risk_req_t *rq)
+{
+    u_char                        *p;
+    uint32_t                       span;
+    ngx_uint_t                     kind, w, argc;
+    ngx_http_request_t            *r;
+    ngx_http_payflow_risk_conf_t  *rc;
+    ngx_http_payflow_main_conf_t  *pmcf;
+    size_t                         lens[4 + 2 * NGX_HTTP_PAYFLOW_RISK_KINDS
+                                        * NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    const char                    *argv[4 + 2 * NGX_HTTP_PAYFLOW_RISK_KINDS
+                                        * NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+
+    r = rq->request;
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    if (!pf_redis_connected(rc->rd)) {
+        return NGX_DECLINED;
+    }
+
+    argc = 3;
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = ngx_http_payflow_risk_script;
+    lens[1] = sizeof(ngx_http_payflow_risk_script) - 1;
+
+    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
+        if (!rq->present[kind]) {
+            continue;
+        }
+
+        for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
+            span = ngx_http_payflow_risk_spans[w];
+
+            /* <prefix><digest>:<span>:<bucket>, the current, the previous */
+
+            p = ngx_pnalloc(r->pool, 2 * (rc->prefix.len + 48));
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            argv[argc] = (char *) p;
+            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
+                            rq->digest[kind], span, rq->now / span);
+            lens[argc] = p - (u_char *) argv[argc];
+            argc++;
+
+            argv[argc] = (char *) p;
+            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
+                            rq->digest[kind], span, rq->now / span - 1);
+            lens[argc] = p - (u_char *) argv[argc];
+            argc++;
+
+            rq->windows[rq->nwindows].kind = kind;
+            rq->windows[rq->nwindows].window = w;
+            rq->nwindows++;
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, 2 * NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* numkeys, then the amount */
+
+    argv[2] = (char *) p;
+    p = ngx_sprintf(p, "%ui", argc - 3);
+    lens[2] = p - (u_char *) argv[2];
+
+    argv[argc] = (char *) p;
+    p = ngx_sprintf(p, "%L", rq->amount);
+    lens[argc] = p - (u_char *) argv[argc];
+    argc++;
+
+    rq->cmd = pf_redis_send(rc->rd, ngx_http_payflow_risk_redis_reply, rq,
+                            (int) argc, argv, lens);
+
+    return rq->cmd ? NGX_OK : NGX_DECLINED;
+}
+
+
+static void
+ngx_http_payflow_risk_redis_reply(void *data, redisReply *reply)
+{
+    ngx_http_payflow_risk_req_t *rq = data;
+
+    double                         left;
+    uint32_t                       span;
+    ngx_int_t                      rc;
+    ngx_uint_t                     i, kind, w;
+    redisReply                   **e;
+    ngx_http_request_t            *r;
+
+    rq->cmd = NULL;
+    r = rq->request;
+
+    if (rq->timer.timer_set) {
+        ngx_del_timer(&rq->timer);
+    }
+
+    if (reply && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements == 4 * rq->nwindows)
+    {
+        e = reply->element;
+
+        for (i = 0; i < rq->nwindows; i++) {
+            if (e[4 * i]->type != REDIS_REPLY_INTEGER
+                || e[4 * i + 1]->type != REDIS_REPLY_INTEGER
+                || e[4 * i + 2]->type != REDIS_REPLY_INTEGER
+                || e[4 * i + 3]->type != REDIS_REPLY_INTEGER)
+            {
+                break;
+            }
+        }
+
+        if (i == rq->nwindows) {
+            for (i = 0; i < rq->nwindows; i++) {
+                kind = rq->windows[i].kind;
+                w = rq->windows[i].window;
+                span = ngx_http_payflow_risk_spans[w];
+                left = (double) (span - rq->now % span) / span;
+
+                rq->counts[kind][w] = e[4 * i]->integer
+                                      + e[4 * i + 2]->integer * left;
+                rq->sums[kind][w] = e[4 * i + 1]->integer
+                                    + e[4 * i + 3]->integer * left;
+            }
+
+            goto decide;
+        }
+    }
+
+    ngx_http_payflow_risk_fallback(rq,
+        (reply && reply->type == REDIS_REPLY_ERROR) ? reply->str
+                                                    : "no reply");
+
+decide:
+
+    rc = ngx_http_payflow_risk_decide(rq);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+static void
+ngx_http_payflow_risk_timeout(ngx_event_t *ev)
+{
+    ngx_int_t                     rc;
+    ngx_http_request_t           *r;
+    ngx_http_payflow_risk_req_t  *rq;
+
+    rq = ev->data;
+    r = rq->request;
+
+    if (rq->cmd) {
+        pf_redis_abandon(rq->cmd);
+        rq->cmd = NULL;
+    }
+
+    ngx_http_payflow_risk_fallback(rq, "timed out");
+
+    rc = ngx_http_payflow_risk_decide(rq);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+/*
+ * Redis did not count: this node's windows decide, and the operator hears
+ * of it at most every 10 seconds per worker.
+ */
+
+static void
+ngx_http_payflow_risk_fallback(ngx_http_payflow_risk_req_t *rq,
+    const char *why)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    static time_t  logged;
+
+    pmcf = ngx_http_get_module_main_conf(rq->request,
+                                         ngx_http_payflow_module);
+    rc = pmcf->risk;
+
+    (void) ngx_atomic_fetch_add(&rc->sh->fallbacks, 1);
+
+    if (ngx_time() - logged >= 10) {
+        logged = ngx_time();
+        ngx_log_error(NGX_LOG_WARN, rq->request->connection->log, 0,
+                      "payflow risk: Redis %s, velocity counted by this "
+                      "node alone", why);
+    }
+}
+
+
+/* the client went away while Redis was asked */
+
+static void
+ngx_http_payflow_risk_cleanup(void *data)
+{
+    ngx_http_payflow_risk_req_t *rq = data;
+
+    if (rq->timer.timer_set) {
+        ngx_del_timer(&rq->timer);
+    }
+
+    if (rq->cmd) {
+        pf_redis_abandon(rq->cmd);
+        rq->cmd = NULL;
+    }
+
+    if (rq->doc) {
+        json_decref(rq->doc);
+        rq->doc = NULL;
+    }
 }
 
 
@@ -1224,4 +1733,10 @@ ngx_http_payflow_risk_metrics(ngx_http_payflow_main_conf_t *pmcf,
     pf_prom_family(out, "payflow_risk_evicted_total", "counter",
                    "Risk counters dropped to make room.");
     pf_prom_printf(out, "payflow_risk_evicted_total %uA\n", sh->evicted);
+
+    pf_prom_family(out, "payflow_risk_redis_fallbacks_total", "counter",
+                   "Payments whose velocity this node counted alone: "
+                   "Redis was down or slower than redis_timeout.");
+    pf_prom_printf(out, "payflow_risk_redis_fallbacks_total %uA\n",
+                   sh->fallbacks);
 }

@@ -10,6 +10,7 @@
 
 #include "ngx_http_payflow_module.h"
 #include "pf_prom.h"
+#include "pf_redis.h"
 
 
 #define NGX_HTTP_PAYFLOW_RISK_ALLOW   0
@@ -38,8 +39,12 @@ char *ngx_http_payflow_risk_rule(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_payflow_risk_init(ngx_conf_t *cf,
     ngx_http_payflow_main_conf_t *pmcf);
 
+ngx_int_t ngx_http_payflow_risk_init_process(ngx_cycle_t *cycle,
+    ngx_http_payflow_main_conf_t *pmcf);
+void ngx_http_payflow_risk_exit_process(ngx_http_payflow_main_conf_t *pmcf);
 ngx_int_t ngx_http_payflow_risk_assess(ngx_http_request_t *r,
-    ngx_http_payflow_risk_signals_t *sig, const char **risk);
+    ngx_http_payflow_risk_signals_t *sig, const char **risk,
+    pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok);
 void ngx_http_payflow_risk_decided(ngx_http_request_t *r,
     const char *decision);
 time_t ngx_http_payflow_risk_review_expiry(

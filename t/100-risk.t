@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(65);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(67);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -308,6 +308,12 @@ is(join(',', map { $_->{type} } @{$r->{json}{data}{data}}),
 	. 'payment.succeeded', 'every step is in the log');
 is($t->psql("SELECT count(*) FROM ledger_entries WHERE payment_id = "
 	. "'$review'"), 2, 'and the capture in the ledger');
+
+is($t->psql("SELECT action || ' ' || target_type || ' ' || actor_type "
+	. "FROM audit_logs WHERE target_id = '$review' ORDER BY id"),
+	'review.approved payment api_key', 'the approval is audited');
+is($t->psql("SELECT count(*) FROM audit_logs WHERE tenant_id = '$tl' "
+	. "AND action = 'risk_list.added'"), 7, 'and so are list entries');
 
 $r = pay($ks, { customer => { email => 'someone@shop.example' } });
 my $rejected = payment($r)->{id};
