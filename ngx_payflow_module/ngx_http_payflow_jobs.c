@@ -83,7 +83,9 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
     if (expiry) {
         *ngx_snprintf(jobs, sizeof(jobs) - 1,
                       NGX_HTTP_PAYFLOW_JOBS ", payflow_review_expire("
-                      "'%T seconds'::interval, 100)", expiry) = '\0';
+                      "'%T seconds'::interval, 100), "
+                      "payflow_review_queue_depth(), "
+                      "payflow_review_queue_age()", expiry) = '\0';
 
     } else {
         *ngx_snprintf(jobs, sizeof(jobs) - 1, NGX_HTTP_PAYFLOW_JOBS) = '\0';
@@ -254,6 +256,15 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
     res = q->results[0];
 
     if (q->status == PF_PG_OK && PQntuples(res) == 1) {
+        if (PQnfields(res) == 6) {
+            /* the review queue, with the risk engine on */
+            ngx_http_payflow_risk_queue(jobs->pmcf,
+                ngx_atoi((u_char *) PQgetvalue(res, 0, 4),
+                         PQgetlength(res, 0, 4)),
+                ngx_atoi((u_char *) PQgetvalue(res, 0, 5),
+                         PQgetlength(res, 0, 5)));
+        }
+
         if (PQgetvalue(res, 0, 0)[0] != '0'
             || PQgetvalue(res, 0, 1)[0] != '0')
         {

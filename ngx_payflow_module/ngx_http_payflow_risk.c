@@ -159,6 +159,8 @@ typedef struct {
     ngx_atomic_t                latency[NGX_HTTP_PAYFLOW_RISK_BUCKETS];
     ngx_atomic_t                latency_us;
     ngx_atomic_t                fallbacks;
+    ngx_atomic_t                queue_depth;   /* set by the jobs */
+    ngx_atomic_t                queue_age;     /* seconds */
 } ngx_http_payflow_risk_sh_t;
 
 
@@ -589,6 +591,25 @@ ngx_http_payflow_risk_exit_process(ngx_http_payflow_main_conf_t *pmcf)
         pf_redis_destroy(rc->rd);
         rc->rd = NULL;
     }
+}
+
+
+/* the review queue as the jobs last read it */
+
+void
+ngx_http_payflow_risk_queue(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t depth, ngx_int_t age)
+{
+    ngx_http_payflow_risk_conf_t  *rc;
+
+    rc = pmcf->risk;
+
+    if (rc == NULL || rc->sh == NULL || depth < 0 || age < 0) {
+        return;
+    }
+
+    rc->sh->queue_depth = (ngx_atomic_uint_t) depth;
+    rc->sh->queue_age = (ngx_atomic_uint_t) age;
 }
 
 
@@ -1733,6 +1754,16 @@ ngx_http_payflow_risk_metrics(ngx_http_payflow_main_conf_t *pmcf,
     pf_prom_family(out, "payflow_risk_evicted_total", "counter",
                    "Risk counters dropped to make room.");
     pf_prom_printf(out, "payflow_risk_evicted_total %uA\n", sh->evicted);
+
+    pf_prom_family(out, "payflow_risk_review_queue", "gauge",
+                   "Payments waiting in review (all tenants), as the "
+                   "background jobs last counted.");
+    pf_prom_printf(out, "payflow_risk_review_queue %uA\n", sh->queue_depth);
+
+    pf_prom_family(out, "payflow_risk_review_oldest_seconds", "gauge",
+                   "How long the oldest payment in review has waited.");
+    pf_prom_printf(out, "payflow_risk_review_oldest_seconds %uA\n",
+                   sh->queue_age);
 
     pf_prom_family(out, "payflow_risk_redis_fallbacks_total", "counter",
                    "Payments whose velocity this node counted alone: "

@@ -47,6 +47,8 @@ ngx_int_t ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok);
 void ngx_http_payflow_risk_decided(ngx_http_request_t *r,
     const char *decision);
+void ngx_http_payflow_risk_queue(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t depth, ngx_int_t age);
 time_t ngx_http_payflow_risk_review_expiry(
     ngx_http_payflow_main_conf_t *pmcf);
 ngx_uint_t ngx_http_payflow_risk_rule_known(const char *name, size_t len);

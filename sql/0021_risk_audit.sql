@@ -92,3 +92,27 @@ CREATE TRIGGER payments_review_audit AFTER UPDATE OF status ON payments
     FOR EACH ROW WHEN (OLD.status = 'requires_review'
                        AND NEW.status <> 'requires_review')
     EXECUTE FUNCTION payments_review_audit();
+
+
+-- the review queue as the metrics show it (the jobs read it every
+-- interval): payments waiting, and how long the oldest has waited
+CREATE FUNCTION payflow_review_queue_depth() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+    SELECT count(*) FROM payments WHERE status = 'requires_review'
+$$;
+
+CREATE FUNCTION payflow_review_queue_age() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+    SELECT coalesce(floor(extract(epoch FROM now() - min(created_at))), 0)
+           ::bigint
+      FROM payments WHERE status = 'requires_review'
+$$;
+
+REVOKE EXECUTE ON FUNCTION payflow_review_queue_depth() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION payflow_review_queue_age() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION payflow_review_queue_depth() TO :"app";
+GRANT EXECUTE ON FUNCTION payflow_review_queue_age() TO :"app";

@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(67);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(68);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -403,6 +403,8 @@ like($r->{body}, qr/^payflow_risk_decisions_total\{decision="block"\} [1-9]/m,
 	'decisions are counted');
 like($r->{body}, qr/^payflow_risk_evaluation_seconds_count [1-9]/m,
 	'and the rules\' evaluation time');
+like($r->{body}, qr/^payflow_risk_review_queue \d+$/m,
+	'and the review queue');
 
 $t->stop;
 is(scalar $t->crash_lines, 0, 'no worker crashed');
