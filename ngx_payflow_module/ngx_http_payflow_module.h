@@ -284,6 +284,7 @@ typedef struct {
     const char                 *money_id;
     pf_curl_call_t             *call;          /* to the provider */
     ngx_http_payflow_provider_ok_pt  provider_ok;
+    void                       *risk;          /* risk_req_t, assessed */
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    created:1;     /* made a payment: outcome */

@@ -897,6 +897,8 @@ ngx_http_payflow_payments_made(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx->created = 1;
 
+    ngx_http_payflow_risk_count(r);
+
     if (!PQgetisnull(row, 0, 10)) {
         ngx_http_payflow_risk_decided(r, PQgetvalue(row, 0, 10));
 
@@ -1124,6 +1126,8 @@ ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
 
     ctx->created = 1;
 
+    ngx_http_payflow_risk_count(r);
+
     key = ngx_http_payflow_db_result(q, 0);
 
     if (PQntuples(key) == 1 && !PQgetisnull(key, 0, 10)) {
@@ -1255,7 +1259,17 @@ ngx_http_payflow_payments_risk(ngx_http_request_t *r, json_t *body,
     }
 
     /* the client, as nginx sees it (set_real_ip_from: a trusted proxy's) */
-    sig.ip = r->connection->addr_text;
+
+    switch (r->connection->sockaddr->sa_family) {
+    case AF_INET:
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+#endif
+        sig.ip = r->connection->addr_text;
+        break;
+    default:
+        break;
+    }
 
     return ngx_http_payflow_risk_assess(r, &sig, risk, q,
                                         "creating a payment", ok);

@@ -89,7 +89,8 @@ ngx_http_payflow_reviews_init(ngx_http_payflow_main_conf_t *pmcf)
         "response_body, payment_id, request_id, object_id, mine, amount, "
         "currency, capture_method, provider, payment_method, email, "
         "description, return_url "
-        "FROM payflow_review_decide($1, $2::boolean, $3, $4, $5)", 5);
+        "FROM payflow_review_decide($1, $2::boolean, $3, $4, $5, "
+        "$6::text[])", 6);
 
     if (st->risk_list_add == NULL || st->risk_list_page == NULL
         || st->risk_list_remove == NULL || st->risk_settings == NULL
@@ -759,10 +760,13 @@ static ngx_int_t
 ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_uint_t approve)
 {
-    u_char                        *hex;
+    u_char                        *hex, *p;
+    size_t                         len;
     ngx_int_t                      rc;
+    ngx_uint_t                     i;
     pf_pg_query_t                 *q;
     const char                   **values;
+    ngx_http_payflow_provider_t   *pv;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
@@ -790,7 +794,7 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
         ngx_str_null(&ctx->idem_key);
     }
 
-    values = ngx_pcalloc(r->pool, 5 * sizeof(char *));
+    values = ngx_pcalloc(r->pool, 6 * sizeof(char *));
     hex = ngx_pnalloc(r->pool, 2 * 32 + 1);
     q = ngx_http_payflow_db_query(r, 1, 1);
 
@@ -818,11 +822,36 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
         }
     }
 
-    if (values[0] == NULL) {
+    /* the providers of the caller's mode an approval may go to */
+
+    len = sizeof("{}");
+    pv = pmcf->providers.elts;
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        len += pv[i].name.len + 1;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+
+    if (values[0] == NULL || p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_payflow_db_set(q, 0, pmcf->st.review_decide, 5, values);
+    values[5] = (char *) p;
+    *p++ = '{';
+
+    for (i = 0; i < pmcf->providers.nelts; i++) {
+        if (pv[i].livemode == ctx->auth.livemode) {
+            /* names are [a-z0-9_]: nothing to quote */
+            p = ngx_sprintf(p, "%s%V", p[-1] == '{' ? "" : ",",
+                            &pv[i].name);
+        }
+    }
+
+    *p++ = '}';
+    *p = '\0';
+
+    ngx_http_payflow_db_set(q, 0, pmcf->st.review_decide, 6, values);
 
     ctx->db_sql_ok = 1;
 
@@ -860,6 +889,14 @@ ngx_http_payflow_reviews_decided(ngx_http_request_t *r, pf_pg_query_t *q)
 
     if (q->status == PF_PG_SQL_ERROR) {
         state = pf_pg_query_sqlstate(q);
+
+        if (state && ngx_strcmp(state, "PF024") == 0) {
+            return ngx_http_payflow_reviews_error(r,
+                       NGX_HTTP_SERVICE_UNAVAILABLE, PF_ERROR_PROVIDER,
+                       "provider_unavailable",
+                       "the payment's provider is not configured for this "
+                       "mode; it stays in review", "id");
+        }
 
         if (state && ngx_strcmp(state, "PF023") == 0) {
             return ngx_http_payflow_reviews_error(r, NGX_HTTP_CONFLICT,

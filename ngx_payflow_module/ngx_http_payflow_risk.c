@@ -195,6 +195,9 @@ typedef struct {
     json_t                     *scores;        /* doc's */
     int64_t                     amount;
     const char                 *currency;
+    uint32_t                    card;          /* crc32, 0: none */
+    ngx_uint_t                  by_email;      /* no customer[id] */
+    ngx_uint_t                  counted;
     uint32_t                    now;
     ngx_uint_t                  present[NGX_HTTP_PAYFLOW_RISK_KINDS];
     uint64_t                    digest[NGX_HTTP_PAYFLOW_RISK_KINDS];
@@ -216,26 +219,37 @@ typedef struct {
 
 
 /*
- * KEYS: pairs of (current, previous) window buckets; ARGV[1]: the amount.
- * Counts the payment in each current bucket (kept two spans and a minute)
- * and answers, per pair: count, sum (this payment included), then the
- * previous bucket's count and sum.
+ * KEYS: pairs of (current, previous) window buckets.  Answers, per pair,
+ * the current bucket's count and sum, then the previous one's: what the
+ * cluster counted before this payment.
  */
 
-static const char  ngx_http_payflow_risk_script[] =
+static const char  ngx_http_payflow_risk_read[] =
     "local out = {}\n"
     "for i = 1, #KEYS, 2 do\n"
-    "  local span = tonumber(string.match(KEYS[i], ':(%d+):%d+$'))\n"
-    "  local n = redis.call('HINCRBY', KEYS[i], 'n', 1)\n"
-    "  local s = redis.call('HINCRBY', KEYS[i], 's', ARGV[1])\n"
-    "  if n == 1 then redis.call('EXPIRE', KEYS[i], 2 * span + 60) end\n"
+    "  local c = redis.call('HMGET', KEYS[i], 'n', 's')\n"
     "  local p = redis.call('HMGET', KEYS[i + 1], 'n', 's')\n"
-    "  out[#out + 1] = n\n"
-    "  out[#out + 1] = s\n"
+    "  out[#out + 1] = tonumber(c[1]) or 0\n"
+    "  out[#out + 1] = tonumber(c[2]) or 0\n"
     "  out[#out + 1] = tonumber(p[1]) or 0\n"
     "  out[#out + 1] = tonumber(p[2]) or 0\n"
     "end\n"
     "return out\n";
+
+
+/*
+ * KEYS: the current window buckets; ARGV[1]: the amount.  Counts a payment
+ * once it is written, each bucket kept two spans and a minute.
+ */
+
+static const char  ngx_http_payflow_risk_write[] =
+    "for i = 1, #KEYS do\n"
+    "  local span = tonumber(string.match(KEYS[i], ':(%d+):%d+$'))\n"
+    "  redis.call('HINCRBY', KEYS[i], 'n', 1)\n"
+    "  redis.call('HINCRBY', KEYS[i], 's', ARGV[1])\n"
+    "  redis.call('EXPIRE', KEYS[i], 2 * span + 60)\n"
+    "end\n"
+    "return 1\n";
 
 
 static ngx_http_payflow_risk_conf_t *ngx_http_payflow_risk_conf(
@@ -262,6 +276,7 @@ static void ngx_http_payflow_risk_timeout(ngx_event_t *ev);
 static void ngx_http_payflow_risk_fallback(ngx_http_payflow_risk_req_t *rq,
     const char *why);
 static void ngx_http_payflow_risk_cleanup(void *data);
+static void ngx_http_payflow_risk_written(void *data, redisReply *reply);
 
 
 /* payflow_risk zone=name:size [review=50] [block=90] */
@@ -713,11 +728,11 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     ngx_http_payflow_risk_signals_t *sig, const char **risk,
     pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok)
 {
-    double                          x, sd, alpha, d;
+    double                          x, sd;
     json_t                         *hit;
     uint32_t                        card;
     ngx_str_t                      *value, tenant;
-    ngx_uint_t                      k, kind, j, cards, found, w;
+    ngx_uint_t                      k, kind, j, cards, w;
     ngx_http_cleanup_t             *cln;
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_risk_req_t    *rq;
@@ -748,6 +763,11 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     rq->ok = ok;
     rq->amount = sig->amount;
     rq->currency = sig->currency;
+    rq->by_email = (sig->customer_id.len == 0);
+
+    if (sig->card.len) {
+        rq->card = ngx_crc32_long(sig->card.data, sig->card.len) | 1;
+    }
 
     ngx_http_payflow_risk_clock(rq, 0);
 
@@ -773,6 +793,8 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
 
     cln->handler = ngx_http_payflow_risk_cleanup;
     cln->data = rq;
+
+    ctx->risk = rq;
 
     rq->now = (uint32_t) ngx_time();
     tenant = ctx->auth.tenant_id;
@@ -881,7 +903,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
                 break;
             }
 
-            card = ngx_crc32_long(sig->card.data, sig->card.len);
+            card = rq->card;
             cards = 1;
 
             for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
@@ -920,54 +942,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
         }
     }
 
-    /* then this payment is counted */
-
-    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
-        n = nodes[kind];
-
-        if (n == NULL) {
-            continue;
-        }
-
-        for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_WINDOWS; j++) {
-            n->count[j][0]++;
-            n->sum[j][0] += sig->amount;
-        }
-
-        n->seen++;
-        alpha = 1.0 / ngx_min(n->seen, 1000);
-
-        if (kind == NGX_HTTP_PAYFLOW_RISK_TENANT) {
-            x = log((double) sig->amount);
-            d = x - n->mean;
-            n->mean += alpha * d;
-            n->var = (1 - alpha) * (n->var + d * alpha * d);
-
-        } else if (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER) {
-            n->mean += (sig->amount - n->mean) / ngx_min(n->seen, 50);
-        }
-
-        if (kind == NGX_HTTP_PAYFLOW_RISK_CUSTOMER && sig->card.len) {
-            card = ngx_crc32_long(sig->card.data, sig->card.len);
-            found = NGX_HTTP_PAYFLOW_RISK_CARDS;
-
-            for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
-                if (n->cards[j] == card && n->card_at[j]) {
-                    found = j;
-                    break;
-                }
-
-                if (found == NGX_HTTP_PAYFLOW_RISK_CARDS
-                    || n->card_at[j] < n->card_at[found])
-                {
-                    found = j;
-                }
-            }
-
-            n->cards[found] = card;
-            n->card_at[found] = rq->now;
-        }
-    }
+    /* the payment is counted once it is written: not a replay's */
 
     ngx_shmtx_unlock(&rc->shpool->mutex);
 
@@ -1046,6 +1021,11 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
         w = ngx_http_payflow_risk_rules[k].window;
 
         if (rc->disabled[k] || !rq->present[kind]) {
+            continue;
+        }
+
+        if (kind == NGX_HTTP_PAYFLOW_RISK_CUSTOMER && rq->by_email) {
+            /* the e-mail's own rules count it already */
             continue;
         }
 
@@ -1173,10 +1153,9 @@ ngx_http_payflow_risk_clock(ngx_http_payflow_risk_req_t *rq,
 
 
 /*
- * One EVAL counts the payment in every window of every thing counted, on
- * the cluster's clock-independent buckets (each node names the bucket by
- * its own clock: nodes keep NTP time), and answers each window's current
- * count and sum (this payment included) and the previous ones.
+ * One EVAL reads every window of every thing counted, in buckets each node
+ * names by its own clock (nodes keep NTP time): the current and the
+ * previous bucket's count and sum.
  */
 
 static ngx_int_t
@@ -1204,8 +1183,8 @@ ngx_http_payflow_risk_redis_send(ngx_http_payflow_risk_req_t *rq)
     argc = 3;
     argv[0] = "EVAL";
     lens[0] = 4;
-    argv[1] = ngx_http_payflow_risk_script;
-    lens[1] = sizeof(ngx_http_payflow_risk_script) - 1;
+    argv[1] = ngx_http_payflow_risk_read;
+    lens[1] = sizeof(ngx_http_payflow_risk_read) - 1;
 
     for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
         if (!rq->present[kind]) {
@@ -1240,21 +1219,14 @@ ngx_http_payflow_risk_redis_send(ngx_http_payflow_risk_req_t *rq)
         }
     }
 
-    p = ngx_pnalloc(r->pool, 2 * NGX_INT64_LEN);
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    /* numkeys, then the amount */
-
     argv[2] = (char *) p;
     p = ngx_sprintf(p, "%ui", argc - 3);
     lens[2] = p - (u_char *) argv[2];
-
-    argv[argc] = (char *) p;
-    p = ngx_sprintf(p, "%L", rq->amount);
-    lens[argc] = p - (u_char *) argv[argc];
-    argc++;
 
     rq->cmd = pf_redis_send(rc->rd, ngx_http_payflow_risk_redis_reply, rq,
                             (int) argc, argv, lens);
@@ -1304,9 +1276,9 @@ ngx_http_payflow_risk_redis_reply(void *data, redisReply *reply)
                 span = ngx_http_payflow_risk_spans[w];
                 left = (double) (span - rq->now % span) / span;
 
-                rq->counts[kind][w] = e[4 * i]->integer
+                rq->counts[kind][w] = e[4 * i]->integer + 1
                                       + e[4 * i + 2]->integer * left;
-                rq->sums[kind][w] = e[4 * i + 1]->integer
+                rq->sums[kind][w] = e[4 * i + 1]->integer + rq->amount
                                     + e[4 * i + 3]->integer * left;
             }
 
@@ -1397,6 +1369,155 @@ ngx_http_payflow_risk_cleanup(void *data)
     if (rq->doc) {
         json_decref(rq->doc);
         rq->doc = NULL;
+    }
+}
+
+
+/*
+ * The payment this request assessed is written (not another request's
+ * under the same Idempotency-Key): it is counted, here and in Redis.
+ */
+
+void
+ngx_http_payflow_risk_count(ngx_http_request_t *r)
+{
+    u_char                        *p;
+    double                         x, d, alpha;
+    uint32_t                       span;
+    ngx_uint_t                     kind, j, w, argc, found;
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_risk_req_t   *rq;
+    ngx_http_payflow_risk_conf_t  *rc;
+    ngx_http_payflow_main_conf_t  *pmcf;
+    ngx_http_payflow_risk_node_t  *n;
+    size_t                         lens[4 + NGX_HTTP_PAYFLOW_RISK_KINDS
+                                        * NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+    const char                    *argv[4 + NGX_HTTP_PAYFLOW_RISK_KINDS
+                                        * NGX_HTTP_PAYFLOW_RISK_WINDOWS];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    rc = pmcf->risk;
+    rq = ctx ? ctx->risk : NULL;
+
+    if (rq == NULL || rq->counted || rc == NULL || rc->sh == NULL) {
+        return;
+    }
+
+    rq->counted = 1;
+
+    ngx_shmtx_lock(&rc->shpool->mutex);
+
+    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
+        if (!rq->present[kind]) {
+            continue;
+        }
+
+        n = ngx_http_payflow_risk_node(rc, rq->digest[kind], rq->now);
+        if (n == NULL) {
+            continue;
+        }
+
+        for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_WINDOWS; j++) {
+            n->count[j][0]++;
+            n->sum[j][0] += rq->amount;
+        }
+
+        n->seen++;
+        alpha = 1.0 / ngx_min(n->seen, 1000);
+
+        if (kind == NGX_HTTP_PAYFLOW_RISK_TENANT) {
+            x = log((double) rq->amount);
+            d = x - n->mean;
+            n->mean += alpha * d;
+            n->var = (1 - alpha) * (n->var + d * alpha * d);
+
+        } else if (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER) {
+            n->mean += (rq->amount - n->mean) / ngx_min(n->seen, 50);
+        }
+
+        if (kind == NGX_HTTP_PAYFLOW_RISK_CUSTOMER && rq->card) {
+            found = NGX_HTTP_PAYFLOW_RISK_CARDS;
+
+            for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_CARDS; j++) {
+                if (n->cards[j] == rq->card && n->card_at[j]) {
+                    found = j;
+                    break;
+                }
+
+                if (found == NGX_HTTP_PAYFLOW_RISK_CARDS
+                    || n->card_at[j] < n->card_at[found])
+                {
+                    found = j;
+                }
+            }
+
+            n->cards[found] = rq->card;
+            n->card_at[found] = rq->now;
+        }
+    }
+
+    ngx_shmtx_unlock(&rc->shpool->mutex);
+
+    if (rc->rd == NULL || !pf_redis_connected(rc->rd)) {
+        return;
+    }
+
+    /* the cluster's windows: sent and not waited for */
+
+    argc = 3;
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = ngx_http_payflow_risk_write;
+    lens[1] = sizeof(ngx_http_payflow_risk_write) - 1;
+
+    for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
+        if (!rq->present[kind]) {
+            continue;
+        }
+
+        for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
+            span = ngx_http_payflow_risk_spans[w];
+
+            p = ngx_pnalloc(r->pool, rc->prefix.len + 48);
+            if (p == NULL) {
+                return;
+            }
+
+            argv[argc] = (char *) p;
+            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
+                            rq->digest[kind], span, rq->now / span);
+            lens[argc] = p - (u_char *) argv[argc];
+            argc++;
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + NGX_INT64_LEN);
+    if (p == NULL) {
+        return;
+    }
+
+    argv[2] = (char *) p;
+    p = ngx_sprintf(p, "%ui", argc - 3);
+    lens[2] = p - (u_char *) argv[2];
+
+    argv[argc] = (char *) p;
+    p = ngx_sprintf(p, "%L", rq->amount);
+    lens[argc] = p - (u_char *) argv[argc];
+    argc++;
+
+    (void) pf_redis_send(rc->rd, ngx_http_payflow_risk_written, NULL,
+                         (int) argc, argv, lens);
+}
+
+
+static void
+ngx_http_payflow_risk_written(void *data, redisReply *reply)
+{
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "payflow risk: counting in Redis failed: %s",
+                      reply->str);
     }
 }
 
@@ -1522,7 +1643,8 @@ ngx_http_payflow_risk_roll(ngx_http_payflow_risk_node_t *n, uint32_t now)
         span = ngx_http_payflow_risk_spans[w];
         start = now - now % span;
 
-        if (start == n->start[w]) {
+        if ((int32_t) (start - n->start[w]) <= 0) {
+            /* this window, or a worker whose clock is a second behind */
             continue;
         }
 
@@ -1552,7 +1674,8 @@ ngx_http_payflow_risk_window(ngx_http_payflow_risk_node_t *n, ngx_uint_t w,
     uint32_t  span;
 
     span = ngx_http_payflow_risk_spans[w];
-    left = (double) (span - (now - n->start[w])) / span;
+    now = ngx_max(now, n->start[w]);
+    left = (double) (span - ngx_min(now - n->start[w], span)) / span;
 
     if (sum) {
         return n->sum[w][0] + n->sum[w][1] * left;

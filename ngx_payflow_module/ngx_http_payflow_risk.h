@@ -45,6 +45,7 @@ void ngx_http_payflow_risk_exit_process(ngx_http_payflow_main_conf_t *pmcf);
 ngx_int_t ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     ngx_http_payflow_risk_signals_t *sig, const char **risk,
     pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok);
+void ngx_http_payflow_risk_count(ngx_http_request_t *r);
 void ngx_http_payflow_risk_decided(ngx_http_request_t *r,
     const char *decision);
 void ngx_http_payflow_risk_queue(ngx_http_payflow_main_conf_t *pmcf,

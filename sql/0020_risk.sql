@@ -437,7 +437,14 @@ BEGIN
            review_threshold = coalesce(p_review, r.review_threshold),
            block_threshold = coalesce(p_block, r.block_threshold),
            rules = CASE WHEN p_rules IS NULL THEN r.rules
-                        ELSE jsonb_strip_nulls(r.rules || p_rules) END,
+                        ELSE jsonb_strip_nulls(r.rules || (
+                            SELECT coalesce(jsonb_object_agg(n.key,
+                                       CASE WHEN jsonb_typeof(n.value) = 'null'
+                                            THEN n.value
+                                            ELSE coalesce(r.rules->n.key,
+                                                          '{}') || n.value
+                                       END), '{}')
+                              FROM jsonb_each(p_rules) n)) END,
            self_emails = coalesce(p_emails, r.self_emails),
            self_domains = coalesce(p_domains, r.self_domains),
            updated_at = now()
@@ -508,8 +515,15 @@ BEGIN
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'rule', l.list || 'list_' || l.type,
                'score', CASE WHEN l.list = 'block'
-                             THEN coalesce((p_risk->'scores'->>'blocklist')
-                                           ::int, 100)
+                             THEN CASE WHEN coalesce((s.rules->'blocklist'
+                                                      ->>'enabled')::boolean,
+                                                     true)
+                                       THEN coalesce((s.rules->'blocklist'
+                                                      ->>'score')::int,
+                                                     (p_risk->'scores'
+                                                      ->>'blocklist')::int,
+                                                     100)
+                                       ELSE 0 END
                              ELSE 0 END,
                'detail', l.type || ' ' || l.value || ' is on the '
                          || l.list || ' list')
@@ -833,10 +847,12 @@ GRANT EXECUTE ON FUNCTION payflow_review_list(text, text, int) TO :"app";
 -- review (approve: processing, on to its provider; reject: canceled),
 -- with the request's Idempotency-Key, if any, taken first and left for the
 -- worker to finish.  Another request's key: that key (mine false), nothing
--- done.  PF023: no such payment in review.  The owner's, scoped by hand:
+-- done.  PF023: no such payment in review; PF024: approved, its provider
+-- is not among p_providers (this mode's in nginx.conf), and nothing
+-- changes.  The owner's, scoped by hand:
 -- an approved network payment gets its check, which the app cannot write.
 CREATE FUNCTION payflow_review_decide(p_id text, p_approve boolean,
-    p_key text, p_fingerprint text, p_path text)
+    p_key text, p_fingerprint text, p_path text, p_providers text[])
     RETURNS TABLE (fingerprint text, phase text, locked boolean,
                    response_status int, response_body text,
                    payment_id text, request_id text, object_id text,
@@ -891,6 +907,14 @@ BEGIN
             USING ERRCODE = 'PF023';
     END IF;
 
+    -- approved, it goes to its provider: one this node can call
+    IF p_approve AND p.provider <> 'sandbox'
+       AND NOT p.provider = ANY (coalesce(p_providers, '{}'))
+    THEN
+        RAISE EXCEPTION 'payment % has provider %, not configured', p_id,
+            p.provider USING ERRCODE = 'PF024';
+    END IF;
+
     -- an approved network payment is verified if its call is cut short
     IF p_approve AND p.provider <> 'sandbox' THEN
         INSERT INTO payment_checks (payment_id, due_at)
@@ -907,9 +931,9 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION payflow_review_decide(text, boolean, text, text,
-    text) FROM PUBLIC;
+    text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION payflow_review_decide(text, boolean, text, text,
-    text) TO :"app";
+    text, text[]) TO :"app";
 
 -- reviews nobody decided in time are canceled (the jobs run it); the
 -- number canceled

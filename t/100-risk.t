@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(68);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(69);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -143,6 +143,11 @@ is(rules($r[4]), 'velocity_customer_1m', 'the fifth fires the velocity rule');
 like(payment($r[4])->{risk}{rules}[0]{detail}, qr/^5 payments \(limit 4\)$/,
 	'with its reason');
 is(payment($r[4])->{risk}{score}, 30, 'and the configured score');
+
+my ($tr, $kr) = tenant();
+pay($kr, { customer => { id => 'retry' } }, 'Idempotency-Key: r-1') for 1 .. 6;
+is(rules(pay($kr, { customer => { id => 'retry' } })), '',
+	'retries under one Idempotency-Key are one payment, counted once');
 
 my ($te, $ke) = tenant();
 @r = map { pay($ke, { customer => { email => "Same\@Example.com",
