@@ -88,6 +88,7 @@ bench: deps build
 	@bench/providers
 	@bench/webhooks
 	@bench/outbox
+	@bench/risk
 
 static:
 	@scripts/static-build
