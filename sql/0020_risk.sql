@@ -496,93 +496,91 @@ CREATE FUNCTION payflow_risk_assess(p_tenant text, p_livemode boolean,
     RETURNS jsonb
     LANGUAGE plpgsql STABLE
     AS $$
-DECLARE
-    s        risk_settings;
-    sig      jsonb := coalesce(p_risk->'signals', '{}');
-    v_rules  jsonb;
-    v_lists  jsonb;
-    v_allow  boolean;
-    v_score  int;
-    v_review int;
-    v_block  int;
-    v_self   int;
 BEGIN
-    SELECT * INTO s FROM risk_settings r
-     WHERE r.tenant_id = p_tenant AND r.livemode = p_livemode;
-
-    -- the lists: equal values by the unique index, addresses by the
-    -- network index
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'rule', l.list || 'list_' || l.type,
-               'score', CASE WHEN l.list = 'block'
-                             THEN CASE WHEN coalesce((s.rules->'blocklist'
-                                                      ->>'enabled')::boolean,
-                                                     true)
-                                       THEN coalesce((s.rules->'blocklist'
-                                                      ->>'score')::int,
-                                                     (p_risk->'scores'
-                                                      ->>'blocklist')::int,
-                                                     100)
-                                       ELSE 0 END
-                             ELSE 0 END,
-               'detail', l.type || ' ' || l.value || ' is on the '
-                         || l.list || ' list')
-               ORDER BY l.list DESC, l.type), '[]'),
-           coalesce(bool_or(l.list = 'allow'), false)
-      INTO v_lists, v_allow
-      FROM (SELECT r.list, r.type, r.value FROM risk_lists r
-             WHERE r.tenant_id = p_tenant AND r.livemode = p_livemode
-               AND (r.type, r.value) IN (
-                   ('email', lower(sig->>'email')),
-                   ('email_domain', lower(sig->>'domain')),
-                   ('card', sig->>'card'),
-                   ('country', upper(sig->>'country')),
-                   ('customer', sig->>'customer'))
-            UNION ALL
-            SELECT r.list, r.type, r.value FROM risk_lists r
-             WHERE sig->>'ip' IS NOT NULL AND r.type = 'ip'
-               AND r.network >>= (sig->>'ip')::inet
-               AND r.tenant_id = p_tenant
-               AND r.livemode = p_livemode) l;
-
-    -- the worker's hits with the tenant's own scores, then self-dealing
-    v_self := coalesce((p_risk->'scores'->>'self_dealing')::int, 60);
-
-    SELECT coalesce(jsonb_agg(h.hit ORDER BY h.n), '[]')
-      INTO v_rules
-      FROM (SELECT n, jsonb_set(r, '{score}', to_jsonb(coalesce(
-                       (s.rules->(r->>'rule')->>'score')::int,
-                       (r->>'score')::int))) AS hit
-              FROM jsonb_array_elements(coalesce(p_risk->'rules', '[]'))
-                   WITH ORDINALITY AS a(r, n)
-             WHERE coalesce((s.rules->(r->>'rule')->>'enabled')::boolean,
-                            true)
-            UNION ALL
-            SELECT 1000, jsonb_build_object('rule', 'self_dealing',
-                       'score', coalesce((s.rules->'self_dealing'->>'score')
-                                         ::int, v_self),
-                       'detail', 'the payer is the merchant itself')
-             WHERE coalesce((s.rules->'self_dealing'->>'enabled')::boolean,
-                            true)
-               AND (lower(sig->>'email') = ANY (s.self_emails)
-                    OR lower(sig->>'domain') = ANY (s.self_domains))) h;
-
-    v_rules := v_rules || v_lists;
-
-    SELECT least(100, coalesce(sum((r->>'score')::int), 0))
-      INTO v_score
-      FROM jsonb_array_elements(v_rules) r;
-
-    v_review := coalesce(s.review_threshold, (p_risk->>'review')::int, 50);
-    v_block := coalesce(s.block_threshold, (p_risk->>'block')::int, 90);
-
-    RETURN jsonb_build_object(
-        'score', v_score,
-        'decision', CASE WHEN v_allow THEN 'allow'
-                         WHEN v_score > v_block THEN 'block'
-                         WHEN v_score >= v_review THEN 'review'
-                         ELSE 'allow' END,
-        'rules', v_rules);
+    -- one statement: its plan is kept, and started once per payment
+    RETURN (
+    WITH sig AS (
+        SELECT coalesce(p_risk->'signals', '{}') AS v
+    ), s AS (
+        SELECT coalesce(r.rules, '{}') AS rules, r.tenant_id, r.self_emails,
+               r.self_domains, r.review_threshold, r.block_threshold
+          FROM (SELECT 1) one
+          LEFT JOIN risk_settings r
+            ON r.tenant_id = p_tenant AND r.livemode = p_livemode
+    ), lists AS (
+        -- equal values by the unique index, addresses by the network one
+        SELECT r.list, r.type, r.value FROM risk_lists r, sig
+         WHERE r.tenant_id = p_tenant AND r.livemode = p_livemode
+           AND (r.type, r.value) IN (
+               ('email', lower(sig.v->>'email')),
+               ('email_domain', lower(sig.v->>'domain')),
+               ('card', sig.v->>'card'),
+               ('country', upper(sig.v->>'country')),
+               ('customer', sig.v->>'customer'))
+        UNION ALL
+        SELECT r.list, r.type, r.value FROM risk_lists r, sig
+         WHERE sig.v->>'ip' IS NOT NULL AND r.type = 'ip'
+           AND r.network >>= (sig.v->>'ip')::inet
+           AND r.tenant_id = p_tenant AND r.livemode = p_livemode
+    ), hits AS (
+        -- the worker's, with the tenant's scores (a disabled rule drops)
+        SELECT a.n, jsonb_set(a.r, '{score}', to_jsonb(coalesce(
+                   (s.rules->(a.r->>'rule')->>'score')::int,
+                   (a.r->>'score')::int))) AS hit
+          FROM s, jsonb_array_elements(coalesce(p_risk->'rules', '[]'))
+                  WITH ORDINALITY AS a(r, n)
+         WHERE coalesce((s.rules->(a.r->>'rule')->>'enabled')::boolean,
+                        true)
+        UNION ALL
+        SELECT 1000, jsonb_build_object('rule', 'self_dealing',
+                   'score', coalesce((s.rules->'self_dealing'->>'score')
+                                     ::int,
+                                     (p_risk->'scores'->>'self_dealing')
+                                     ::int, 60),
+                   'detail', 'the payer is the merchant itself')
+          FROM s, sig
+         WHERE s.tenant_id IS NOT NULL
+           AND coalesce((s.rules->'self_dealing'->>'enabled')::boolean,
+                        true)
+           AND (lower(sig.v->>'email') = ANY (s.self_emails)
+                OR lower(sig.v->>'domain') = ANY (s.self_domains))
+        UNION ALL
+        SELECT 2000 + CASE l.list WHEN 'block' THEN 0 ELSE 100 END,
+               jsonb_build_object(
+                   'rule', l.list || 'list_' || l.type,
+                   'score', CASE WHEN l.list = 'allow' THEN 0
+                                 WHEN coalesce((s.rules->'blocklist'
+                                                ->>'enabled')::boolean, true)
+                                 THEN coalesce((s.rules->'blocklist'
+                                                ->>'score')::int,
+                                               (p_risk->'scores'
+                                                ->>'blocklist')::int, 100)
+                                 ELSE 0 END,
+                   'detail', l.type || ' ' || l.value || ' is on the '
+                             || l.list || ' list')
+          FROM lists l, s
+    ), total AS (
+        SELECT coalesce(jsonb_agg(h.hit ORDER BY h.n, h.hit->>'rule'),
+                        '[]') AS rules,
+               least(100, coalesce(sum((h.hit->>'score')::int), 0))
+                   AS score,
+               coalesce(bool_or(h.hit->>'rule' LIKE 'allowlist\_%'), false)
+                   AS allowed
+          FROM hits h
+    )
+    SELECT jsonb_build_object(
+               'score', t.score,
+               'decision', CASE
+                   WHEN t.allowed THEN 'allow'
+                   WHEN t.score > coalesce(s.block_threshold,
+                                           (p_risk->>'block')::int, 90)
+                   THEN 'block'
+                   WHEN t.score >= coalesce(s.review_threshold,
+                                            (p_risk->>'review')::int, 50)
+                   THEN 'review'
+                   ELSE 'allow' END,
+               'rules', t.rules)
+      FROM total t, s);
 END
 $$;
 
