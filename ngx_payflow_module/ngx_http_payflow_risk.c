@@ -127,6 +127,10 @@ static const ngx_uint_t  ngx_http_payflow_risk_bounds[] = {
     5, 10, 25, 50, 100, 250, 500, 1000, 5000
 };
 
+static const char  *ngx_http_payflow_risk_signal_names[] = {
+    "email", "domain", "ip", "card", "country", "customer"
+};
+
 static const char  *ngx_http_payflow_risk_decisions[] = {
     "allow", "review", "block"
 };
@@ -189,10 +193,12 @@ typedef struct {
     pf_pg_query_t              *query;         /* then runs */
     const char                 *what;
     ngx_http_payflow_db_ok_pt   ok;
-    json_t                     *doc;
-    json_t                     *rules;         /* doc's */
-    json_t                     *signals;       /* doc's */
-    json_t                     *scores;        /* doc's */
+    ngx_uint_t                  nhits;
+    struct {
+        ngx_uint_t              rule;
+        u_char                  detail[96];
+    }                           hits[NGX_HTTP_PAYFLOW_RISK_NRULES];
+    ngx_str_t                   signals[6];    /* as signal_names[] */
     int64_t                     amount;
     const char                 *currency;
     uint32_t                    card;          /* crc32, 0: none */
@@ -276,6 +282,8 @@ static void ngx_http_payflow_risk_timeout(ngx_event_t *ev);
 static void ngx_http_payflow_risk_fallback(ngx_http_payflow_risk_req_t *rq,
     const char *why);
 static void ngx_http_payflow_risk_cleanup(void *data);
+static void ngx_http_payflow_risk_hit(ngx_http_payflow_risk_req_t *rq,
+    ngx_http_payflow_risk_conf_t *rc, ngx_uint_t k, u_char *detail);
 static void ngx_http_payflow_risk_written(void *data, redisReply *reply);
 
 
@@ -729,7 +737,6 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     pf_pg_query_t *q, const char *what, ngx_http_payflow_db_ok_pt ok)
 {
     double                          x, sd;
-    json_t                         *hit;
     uint32_t                        card;
     ngx_str_t                      *value, tenant;
     ngx_uint_t                      k, kind, j, cards, w;
@@ -771,24 +778,9 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
 
     ngx_http_payflow_risk_clock(rq, 0);
 
-    /* the document owns its parts from the start: one decref frees all */
-
-    rq->doc = json_object();
-    rq->rules = json_array();
-    rq->signals = json_object();
-    rq->scores = json_object();
-
-    if (rq->doc == NULL
-        || json_object_set_new(rq->doc, "rules", rq->rules) != 0
-        || json_object_set_new(rq->doc, "signals", rq->signals) != 0
-        || json_object_set_new(rq->doc, "scores", rq->scores) != 0)
-    {
-        goto failed;
-    }
-
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
-        goto failed;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     cln->handler = ngx_http_payflow_risk_cleanup;
@@ -929,17 +921,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             continue;
         }
 
-        (void) ngx_atomic_fetch_add(&rc->sh->hits[k], 1);
-
-        hit = json_pack("{s:s, s:I, s:s}",
-                        "rule", ngx_http_payflow_risk_rules[k].name,
-                        "score", (json_int_t) rc->scores[k],
-                        "detail", (char *) detail);
-
-        if (hit == NULL || json_array_append_new(rq->rules, hit) != 0) {
-            ngx_shmtx_unlock(&rc->shpool->mutex);
-            goto failed;
-        }
+        ngx_http_payflow_risk_hit(rq, rc, k, detail);
     }
 
     /* the payment is counted once it is written: not a replay's */
@@ -948,22 +930,12 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
 
     /* the signals the database matches the tenant's lists against */
 
-#define ngx_http_payflow_risk_signal(name, v)                                 \
-    if ((v)->len                                                              \
-        && json_object_set_new(rq->signals, name,                             \
-               json_stringn((char *) (v)->data, (v)->len)) != 0)              \
-    {                                                                         \
-        goto failed;                                                          \
-    }
-
-    ngx_http_payflow_risk_signal("email", &sig->email);
-    ngx_http_payflow_risk_signal("domain", &sig->domain);
-    ngx_http_payflow_risk_signal("ip", &sig->ip);
-    ngx_http_payflow_risk_signal("card", &sig->card);
-    ngx_http_payflow_risk_signal("country", &sig->country);
-    ngx_http_payflow_risk_signal("customer", &sig->customer_id);
-
-#undef ngx_http_payflow_risk_signal
+    rq->signals[0] = sig->email;
+    rq->signals[1] = sig->domain;
+    rq->signals[2] = sig->ip;
+    rq->signals[3] = sig->card;
+    rq->signals[4] = sig->country;
+    rq->signals[5] = sig->customer_id;
 
     ngx_http_payflow_risk_clock(rq, 1);
 
@@ -983,15 +955,21 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     }
 
     return ngx_http_payflow_risk_decide(rq);
+}
 
-failed:
 
-    if (rq->doc) {
-        json_decref(rq->doc);
-        rq->doc = NULL;
-    }
+/* a worker rule fired: its reason for the payment's risk.rules */
 
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+static void
+ngx_http_payflow_risk_hit(ngx_http_payflow_risk_req_t *rq,
+    ngx_http_payflow_risk_conf_t *rc, ngx_uint_t k, u_char *detail)
+{
+    (void) ngx_atomic_fetch_add(&rc->sh->hits[k], 1);
+
+    rq->hits[rq->nhits].rule = k;
+    *ngx_cpystrn(rq->hits[rq->nhits].detail, detail,
+                 sizeof(rq->hits[0].detail)) = '\0';
+    rq->nhits++;
 }
 
 
@@ -1000,11 +978,10 @@ failed:
 static ngx_int_t
 ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
 {
-    char                          *dump;
+    u_char                        *out, *p;
+    size_t                         len;
     double                         v;
-    json_t                        *hit;
-    ngx_str_t                      s;
-    ngx_uint_t                     k, j, kind, w, us;
+    ngx_uint_t                     i, k, j, kind, w, us;
     ngx_http_request_t            *r;
     ngx_http_payflow_risk_conf_t  *rc;
     ngx_http_payflow_main_conf_t  *pmcf;
@@ -1058,49 +1035,75 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
             continue;
         }
 
-        (void) ngx_atomic_fetch_add(&rc->sh->hits[k], 1);
-
-        hit = json_pack("{s:s, s:I, s:s}",
-                        "rule", ngx_http_payflow_risk_rules[k].name,
-                        "score", (json_int_t) rc->scores[k],
-                        "detail", (char *) detail);
-
-        if (hit == NULL || json_array_append_new(rq->rules, hit) != 0) {
-            goto failed;
-        }
+        ngx_http_payflow_risk_hit(rq, rc, k, detail);
     }
 
     k = ngx_http_payflow_risk_rule_known("self_dealing", 12) - 1;
     j = ngx_http_payflow_risk_rule_known("blocklist", 9) - 1;
 
-    if (json_object_set_new(rq->scores, "self_dealing",
-            json_integer(rc->disabled[k] ? 0 : rc->scores[k])) != 0
-        || json_object_set_new(rq->scores, "blocklist",
-               json_integer(rc->disabled[j] ? 0 : rc->scores[j])) != 0
-        || json_object_set_new(rq->doc, "review", json_integer(rc->review))
-           != 0
-        || json_object_set_new(rq->doc, "block", json_integer(rc->block))
-           != 0)
-    {
-        goto failed;
+    /* p_risk: the hits (their details are ours), signals escaped */
+
+    len = sizeof("{\"rules\":[],\"signals\":{},\"scores\":{"
+                 "\"self_dealing\":,\"blocklist\":},\"review\":,"
+                 "\"block\":}") + 5 * NGX_INT_T_LEN;
+
+    for (i = 0; i < rq->nhits; i++) {
+        len += sizeof("{\"rule\":\"\",\"score\":,\"detail\":\"\"},")
+               + ngx_strlen(ngx_http_payflow_risk_rules[rq->hits[i].rule]
+                                .name)
+               + NGX_INT_T_LEN
+               + ngx_escape_json(NULL, rq->hits[i].detail,
+                                 ngx_strlen(rq->hits[i].detail))
+               + ngx_strlen(rq->hits[i].detail);
     }
 
-    dump = json_dumps(rq->doc, JSON_COMPACT);
-    json_decref(rq->doc);
-    rq->doc = NULL;
+    for (i = 0; i < 6; i++) {
+        len += sizeof("\"\":\"\",") + sizeof("customer")
+               + rq->signals[i].len
+               + ngx_escape_json(NULL, rq->signals[i].data,
+                                 rq->signals[i].len);
+    }
 
-    if (dump == NULL) {
+    out = ngx_pnalloc(r->pool, len);
+    if (out == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    s.data = (u_char *) dump;
-    s.len = ngx_strlen(dump);
-    *rq->risk = ngx_http_payflow_db_str(r->pool, &s);
-    free(dump);
+    p = ngx_cpymem(out, "{\"rules\":[", sizeof("{\"rules\":[") - 1);
 
-    if (*rq->risk == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    for (i = 0; i < rq->nhits; i++) {
+        p = ngx_sprintf(p, "%s{\"rule\":\"%s\",\"score\":%ui,"
+                        "\"detail\":\"", i ? "," : "",
+                        ngx_http_payflow_risk_rules[rq->hits[i].rule].name,
+                        rc->scores[rq->hits[i].rule]);
+        p = (u_char *) ngx_escape_json(p, rq->hits[i].detail,
+                                       ngx_strlen(rq->hits[i].detail));
+        *p++ = '"';
+        *p++ = '}';
     }
+
+    p = ngx_cpymem(p, "],\"signals\":{", sizeof("],\"signals\":{") - 1);
+    w = 0;
+
+    for (i = 0; i < 6; i++) {
+        if (rq->signals[i].len == 0) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s\"%s\":\"", w++ ? "," : "",
+                        ngx_http_payflow_risk_signal_names[i]);
+        p = (u_char *) ngx_escape_json(p, rq->signals[i].data,
+                                       rq->signals[i].len);
+        *p++ = '"';
+    }
+
+    p = ngx_sprintf(p, "},\"scores\":{\"self_dealing\":%ui,"
+                    "\"blocklist\":%ui},\"review\":%ui,\"block\":%ui}%Z",
+                    rc->disabled[k] ? 0 : rc->scores[k],
+                    rc->disabled[j] ? 0 : rc->scores[j],
+                    rc->review, rc->block);
+
+    *rq->risk = (char *) out;
 
     ngx_http_payflow_risk_clock(rq, 1);
 
@@ -1120,15 +1123,6 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
     (void) ngx_atomic_fetch_add(&rc->sh->latency_us, us);
 
     return ngx_http_payflow_db_run(r, rq->query, rq->what, rq->ok);
-
-failed:
-
-    if (rq->doc) {
-        json_decref(rq->doc);
-        rq->doc = NULL;
-    }
-
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 
@@ -1364,11 +1358,6 @@ ngx_http_payflow_risk_cleanup(void *data)
     if (rq->cmd) {
         pf_redis_abandon(rq->cmd);
         rq->cmd = NULL;
-    }
-
-    if (rq->doc) {
-        json_decref(rq->doc);
-        rq->doc = NULL;
     }
 }
 

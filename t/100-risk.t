@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(69);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(70);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -132,6 +132,11 @@ is($r->{status}, 200, 'a quiet payment passes');
 is_deeply([payment($r)->{status}, payment($r)->{risk}{score},
 	decision($r), rules($r)], ['succeeded', 0, 'allow', ''],
 	'with its risk: score 0, allow, no rule');
+
+$r = pay($ka, { customer => { id => "q\"uote\\ back/slash",
+	email => 'Odd"Name@example.com' }, payment_method => 'pm_"x' });
+is_deeply([$r->{status}, decision($r)], [200, 'allow'],
+	'signals with quotes and backslashes travel escaped');
 
 ###############################################################################
 # each rule on its own
