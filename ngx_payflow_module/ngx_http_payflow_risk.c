@@ -8,12 +8,12 @@
  * One shared memory zone ("payflow_risk zone=") holds a node per thing
  * counted: a customer, a customer in one currency, an e-mail, a client
  * address, a card, a tenant in one currency.  A node is found by a 64-bit
- * digest of what it counts (tenant, mode, kind, value), never the value
- * itself: no e-mail or address is kept in shared memory.  Each node keeps
- * sliding-window counts and sums over a minute, an hour and a day (the
- * current and the previous fixed window, the previous weighted by how much
- * of it still overlaps), rolling statistics of the amounts it saw and, for
- * a customer, the last cards it used.  Nodes are evicted least recently
+ * keyed digest (SipHash) of what it counts (tenant, mode, kind, value),
+ * never the value itself: no e-mail or address is kept in shared memory.
+ * Each node keeps sliding-window counts and sums over a minute, an hour
+ * and a day (the current and the previous fixed window, the previous
+ * weighted by how much of it still overlaps), rolling statistics of the
+ * amounts it saw and, for a customer, the last cards it used.  Nodes are evicted least recently
  * used first when the zone is full.
  *
  * The rules here read those counters; their hits, the payment's signals
@@ -26,6 +26,8 @@
 #include "ngx_http_payflow_risk.h"
 
 #include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 
 #define NGX_HTTP_PAYFLOW_RISK_WINDOWS  3
@@ -182,6 +184,7 @@ typedef struct {
     ngx_msec_t                  redis_timeout;
     ngx_str_t                   prefix;
     pf_redis_t                 *rd;            /* this worker's */
+    uint64_t                    key[2];        /* of the digests */
 } ngx_http_payflow_risk_conf_t;
 
 
@@ -264,7 +267,8 @@ static ngx_int_t ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_http_payflow_risk_node_t *ngx_http_payflow_risk_node(
     ngx_http_payflow_risk_conf_t *rc, uint64_t digest, uint32_t now);
-static uint64_t ngx_http_payflow_risk_digest(ngx_str_t *tenant,
+static uint64_t ngx_http_payflow_risk_digest(
+    ngx_http_payflow_risk_conf_t *rc, ngx_str_t *tenant,
     ngx_uint_t livemode, ngx_uint_t kind, ngx_str_t *value,
     const char *currency);
 static void ngx_http_payflow_risk_roll(ngx_http_payflow_risk_node_t *n,
@@ -572,7 +576,9 @@ ngx_int_t
 ngx_http_payflow_risk_init(ngx_conf_t *cf,
     ngx_http_payflow_main_conf_t *pmcf)
 {
+    u_char                        *in;
     ngx_http_payflow_risk_conf_t  *rc;
+    u_char                         md[EVP_MAX_MD_SIZE];
 
     /*
      * The catalogue is there for the API even with the engine off
@@ -580,8 +586,31 @@ ngx_http_payflow_risk_init(ngx_conf_t *cf,
      */
 
     rc = ngx_http_payflow_risk_conf(cf, pmcf);
+    if (rc == NULL) {
+        return NGX_ERROR;
+    }
 
-    return rc ? NGX_OK : NGX_ERROR;
+    /* the digests' key: SHA-256 of the pepper, labelled */
+
+    in = ngx_pnalloc(cf->temp_pool, 20 + pmcf->pepper.len);
+    if (in == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(in, "payflow risk digest\n", 20);
+    ngx_memcpy(in + 20, pmcf->pepper.data, pmcf->pepper.len);
+
+    if (EVP_Digest(in, 20 + pmcf->pepper.len, md, NULL, EVP_sha256(), NULL)
+        != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(rc->key, md, sizeof(rc->key));
+    OPENSSL_cleanse(md, sizeof(md));
+    OPENSSL_cleanse(in, 20 + pmcf->pepper.len);
+
+    return NGX_OK;
 }
 
 
@@ -819,7 +848,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
             continue;
         }
 
-        rq->digest[kind] = ngx_http_payflow_risk_digest(&tenant,
+        rq->digest[kind] = ngx_http_payflow_risk_digest(rc, &tenant,
                      ctx->auth.livemode, kind, value,
                      (kind == NGX_HTTP_PAYFLOW_RISK_SPENDER
                       || kind == NGX_HTTP_PAYFLOW_RISK_TENANT)
@@ -1674,37 +1703,99 @@ ngx_http_payflow_risk_window(ngx_http_payflow_risk_node_t *n, ngx_uint_t w,
 }
 
 
+/*
+ * SipHash-2-4 (Aumasson and Bernstein) of what a node counts, under a key
+ * derived from the key pepper: nodes sharing the pepper name the same
+ * Redis keys, and nobody without it can make two customers collide.
+ */
+
+#define ngx_http_payflow_risk_rotl(x, b)  (((x) << (b)) | ((x) >> (64 - (b))))
+
+#define ngx_http_payflow_risk_round(v0, v1, v2, v3)                           \
+    v0 += v1; v1 = ngx_http_payflow_risk_rotl(v1, 13); v1 ^= v0;              \
+    v0 = ngx_http_payflow_risk_rotl(v0, 32);                                  \
+    v2 += v3; v3 = ngx_http_payflow_risk_rotl(v3, 16); v3 ^= v2;              \
+    v0 += v3; v3 = ngx_http_payflow_risk_rotl(v3, 21); v3 ^= v0;              \
+    v2 += v1; v1 = ngx_http_payflow_risk_rotl(v1, 17); v1 ^= v2;              \
+    v2 = ngx_http_payflow_risk_rotl(v2, 32)
+
 static uint64_t
-ngx_http_payflow_risk_digest(ngx_str_t *tenant, ngx_uint_t livemode,
-    ngx_uint_t kind, ngx_str_t *value, const char *currency)
+ngx_http_payflow_risk_siphash(const uint64_t *key, const u_char *in,
+    size_t len)
 {
-    u_char    *p, buf[512];
-    size_t     len;
-    uint32_t   crc, mm;
+    size_t    i, left;
+    uint64_t  v0, v1, v2, v3, m, b;
 
-    /* tenant ids are 28 bytes; values are cut at what the buffer holds */
+    v0 = 0x736f6d6570736575ULL ^ key[0];
+    v1 = 0x646f72616e646f6dULL ^ key[1];
+    v2 = 0x6c7967656e657261ULL ^ key[0];
+    v3 = 0x7465646279746573ULL ^ key[1];
 
-    if (tenant->len > 64) {
-        return 0;
+    b = (uint64_t) len << 56;
+    left = len & 7;
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        m = (uint64_t) in[i] | (uint64_t) in[i + 1] << 8
+            | (uint64_t) in[i + 2] << 16 | (uint64_t) in[i + 3] << 24
+            | (uint64_t) in[i + 4] << 32 | (uint64_t) in[i + 5] << 40
+            | (uint64_t) in[i + 6] << 48 | (uint64_t) in[i + 7] << 56;
+
+        v3 ^= m;
+        ngx_http_payflow_risk_round(v0, v1, v2, v3);
+        ngx_http_payflow_risk_round(v0, v1, v2, v3);
+        v0 ^= m;
     }
 
-    len = ngx_min(value->len, sizeof(buf) - tenant->len - 8);
+    while (left) {
+        left--;
+        b |= (uint64_t) in[i + left] << (8 * left);
+    }
 
-    p = ngx_cpymem(buf, tenant->data, tenant->len);
+    v3 ^= b;
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+    v0 ^= b;
+
+    v2 ^= 0xff;
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+    ngx_http_payflow_risk_round(v0, v1, v2, v3);
+
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+
+/* tenant, mode, kind, currency and value, each length-prefixed */
+
+static uint64_t
+ngx_http_payflow_risk_digest(ngx_http_payflow_risk_conf_t *rc,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_uint_t kind,
+    ngx_str_t *value, const char *currency)
+{
+    u_char  *p, buf[16 + 64 + 8 + 255];
+    size_t   tlen, vlen;
+
+    /* ids are 28 bytes, values at most 255 (checked before) */
+
+    tlen = ngx_min(tenant->len, 64);
+    vlen = ngx_min(value->len, 255);
+
+    p = buf;
+    *p++ = (u_char) tlen;
+    p = ngx_cpymem(p, tenant->data, tlen);
     *p++ = livemode ? 'l' : 't';
-    *p++ = (u_char) ('a' + kind);
+    *p++ = (u_char) kind;
+    *p++ = currency ? 3 : 0;
 
     if (currency) {
         p = ngx_cpymem(p, currency, 3);
     }
 
-    *p++ = ':';
-    p = ngx_cpymem(p, value->data, len);
+    *p++ = (u_char) vlen;
+    p = ngx_cpymem(p, value->data, vlen);
 
-    crc = ngx_crc32_long(buf, p - buf);
-    mm = ngx_murmur_hash2(buf, p - buf);
-
-    return ((uint64_t) crc << 32) | mm;
+    return ngx_http_payflow_risk_siphash(rc->key, buf, p - buf);
 }
 
 
