@@ -368,7 +368,7 @@ ngx_http_payflow_metrics_log(ngx_http_request_t *r)
         (void) ngx_atomic_fetch_add(&sh->idem[ctx->idem], 1);
     }
 
-    if (ctx && ctx->created) {
+    if (ctx && ctx->created && !ctx->review) {
 
         /* the last, failed, also takes what is not listed */
 

@@ -166,6 +166,7 @@ typedef struct {
     const pf_pg_statement_t    *risk_settings_reset;
     const pf_pg_statement_t    *review_list;
     const pf_pg_statement_t    *review_decide;
+    const pf_pg_statement_t    *review_peek;
 } ngx_http_payflow_statements_t;
 
 
@@ -288,6 +289,7 @@ typedef struct {
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    created:1;     /* made a payment: outcome */
+    unsigned                    review:1;      /* decided a review */
     unsigned                    ambiguous:1;   /* the provider may have */
     unsigned                    envelope:1;    /* body is ours already */
     unsigned                    replace:1;

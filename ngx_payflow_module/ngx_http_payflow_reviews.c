@@ -42,6 +42,8 @@ static ngx_int_t ngx_http_payflow_risk_json(ngx_http_request_t *r,
     json_t *v, const char **out);
 static ngx_int_t ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx, ngx_uint_t approve);
+static ngx_int_t ngx_http_payflow_reviews_peeked(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_reviews_decided(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_reviews_error(ngx_http_request_t *r,
@@ -90,13 +92,16 @@ ngx_http_payflow_reviews_init(ngx_http_payflow_main_conf_t *pmcf)
         "currency, capture_method, provider, payment_method, email, "
         "description, return_url "
         "FROM payflow_review_decide($1, $2::boolean, $3, $4, $5, "
-        "$6::text[])", 6);
+        "$6::text[], $7, $8, $9, $10)", 10);
+    st->review_peek = pf_pg_statement_add(pmcf->db, "payflow_review_peek",
+        "SELECT amount, capture_method, provider "
+        "FROM payflow_review_peek($1)", 1);
 
     if (st->risk_list_add == NULL || st->risk_list_page == NULL
         || st->risk_list_remove == NULL || st->risk_settings == NULL
         || st->risk_settings_update == NULL
         || st->risk_settings_reset == NULL || st->review_list == NULL
-        || st->review_decide == NULL)
+        || st->review_decide == NULL || st->review_peek == NULL)
     {
         return NGX_ERROR;
     }
@@ -794,7 +799,7 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
         ngx_str_null(&ctx->idem_key);
     }
 
-    values = ngx_pcalloc(r->pool, 6 * sizeof(char *));
+    values = ngx_pcalloc(r->pool, 10 * sizeof(char *));
     hex = ngx_pnalloc(r->pool, 2 * 32 + 1);
     q = ngx_http_payflow_db_query(r, 1, 1);
 
@@ -804,6 +809,7 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
 
     ctx->payment_id = ctx->params[0];
     ctx->outcome = approve ? "processing" : "canceled";
+    ctx->review = 1;    /* not a payment created, in the metrics */
 
     values[0] = ngx_http_payflow_db_str(r->pool, &ctx->payment_id);
     values[1] = approve ? "t" : "f";
@@ -851,12 +857,104 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
     *p++ = '}';
     *p = '\0';
 
-    ngx_http_payflow_db_set(q, 0, pmcf->st.review_decide, 6, values);
+    ctx->money_values = values;
+
+    if (approve) {
+        /* the sandbox answers by the amount: it is read first */
+        ngx_http_payflow_db_set(q, 0, pmcf->st.review_peek, 1, values);
+
+        return ngx_http_payflow_db_run(r, q, "reading a review",
+                                       ngx_http_payflow_reviews_peeked);
+    }
+
+    ngx_http_payflow_db_set(q, 0, pmcf->st.review_decide, 10, values);
 
     ctx->db_sql_ok = 1;
 
-    return ngx_http_payflow_db_run(r, q, approve ? "approving a review"
-                                                 : "rejecting a review",
+    return ngx_http_payflow_db_run(r, q, "rejecting a review",
+                                   ngx_http_payflow_reviews_decided);
+}
+
+
+/*
+ * The payment in review, read: a sandbox payment's outcome is decided now
+ * and recorded by the approval itself, in its transaction.
+ */
+
+static ngx_int_t
+ngx_http_payflow_reviews_peeked(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    PGresult                            *row;
+    json_int_t                           amount;
+    pf_pg_query_t                       *q2;
+    const char                         **values;
+    ngx_http_payflow_ctx_t              *ctx;
+    ngx_http_payflow_outcome_t          *outcome;
+    ngx_http_payflow_main_conf_t        *pmcf;
+    ngx_http_payflow_provider_result_t  *res;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    values = ctx->money_values;
+
+    row = ngx_http_payflow_db_result(q, 0);
+
+    /*
+     * Not (or no longer) in review: the approval itself answers, a replay
+     * of its Idempotency-Key or 409.
+     */
+
+    if (PQntuples(row) == 1
+        && ngx_strcmp(PQgetvalue(row, 0, 2), "sandbox") == 0)
+    {
+        amount = ngx_atoof((u_char *) PQgetvalue(row, 0, 0),
+                           PQgetlength(row, 0, 0));
+        outcome = ngx_http_payflow_sandbox(amount,
+                      ngx_strcmp(PQgetvalue(row, 0, 1), "manual") == 0);
+
+        res = ngx_pcalloc(r->pool,
+                          sizeof(ngx_http_payflow_provider_result_t));
+        if (res == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        res->status = outcome->status;
+        res->code = outcome->code;
+        res->message = outcome->message;
+        res->declined = (outcome->code != NULL);
+
+        if (outcome->action) {
+            res->redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION)
+                                    - 1 + ctx->payment_id.len;
+            res->redirect_url.data = ngx_pnalloc(r->pool,
+                                                 res->redirect_url.len);
+            if (res->redirect_url.data == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            (void) ngx_sprintf(res->redirect_url.data,
+                               NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V",
+                               &ctx->payment_id);
+        }
+
+        values[6] = res->status;
+        values[7] = res->code;
+        values[8] = res->message;
+        values[9] = ngx_http_payflow_nullable(r, &res->redirect_url);
+
+        ctx->result = res;
+    }
+
+    q2 = ngx_http_payflow_db_query(r, 1, 1);
+    if (q2 == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_set(q2, 0, pmcf->st.review_decide, 10, values);
+
+    ctx->db_sql_ok = 1;
+
+    return ngx_http_payflow_db_run(r, q2, "approving a review",
                                    ngx_http_payflow_reviews_decided);
 }
 
@@ -878,7 +976,6 @@ ngx_http_payflow_reviews_decided(ngx_http_request_t *r, pf_pg_query_t *q)
     pf_pg_query_t                       *q2;
     ngx_http_payflow_ctx_t              *ctx;
     ngx_http_payflow_plan_t             *plan;
-    ngx_http_payflow_outcome_t          *outcome;
     ngx_http_payflow_provider_t         *pv;
     ngx_http_payflow_operation_t        *op;
     ngx_http_payflow_main_conf_t        *pmcf;
@@ -948,37 +1045,22 @@ ngx_http_payflow_reviews_decided(ngx_http_request_t *r, pf_pg_query_t *q)
     ctx->created = 1;
 
     if (name.len == 7 && ngx_strncmp(name.data, "sandbox", 7) == 0) {
-        outcome = ngx_http_payflow_sandbox(amount, manual);
 
-        res.status = outcome->status;
-        res.code = outcome->code;
-        res.message = outcome->message;
-        res.declined = (outcome->code != NULL);
+        /* the approval recorded the sandbox's answer: only the answer */
 
-        if (outcome->action) {
-            res.redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION)
-                                   - 1 + ctx->payment_id.len;
-            res.redirect_url.data = ngx_pnalloc(r->pool,
-                                                res.redirect_url.len);
-            if (res.redirect_url.data == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            (void) ngx_sprintf(res.redirect_url.data,
-                               NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V",
-                               &ctx->payment_id);
+        if (ctx->result) {
+            res = *(ngx_http_payflow_provider_result_t *) ctx->result;
         }
 
-        q2 = ngx_http_payflow_db_query(r, (res.status ? 1 : 0)
-                                          + (ctx->idem_key.len ? 2 : 1), 1);
+        q2 = ngx_http_payflow_db_query(r, ctx->idem_key.len ? 2 : 1, 1);
 
         if (q2 == NULL
-            || ngx_http_payflow_payments_settle(r, q2, 0, &res, 1) != NGX_OK)
+            || ngx_http_payflow_payments_settle(r, q2, 0, &res, 0) != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        return ngx_http_payflow_db_run(r, q2, "recording an approved payment",
+        return ngx_http_payflow_db_run(r, q2, "answering an approved payment",
                                        ngx_http_payflow_payments_created);
     }
 

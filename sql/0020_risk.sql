@@ -850,7 +850,9 @@ GRANT EXECUTE ON FUNCTION payflow_review_list(text, text, int) TO :"app";
 -- changes.  The owner's, scoped by hand:
 -- an approved network payment gets its check, which the app cannot write.
 CREATE FUNCTION payflow_review_decide(p_id text, p_approve boolean,
-    p_key text, p_fingerprint text, p_path text, p_providers text[])
+    p_key text, p_fingerprint text, p_path text, p_providers text[],
+    p_status text, p_failure_code text, p_failure_message text,
+    p_redirect_url text)
     RETURNS TABLE (fingerprint text, phase text, locked boolean,
                    response_status int, response_body text,
                    payment_id text, request_id text, object_id text,
@@ -913,6 +915,25 @@ BEGIN
             p.provider USING ERRCODE = 'PF024';
     END IF;
 
+    -- an approved sandbox payment takes the sandbox's answer (p_status,
+    -- from the worker) in the same transaction: never left processing
+    IF p_approve AND p.provider = 'sandbox' AND p_status IS NOT NULL THEN
+        UPDATE payments t
+           SET status = p_status,
+               amount_captured = CASE WHEN p_status = 'succeeded'
+                                      THEN t.amount ELSE 0 END,
+               amount_capturable = CASE WHEN p_status = 'requires_capture'
+                                        THEN t.amount ELSE 0 END,
+               failure_code = p_failure_code,
+               failure_message = p_failure_message,
+               next_action = CASE WHEN p_redirect_url IS NOT NULL THEN
+                   jsonb_build_object('type', 'redirect_to_url',
+                                      'redirect_url', p_redirect_url,
+                                      'return_url', t.return_url) END,
+               provider_reference = coalesce(t.provider_reference, t.id)
+         WHERE t.id = p.id AND t.status = 'processing';
+    END IF;
+
     -- an approved network payment is verified if its call is cut short
     IF p_approve AND p.provider <> 'sandbox' THEN
         INSERT INTO payment_checks (payment_id, due_at)
@@ -929,9 +950,22 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION payflow_review_decide(text, boolean, text, text,
-    text, text[]) FROM PUBLIC;
+    text, text[], text, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION payflow_review_decide(text, boolean, text, text,
-    text, text[]) TO :"app";
+    text, text[], text, text, text, text) TO :"app";
+
+-- what an approval needs to know first: the payment in review's amount,
+-- capture method and provider (the sandbox decides by the amount)
+CREATE FUNCTION payflow_review_peek(p_id text)
+    RETURNS TABLE (amount bigint, capture_method text, provider text)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT t.amount, t.capture_method, t.provider FROM payments t
+     WHERE t.id = p_id AND t.tenant_id = payflow_tenant()
+       AND t.livemode = payflow_livemode() AND t.status = 'requires_review'
+$$;
+
+GRANT EXECUTE ON FUNCTION payflow_review_peek(text) TO :"app";
 
 -- reviews nobody decided in time are canceled (the jobs run it); the
 -- number canceled
