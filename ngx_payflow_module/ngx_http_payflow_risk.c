@@ -576,9 +576,7 @@ ngx_int_t
 ngx_http_payflow_risk_init(ngx_conf_t *cf,
     ngx_http_payflow_main_conf_t *pmcf)
 {
-    u_char                        *in;
     ngx_http_payflow_risk_conf_t  *rc;
-    u_char                         md[EVP_MAX_MD_SIZE];
 
     /*
      * The catalogue is there for the API even with the engine off
@@ -586,13 +584,31 @@ ngx_http_payflow_risk_init(ngx_conf_t *cf,
      */
 
     rc = ngx_http_payflow_risk_conf(cf, pmcf);
-    if (rc == NULL) {
-        return NGX_ERROR;
+
+    return rc ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_payflow_risk_init_process(ngx_cycle_t *cycle,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    u_char                        *in;
+    ngx_http_payflow_risk_conf_t  *rc;
+    u_char                         md[EVP_MAX_MD_SIZE];
+
+    rc = pmcf->risk;
+
+    if (rc == NULL || rc->zone == NULL) {
+        return NGX_OK;
     }
 
-    /* the digests' key: SHA-256 of the pepper, labelled */
+    /*
+     * The digests' key: SHA-256 of the pepper, labelled; in the worker,
+     * which alone names counters (nginx -t never needs it).
+     */
 
-    in = ngx_pnalloc(cf->temp_pool, 20 + pmcf->pepper.len);
+    in = ngx_pnalloc(cycle->pool, 20 + pmcf->pepper.len);
     if (in == NULL) {
         return NGX_ERROR;
     }
@@ -610,19 +626,7 @@ ngx_http_payflow_risk_init(ngx_conf_t *cf,
     OPENSSL_cleanse(md, sizeof(md));
     OPENSSL_cleanse(in, 20 + pmcf->pepper.len);
 
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_payflow_risk_init_process(ngx_cycle_t *cycle,
-    ngx_http_payflow_main_conf_t *pmcf)
-{
-    ngx_http_payflow_risk_conf_t  *rc;
-
-    rc = pmcf->risk;
-
-    if (rc == NULL || rc->zone == NULL || rc->redis == NULL) {
+    if (rc->redis == NULL) {
         return NGX_OK;
     }
 
