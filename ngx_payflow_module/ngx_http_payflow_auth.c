@@ -151,9 +151,8 @@ ngx_http_payflow_key_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_payflow_main_conf_t *pmcf = conf;
 
-    u_char      *p;
     ssize_t      size;
-    ngx_int_t    n;
+    ngx_int_t    n, rc;
     ngx_str_t   *value, name, s;
     ngx_uint_t   i;
 
@@ -169,26 +168,13 @@ ngx_http_payflow_key_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
-            name.data = value[i].data + 5;
+        rc = pf_conf_zone(&value[i], &name, &size);
 
-            p = (u_char *) ngx_strchr(name.data, ':');
-            if (p == NULL) {
-                goto invalid;
-            }
+        if (rc == NGX_ERROR) {
+            goto invalid;
+        }
 
-            name.len = p - name.data;
-
-            s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
-
-            size = ngx_parse_size(&s);
-            if (name.len == 0 || size == NGX_ERROR
-                || size < (ssize_t) (8 * ngx_pagesize))
-            {
-                goto invalid;
-            }
-
+        if (rc == NGX_OK) {
             continue;
         }
 

@@ -487,3 +487,40 @@ ngx_http_payflow_idem_settled(ngx_http_request_t *r, pf_pg_query_t *q)
                "a request with this Idempotency-Key is being settled; "
                "retry");
 }
+
+
+/*
+ * The request's Idempotency-Key into ctx->idem_key: NGX_OK with one,
+ * NGX_DECLINED without (empty), NGX_ABORT if it is not 1 to 255 bytes of
+ * text (answered by ngx_http_payflow_idem_invalid()).
+ */
+
+ngx_int_t
+ngx_http_payflow_idem_header(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    if (ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key)
+        != NGX_OK)
+    {
+        ngx_str_null(&ctx->idem_key);
+        return NGX_DECLINED;
+    }
+
+    if (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
+        || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len))
+    {
+        return NGX_ABORT;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_payflow_idem_invalid(ngx_http_request_t *r)
+{
+    return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
+               "idempotency_key_invalid",
+               "Idempotency-Key must be 1 to 255 bytes of UTF-8 text "
+               "without control characters");
+}

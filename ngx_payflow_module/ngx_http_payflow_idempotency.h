@@ -35,6 +35,9 @@ ngx_int_t ngx_http_payflow_envelope(ngx_http_request_t *r,
 ngx_int_t ngx_http_payflow_idem_store(ngx_http_request_t *r);
 ngx_int_t ngx_http_payflow_idem_other(ngx_http_request_t *r,
     PGresult *key);
+ngx_int_t ngx_http_payflow_idem_header(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+ngx_int_t ngx_http_payflow_idem_invalid(ngx_http_request_t *r);
 ngx_int_t ngx_http_payflow_idem_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 

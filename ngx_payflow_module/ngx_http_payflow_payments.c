@@ -325,7 +325,6 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     const char                     *key, **values, *provider;
     const char                     *method;
     pf_pg_query_t                  *q;
-    ngx_http_payflow_outcome_t     *outcome;
     const char                     *email;
     ngx_http_payflow_plan_t        *plan;
     ngx_http_payflow_operation_t   *op;
@@ -676,16 +675,10 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         }
     }
 
-    rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
+    rc = ngx_http_payflow_idem_header(r, ctx);
 
-    if (rc == NGX_OK
-        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
-            || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len)))
-    {
-        return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
-                   "idempotency_key_invalid",
-                   "Idempotency-Key must be 1 to 255 bytes of UTF-8 "
-                   "text without control characters");
+    if (rc == NGX_ABORT) {
+        return ngx_http_payflow_idem_invalid(r);
     }
 
     keyed = (rc == NGX_OK);
@@ -783,25 +776,11 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
                    method, &values[21], q, ngx_http_payflow_payments_started);
     }
 
-    outcome = ngx_http_payflow_sandbox(amount, manual);
-
-    ngx_memzero(&res, sizeof(ngx_http_payflow_provider_result_t));
-    res.status = outcome->status;
-    res.code = outcome->code;
-    res.message = outcome->message;
-    res.declined = (outcome->code != NULL);
-
-    if (outcome->action) {
-        res.redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION) - 1
-                               + ctx->payment_id.len;
-        res.redirect_url.data = ngx_pnalloc(r->pool, res.redirect_url.len);
-        if (res.redirect_url.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        (void) ngx_sprintf(res.redirect_url.data,
-                           NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V",
-                           &ctx->payment_id);
+    if (ngx_http_payflow_sandbox_result(r->pool, amount, manual,
+                                        &ctx->payment_id, &res)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /*
@@ -1687,16 +1666,10 @@ ngx_http_payflow_money_run(ngx_http_request_t *r,
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
+    rc = ngx_http_payflow_idem_header(r, ctx);
 
-    if (rc == NGX_OK
-        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
-            || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len)))
-    {
-        return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
-                   "idempotency_key_invalid",
-                   "Idempotency-Key must be 1 to 255 bytes of UTF-8 "
-                   "text without control characters");
+    if (rc == NGX_ABORT) {
+        return ngx_http_payflow_idem_invalid(r);
     }
 
     keyed = (rc == NGX_OK);

@@ -783,20 +783,10 @@ ngx_http_payflow_reviews_decide(ngx_http_request_t *r,
                                     "no such payment");
     }
 
-    rc = ngx_http_payflow_header(r, "Idempotency-Key", &ctx->idem_key);
+    rc = ngx_http_payflow_idem_header(r, ctx);
 
-    if (rc == NGX_OK
-        && (ctx->idem_key.len == 0 || ctx->idem_key.len > 255
-            || !pf_text_valid(ctx->idem_key.data, ctx->idem_key.len)))
-    {
-        return ngx_http_payflow_idem_error(r, NGX_HTTP_BAD_REQUEST,
-                   "idempotency_key_invalid",
-                   "Idempotency-Key must be 1 to 255 bytes of UTF-8 "
-                   "text without control characters");
-    }
-
-    if (rc != NGX_OK) {
-        ngx_str_null(&ctx->idem_key);
+    if (rc == NGX_ABORT) {
+        return ngx_http_payflow_idem_invalid(r);
     }
 
     values = ngx_pcalloc(r->pool, 10 * sizeof(char *));
@@ -889,7 +879,6 @@ ngx_http_payflow_reviews_peeked(ngx_http_request_t *r, pf_pg_query_t *q)
     pf_pg_query_t                       *q2;
     const char                         **values;
     ngx_http_payflow_ctx_t              *ctx;
-    ngx_http_payflow_outcome_t          *outcome;
     ngx_http_payflow_main_conf_t        *pmcf;
     ngx_http_payflow_provider_result_t  *res;
 
@@ -909,32 +898,17 @@ ngx_http_payflow_reviews_peeked(ngx_http_request_t *r, pf_pg_query_t *q)
     {
         amount = ngx_atoof((u_char *) PQgetvalue(row, 0, 0),
                            PQgetlength(row, 0, 0));
-        outcome = ngx_http_payflow_sandbox(amount,
-                      ngx_strcmp(PQgetvalue(row, 0, 1), "manual") == 0);
 
-        res = ngx_pcalloc(r->pool,
-                          sizeof(ngx_http_payflow_provider_result_t));
-        if (res == NULL) {
+        res = ngx_palloc(r->pool,
+                         sizeof(ngx_http_payflow_provider_result_t));
+
+        if (res == NULL
+            || ngx_http_payflow_sandbox_result(r->pool, amount,
+                   ngx_strcmp(PQgetvalue(row, 0, 1), "manual") == 0,
+                   &ctx->payment_id, res)
+               != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        res->status = outcome->status;
-        res->code = outcome->code;
-        res->message = outcome->message;
-        res->declined = (outcome->code != NULL);
-
-        if (outcome->action) {
-            res->redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION)
-                                    - 1 + ctx->payment_id.len;
-            res->redirect_url.data = ngx_pnalloc(r->pool,
-                                                 res->redirect_url.len);
-            if (res->redirect_url.data == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            (void) ngx_sprintf(res->redirect_url.data,
-                               NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V",
-                               &ctx->payment_id);
         }
 
         values[6] = res->status;

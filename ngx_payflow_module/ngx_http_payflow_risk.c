@@ -13,8 +13,8 @@
  * Each node keeps sliding-window counts and sums over a minute, an hour
  * and a day (the current and the previous fixed window, the previous
  * weighted by how much of it still overlaps), rolling statistics of the
- * amounts it saw and, for a customer, the last cards it used.  Nodes are evicted least recently
- * used first when the zone is full.
+ * amounts it saw and, for a customer, the last cards it used.  Nodes are
+ * evicted least recently used first when the zone is full.
  *
  * The rules here read those counters; their hits, the payment's signals
  * and the operator's thresholds go to payflow_payment_create (sql/0020),
@@ -185,6 +185,8 @@ typedef struct {
     ngx_str_t                   prefix;
     pf_redis_t                 *rd;            /* this worker's */
     uint64_t                    key[2];        /* of the digests */
+    ngx_uint_t                  self_rule;     /* the database's two */
+    ngx_uint_t                  block_rule;
 } ngx_http_payflow_risk_conf_t;
 
 
@@ -289,6 +291,13 @@ static void ngx_http_payflow_risk_cleanup(void *data);
 static void ngx_http_payflow_risk_hit(ngx_http_payflow_risk_req_t *rq,
     ngx_http_payflow_risk_conf_t *rc, ngx_uint_t k, u_char *detail);
 static void ngx_http_payflow_risk_written(void *data, redisReply *reply);
+static u_char *ngx_http_payflow_risk_key(ngx_http_payflow_risk_conf_t *rc,
+    ngx_http_payflow_risk_req_t *rq, ngx_uint_t kind, ngx_uint_t w,
+    ngx_uint_t back, u_char *p);
+
+
+/* <prefix><digest>:<span>:<bucket> */
+#define NGX_HTTP_PAYFLOW_RISK_KEY_LEN(rc)  ((rc)->prefix.len + 48)
 
 
 /* payflow_risk zone=name:size [review=50] [block=90] */
@@ -320,26 +329,13 @@ ngx_http_payflow_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
-            name.data = value[i].data + 5;
-            p = (u_char *) ngx_strchr(name.data, ':');
+        n = pf_conf_zone(&value[i], &name, &size);
 
-            if (p == NULL) {
-                goto invalid;
-            }
+        if (n == NGX_ERROR) {
+            goto invalid;
+        }
 
-            name.len = p - name.data;
-            s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
-
-            size = ngx_parse_size(&s);
-
-            if (name.len == 0 || size == NGX_ERROR
-                || size < (ssize_t) (8 * ngx_pagesize))
-            {
-                goto invalid;
-            }
-
+        if (n == NGX_OK) {
             continue;
         }
 
@@ -565,6 +561,9 @@ ngx_http_payflow_risk_conf(ngx_conf_t *cf,
         rc->limits[k] = ngx_http_payflow_risk_rules[k].limit;
         rc->scores[k] = ngx_http_payflow_risk_rules[k].score;
     }
+
+    rc->self_rule = ngx_http_payflow_risk_rule_known("self_dealing", 12) - 1;
+    rc->block_rule = ngx_http_payflow_risk_rule_known("blocklist", 9) - 1;
 
     pmcf->risk = rc;
 
@@ -1071,8 +1070,8 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
         ngx_http_payflow_risk_hit(rq, rc, k, detail);
     }
 
-    k = ngx_http_payflow_risk_rule_known("self_dealing", 12) - 1;
-    j = ngx_http_payflow_risk_rule_known("blocklist", 9) - 1;
+    k = rc->self_rule;
+    j = rc->block_rule;
 
     /* p_risk: the hits (their details are ours), signals escaped */
 
@@ -1189,7 +1188,6 @@ static ngx_int_t
 ngx_http_payflow_risk_redis_send(ngx_http_payflow_risk_req_t *rq)
 {
     u_char                        *p;
-    uint32_t                       span;
     ngx_uint_t                     kind, w, argc;
     ngx_http_request_t            *r;
     ngx_http_payflow_risk_conf_t  *rc;
@@ -1219,24 +1217,20 @@ ngx_http_payflow_risk_redis_send(ngx_http_payflow_risk_req_t *rq)
         }
 
         for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
-            span = ngx_http_payflow_risk_spans[w];
+            /* the current bucket, then the previous */
 
-            /* <prefix><digest>:<span>:<bucket>, the current, the previous */
-
-            p = ngx_pnalloc(r->pool, 2 * (rc->prefix.len + 48));
+            p = ngx_pnalloc(r->pool, 2 * NGX_HTTP_PAYFLOW_RISK_KEY_LEN(rc));
             if (p == NULL) {
                 return NGX_ERROR;
             }
 
             argv[argc] = (char *) p;
-            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
-                            rq->digest[kind], span, rq->now / span);
+            p = ngx_http_payflow_risk_key(rc, rq, kind, w, 0, p);
             lens[argc] = p - (u_char *) argv[argc];
             argc++;
 
             argv[argc] = (char *) p;
-            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
-                            rq->digest[kind], span, rq->now / span - 1);
+            p = ngx_http_payflow_risk_key(rc, rq, kind, w, 1, p);
             lens[argc] = p - (u_char *) argv[argc];
             argc++;
 
@@ -1405,7 +1399,6 @@ ngx_http_payflow_risk_count(ngx_http_request_t *r)
 {
     u_char                        *p;
     double                         x, d, alpha;
-    uint32_t                       span;
     ngx_uint_t                     kind, j, w, argc, found;
     ngx_http_payflow_ctx_t        *ctx;
     ngx_http_payflow_risk_req_t   *rq;
@@ -1499,16 +1492,13 @@ ngx_http_payflow_risk_count(ngx_http_request_t *r)
         }
 
         for (w = 0; w < NGX_HTTP_PAYFLOW_RISK_WINDOWS; w++) {
-            span = ngx_http_payflow_risk_spans[w];
-
-            p = ngx_pnalloc(r->pool, rc->prefix.len + 48);
+            p = ngx_pnalloc(r->pool, NGX_HTTP_PAYFLOW_RISK_KEY_LEN(rc));
             if (p == NULL) {
                 return;
             }
 
             argv[argc] = (char *) p;
-            p = ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix,
-                            rq->digest[kind], span, rq->now / span);
+            p = ngx_http_payflow_risk_key(rc, rq, kind, w, 0, p);
             lens[argc] = p - (u_char *) argv[argc];
             argc++;
         }
@@ -1530,6 +1520,22 @@ ngx_http_payflow_risk_count(ngx_http_request_t *r)
 
     (void) pf_redis_send(rc->rd, ngx_http_payflow_risk_written, NULL,
                          (int) argc, argv, lens);
+}
+
+
+/* a window bucket's Redis key: the current one, or back the previous */
+
+static u_char *
+ngx_http_payflow_risk_key(ngx_http_payflow_risk_conf_t *rc,
+    ngx_http_payflow_risk_req_t *rq, ngx_uint_t kind, ngx_uint_t w,
+    ngx_uint_t back, u_char *p)
+{
+    uint32_t  span;
+
+    span = ngx_http_payflow_risk_spans[w];
+
+    return ngx_sprintf(p, "%V%016xL:%uD:%uD", &rc->prefix, rq->digest[kind],
+                       span, rq->now / span - (back ? 1 : 0));
 }
 
 

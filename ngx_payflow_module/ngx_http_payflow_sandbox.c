@@ -46,3 +46,37 @@ ngx_http_payflow_sandbox(json_int_t amount, ngx_uint_t manual)
         return &ngx_http_payflow_outcomes[manual ? 1 : 0];
     }
 }
+
+
+/* the sandbox's answer for a payment, as a provider's answer reads */
+
+ngx_int_t
+ngx_http_payflow_sandbox_result(ngx_pool_t *pool, json_int_t amount,
+    ngx_uint_t manual, ngx_str_t *payment_id,
+    ngx_http_payflow_provider_result_t *res)
+{
+    ngx_http_payflow_outcome_t  *outcome;
+
+    outcome = ngx_http_payflow_sandbox(amount, manual);
+
+    ngx_memzero(res, sizeof(ngx_http_payflow_provider_result_t));
+
+    res->status = outcome->status;
+    res->code = outcome->code;
+    res->message = outcome->message;
+    res->declined = (outcome->code != NULL);
+
+    if (outcome->action) {
+        res->redirect_url.len = sizeof(NGX_HTTP_PAYFLOW_SANDBOX_ACTION) - 1
+                                + payment_id->len;
+        res->redirect_url.data = ngx_pnalloc(pool, res->redirect_url.len);
+        if (res->redirect_url.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) ngx_sprintf(res->redirect_url.data,
+                           NGX_HTTP_PAYFLOW_SANDBOX_ACTION "%V", payment_id);
+    }
+
+    return NGX_OK;
+}

@@ -9,6 +9,7 @@
 
 
 #include "ngx_http_payflow_module.h"
+#include "ngx_http_payflow_providers.h"
 
 
 #define NGX_HTTP_PAYFLOW_SANDBOX_ACTION                                       \
@@ -27,6 +28,9 @@ typedef struct {
 
 ngx_http_payflow_outcome_t *ngx_http_payflow_sandbox(json_int_t amount,
     ngx_uint_t manual);
+ngx_int_t ngx_http_payflow_sandbox_result(ngx_pool_t *pool,
+    json_int_t amount, ngx_uint_t manual, ngx_str_t *payment_id,
+    ngx_http_payflow_provider_result_t *res);
 
 
 #endif /* _NGX_HTTP_PAYFLOW_SANDBOX_H_INCLUDED_ */

@@ -152,3 +152,43 @@ pf_conf_secret(ngx_conf_t *cf, const char *directive, ngx_str_t *spec,
 
     return NGX_CONF_OK;
 }
+
+
+/*
+ * A "zone=name:size" parameter: NGX_OK with its name and size (at least
+ * eight pages), NGX_DECLINED if arg is another parameter, NGX_ERROR if it
+ * is not well formed.
+ */
+
+ngx_int_t
+pf_conf_zone(ngx_str_t *arg, ngx_str_t *name, ssize_t *size)
+{
+    u_char     *p;
+    ngx_str_t   s;
+
+    if (arg->len < 5 || ngx_strncmp(arg->data, "zone=", 5) != 0) {
+        return NGX_DECLINED;
+    }
+
+    name->data = arg->data + 5;
+
+    p = ngx_strlchr(name->data, arg->data + arg->len, ':');
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    name->len = p - name->data;
+
+    s.data = p + 1;
+    s.len = arg->data + arg->len - s.data;
+
+    *size = ngx_parse_size(&s);
+
+    if (name->len == 0 || *size == NGX_ERROR
+        || *size < (ssize_t) (8 * ngx_pagesize))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
