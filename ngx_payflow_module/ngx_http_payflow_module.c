@@ -1498,6 +1498,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
         ngx_http_payflow_jobs_stop();
         ngx_http_payflow_sealer_stop();
         ngx_http_payflow_outbox_stop();
+        ngx_http_payflow_risk_cache_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }

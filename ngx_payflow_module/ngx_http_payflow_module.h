@@ -167,6 +167,8 @@ typedef struct {
     const pf_pg_statement_t    *review_list;
     const pf_pg_statement_t    *review_decide;
     const pf_pg_statement_t    *review_peek;
+    const pf_pg_statement_t    *risk_snapshot;
+    const pf_pg_statement_t    *risk_versions;
 } ngx_http_payflow_statements_t;
 
 

@@ -136,7 +136,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     st->pay_create = pf_pg_statement_add(pmcf->db, "payflow_pay_create",
         "SELECT fingerprint, phase, locked, response_status, "
         "response_body, payment_id, request_id, object_id, mine, payment, "
-        "decision FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
+        "decision, copied FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
         "$7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
         "$18, $19, $20, $21::int, $22::jsonb)", 22);
 
@@ -879,7 +879,8 @@ ngx_http_payflow_payments_made(ngx_http_request_t *r, pf_pg_query_t *q)
     ngx_http_payflow_risk_count(r);
 
     if (!PQgetisnull(row, 0, 10)) {
-        ngx_http_payflow_risk_decided(r, PQgetvalue(row, 0, 10));
+        ngx_http_payflow_risk_decided(r, PQgetvalue(row, 0, 10),
+                                      PQgetvalue(row, 0, 11)[0] == 't');
 
         if (ngx_strcmp(PQgetvalue(row, 0, 10), "allow") != 0) {
             return ngx_http_payflow_payments_held(r, row);
@@ -1110,7 +1111,8 @@ ngx_http_payflow_payments_started(ngx_http_request_t *r, pf_pg_query_t *q)
     key = ngx_http_payflow_db_result(q, 0);
 
     if (PQntuples(key) == 1 && !PQgetisnull(key, 0, 10)) {
-        ngx_http_payflow_risk_decided(r, PQgetvalue(key, 0, 10));
+        ngx_http_payflow_risk_decided(r, PQgetvalue(key, 0, 10),
+                                      PQgetvalue(key, 0, 11)[0] == 't');
 
         if (ngx_strcmp(PQgetvalue(key, 0, 10), "allow") != 0) {
             /* no provider is asked */

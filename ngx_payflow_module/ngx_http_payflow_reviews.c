@@ -96,12 +96,19 @@ ngx_http_payflow_reviews_init(ngx_http_payflow_main_conf_t *pmcf)
     st->review_peek = pf_pg_statement_add(pmcf->db, "payflow_review_peek",
         "SELECT amount, capture_method, provider "
         "FROM payflow_review_peek($1)", 1);
+    st->risk_snapshot = pf_pg_statement_add(pmcf->db, "payflow_risk_snapshot",
+        "SELECT kind, a, b FROM payflow_risk_snapshot($1, $2::boolean, "
+        "$3::int)", 3);
+    st->risk_versions = pf_pg_statement_add(pmcf->db, "payflow_risk_versions",
+        "SELECT tenant_id, version FROM payflow_risk_versions($1::text[])",
+        1);
 
     if (st->risk_list_add == NULL || st->risk_list_page == NULL
         || st->risk_list_remove == NULL || st->risk_settings == NULL
         || st->risk_settings_update == NULL
         || st->risk_settings_reset == NULL || st->review_list == NULL
-        || st->review_decide == NULL || st->review_peek == NULL)
+        || st->review_decide == NULL || st->review_peek == NULL
+        || st->risk_snapshot == NULL || st->risk_versions == NULL)
     {
         return NGX_ERROR;
     }

@@ -13,13 +13,19 @@
  * Each node keeps sliding-window counts and sums over a minute, an hour
  * and a day (the current and the previous fixed window, the previous
  * weighted by how much of it still overlaps), rolling statistics of the
- * amounts it saw and, for a customer, the last cards it used.  Nodes are
- * evicted least recently used first when the zone is full.
+ * amounts it saw and, for a customer, the last cards it used.  Nodes live
+ * in one table filling the zone, eight to a set (the digest picks the set):
+ * a payment's lookups touch a few cache lines, not a tree's path each.  A
+ * set full, its least recently used node makes room.
  *
- * The rules here read those counters; their hits, the payment's signals
- * and the operator's thresholds go to payflow_payment_create (sql/0020),
- * which adds the tenant's lists, self-dealing and rule settings and
- * decides, in the statement that writes the payment.
+ * The rules here read those counters.  With the worker's copy of the
+ * tenant's lists and settings (ngx_http_payflow_riskcache.c) current and
+ * none of the payment's signals on them, the worker decides, and
+ * payflow_payment_create (sql/0022) takes that decision if the copy's
+ * version is still the tenant's.  Otherwise the hits, the signals and the
+ * operator's thresholds go to the database, which adds the lists,
+ * self-dealing and rule settings and decides (sql/0020), in the statement
+ * that writes the payment either way.
  */
 
 
@@ -138,10 +144,12 @@ static const char  *ngx_http_payflow_risk_decisions[] = {
 };
 
 
+#define NGX_HTTP_PAYFLOW_RISK_WAYS   8
+
+
 typedef struct {
-    ngx_rbtree_node_t           node;          /* key: the digest */
-    ngx_queue_t                 queue;
-    uint64_t                    digest;
+    uint64_t                    digest;        /* 0: a free slot */
+    uint32_t                    used;          /* last payment's time */
     uint32_t                    start[NGX_HTTP_PAYFLOW_RISK_WINDOWS];
     uint32_t                    count[NGX_HTTP_PAYFLOW_RISK_WINDOWS][2];
     int64_t                     sum[NGX_HTTP_PAYFLOW_RISK_WINDOWS][2];
@@ -154,9 +162,8 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_t                rbtree;
-    ngx_rbtree_node_t           sentinel;
-    ngx_queue_t                 queue;
+    ngx_http_payflow_risk_node_t  *table;      /* sets x ways */
+    ngx_uint_t                  sets;
     ngx_atomic_t                nodes;
     ngx_atomic_t                evicted;
     ngx_atomic_t                assessed;
@@ -165,6 +172,7 @@ typedef struct {
     ngx_atomic_t                latency[NGX_HTTP_PAYFLOW_RISK_BUCKETS];
     ngx_atomic_t                latency_us;
     ngx_atomic_t                fallbacks;
+    ngx_atomic_t                by_worker;     /* decided on the copy */
     ngx_atomic_t                queue_depth;   /* set by the jobs */
     ngx_atomic_t                queue_age;     /* seconds */
 } ngx_http_payflow_risk_sh_t;
@@ -187,6 +195,8 @@ typedef struct {
     uint64_t                    key[2];        /* of the digests */
     ngx_uint_t                  self_rule;     /* the database's two */
     ngx_uint_t                  block_rule;
+    size_t                      list_cache;    /* per worker, 0: none */
+    ngx_msec_t                  list_refresh;
 } ngx_http_payflow_risk_conf_t;
 
 
@@ -226,6 +236,8 @@ typedef struct {
     ngx_event_t                 timer;
     struct timespec             t0;
     ngx_uint_t                  us;
+    ngx_uint_t                  copied;        /* the worker may decide */
+    ngx_http_payflow_risk_settings_t  tenant;
 } ngx_http_payflow_risk_req_t;
 
 
@@ -290,6 +302,8 @@ static void ngx_http_payflow_risk_fallback(ngx_http_payflow_risk_req_t *rq,
 static void ngx_http_payflow_risk_cleanup(void *data);
 static void ngx_http_payflow_risk_hit(ngx_http_payflow_risk_req_t *rq,
     ngx_http_payflow_risk_conf_t *rc, ngx_uint_t k, u_char *detail);
+static u_char *ngx_http_payflow_risk_hits(ngx_http_payflow_risk_req_t *rq,
+    ngx_http_payflow_risk_conf_t *rc, ngx_uint_t tenant, u_char *p);
 static void ngx_http_payflow_risk_written(void *data, redisReply *reply);
 static u_char *ngx_http_payflow_risk_key(ngx_http_payflow_risk_conf_t *rc,
     ngx_http_payflow_risk_req_t *rq, ngx_uint_t kind, ngx_uint_t w,
@@ -308,7 +322,7 @@ ngx_http_payflow_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_payflow_main_conf_t *pmcf = conf;
 
     u_char                        *p;
-    ssize_t                        size;
+    ssize_t                        size, bytes;
     ngx_str_t                     *value, name, s;
     ngx_int_t                      n;
     ngx_uint_t                     i;
@@ -389,6 +403,32 @@ ngx_http_payflow_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "list_cache=", 11) == 0) {
+            s.data = value[i].data + 11;
+            s.len = value[i].len - 11;
+
+            bytes = ngx_parse_size(&s);
+            if (bytes == NGX_ERROR) {
+                goto invalid;
+            }
+
+            rc->list_cache = (size_t) bytes;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "list_refresh=", 13) == 0) {
+            s.data = value[i].data + 13;
+            s.len = value[i].len - 13;
+
+            n = ngx_parse_time(&s, 0);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            rc->list_refresh = (ngx_msec_t) n;
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "review_expiry=", 14) == 0) {
             s.data = value[i].data + 14;
             s.len = value[i].len - 14;
@@ -442,7 +482,8 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "payflow_risk: invalid parameter \"%V\" (zone=name:"
                        "size of at least 8 pages, review= and block= 0 to "
-                       "100, review_expiry= and redis_timeout= times, "
+                       "100, review_expiry=, redis_timeout= and "
+                       "list_refresh= times, list_cache= a size, "
                        "redis=host:port)", &value[i]);
     return NGX_CONF_ERROR;
 }
@@ -555,6 +596,8 @@ ngx_http_payflow_risk_conf(ngx_conf_t *cf,
     rc->block = 90;
     rc->review_expiry = 72 * 3600;
     rc->redis_timeout = 30;
+    rc->list_cache = 8 * 1024 * 1024;
+    rc->list_refresh = 1000;
     ngx_str_set(&rc->prefix, "payflow:risk:");
 
     for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
@@ -624,6 +667,13 @@ ngx_http_payflow_risk_init_process(ngx_cycle_t *cycle,
     ngx_memcpy(rc->key, md, sizeof(rc->key));
     OPENSSL_cleanse(md, sizeof(md));
     OPENSSL_cleanse(in, 20 + pmcf->pepper.len);
+
+    if (ngx_http_payflow_risk_cache_start(cycle, pmcf, rc->list_cache,
+                                          rc->list_refresh)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (rc->redis == NULL) {
         return NGX_OK;
@@ -706,7 +756,8 @@ ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_payflow_risk_conf_t  *orc = data;
 
-    size_t                         len;
+    size_t                         len, size;
+    ngx_uint_t                     sets;
     ngx_http_payflow_risk_conf_t  *rc;
 
     rc = shm_zone->data;
@@ -734,10 +785,6 @@ ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     rc->shpool->data = rc->sh;
 
-    ngx_rbtree_init(&rc->sh->rbtree, &rc->sh->sentinel,
-                    ngx_rbtree_insert_value);
-    ngx_queue_init(&rc->sh->queue);
-
     len = sizeof(" in payflow_risk zone \"\"") + shm_zone->shm.name.len;
 
     rc->shpool->log_ctx = ngx_slab_alloc(rc->shpool, len);
@@ -748,8 +795,33 @@ ngx_http_payflow_risk_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_sprintf(rc->shpool->log_ctx, " in payflow_risk zone \"%V\"%Z",
                 &shm_zone->shm.name);
 
-    /* eviction makes room */
-    rc->shpool->log_nomem = 0;
+    /* the table: as many sets as the rest of the zone holds */
+
+    size = shm_zone->shm.size - shm_zone->shm.size / 32;
+
+    for ( ;; ) {
+        sets = size / (NGX_HTTP_PAYFLOW_RISK_WAYS
+                       * sizeof(ngx_http_payflow_risk_node_t));
+
+        if (sets < 16) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "payflow_risk zone \"%V\" is too small",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+
+        len = sets * NGX_HTTP_PAYFLOW_RISK_WAYS
+              * sizeof(ngx_http_payflow_risk_node_t);
+
+        rc->sh->table = ngx_slab_calloc(rc->shpool, len);
+        if (rc->sh->table) {
+            break;
+        }
+
+        size -= size / 16;
+    }
+
+    rc->sh->sets = sets;
 
     return NGX_OK;
 }
@@ -969,6 +1041,13 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     rq->signals[4] = sig->country;
     rq->signals[5] = sig->customer_id;
 
+    /* this worker's copy of the tenant's lists and settings, if current */
+
+    rq->copied = (ngx_http_payflow_risk_cache_lookup(&tenant,
+                                                     ctx->auth.livemode, sig,
+                                                     &rq->tenant)
+                  == NGX_OK);
+
     ngx_http_payflow_risk_clock(rq, 1);
 
     if (rc->rd && ngx_http_payflow_risk_redis_send(rq) == NGX_OK) {
@@ -1011,9 +1090,9 @@ static ngx_int_t
 ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
 {
     u_char                        *out, *p;
-    size_t                         len;
+    size_t                         len, rules;
     double                         v;
-    ngx_uint_t                     i, k, j, kind, w, us;
+    ngx_uint_t                     i, k, j, kind, w, us, score, decision;
     ngx_http_request_t            *r;
     ngx_http_payflow_risk_conf_t  *rc;
     ngx_http_payflow_main_conf_t  *pmcf;
@@ -1079,14 +1158,25 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
                  "\"self_dealing\":,\"blocklist\":},\"review\":,"
                  "\"block\":}") + 5 * NGX_INT_T_LEN;
 
+    rules = 0;
+
     for (i = 0; i < rq->nhits; i++) {
-        len += sizeof("{\"rule\":\"\",\"score\":,\"detail\":\"\"},")
-               + ngx_strlen(ngx_http_payflow_risk_rules[rq->hits[i].rule]
-                                .name)
-               + NGX_INT_T_LEN
-               + ngx_escape_json(NULL, rq->hits[i].detail,
-                                 ngx_strlen(rq->hits[i].detail))
-               + ngx_strlen(rq->hits[i].detail);
+        rules += sizeof("{\"rule\":\"\",\"score\":,\"detail\":\"\"},")
+                 + ngx_strlen(ngx_http_payflow_risk_rules[rq->hits[i].rule]
+                                  .name)
+                 + NGX_INT_T_LEN
+                 + ngx_escape_json(NULL, rq->hits[i].detail,
+                                   ngx_strlen(rq->hits[i].detail))
+                 + ngx_strlen(rq->hits[i].detail);
+    }
+
+    len += rules;
+
+    if (rq->copied) {
+        /* the decision as the database would make it, on the copy */
+        len += sizeof(",\"version\":,\"result\":{\"score\":,"
+                      "\"decision\":\"review\",\"rules\":[]}")
+               + NGX_INT64_LEN + NGX_INT_T_LEN + rules;
     }
 
     for (i = 0; i < 6; i++) {
@@ -1102,18 +1192,7 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
     }
 
     p = ngx_cpymem(out, "{\"rules\":[", sizeof("{\"rules\":[") - 1);
-
-    for (i = 0; i < rq->nhits; i++) {
-        p = ngx_sprintf(p, "%s{\"rule\":\"%s\",\"score\":%ui,"
-                        "\"detail\":\"", i ? "," : "",
-                        ngx_http_payflow_risk_rules[rq->hits[i].rule].name,
-                        rc->scores[rq->hits[i].rule]);
-        p = (u_char *) ngx_escape_json(p, rq->hits[i].detail,
-                                       ngx_strlen(rq->hits[i].detail));
-        *p++ = '"';
-        *p++ = '}';
-    }
-
+    p = ngx_http_payflow_risk_hits(rq, rc, 0, p);
     p = ngx_cpymem(p, "],\"signals\":{", sizeof("],\"signals\":{") - 1);
     w = 0;
 
@@ -1130,10 +1209,52 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
     }
 
     p = ngx_sprintf(p, "},\"scores\":{\"self_dealing\":%ui,"
-                    "\"blocklist\":%ui},\"review\":%ui,\"block\":%ui}%Z",
+                    "\"blocklist\":%ui},\"review\":%ui,\"block\":%ui",
                     rc->disabled[k] ? 0 : rc->scores[k],
                     rc->disabled[j] ? 0 : rc->scores[j],
                     rc->review, rc->block);
+
+    if (rq->copied) {
+
+        /*
+         * sql/0020's arithmetic: the tenant's score for each hit (a rule
+         * it turned off drops), at most 100; above its block threshold
+         * blocks, from its review threshold reviews.
+         */
+
+        score = 0;
+
+        for (i = 0; i < rq->nhits; i++) {
+            k = rq->hits[i].rule;
+
+            if (!rq->tenant.disabled[k]) {
+                score += (rq->tenant.scores[k] >= 0)
+                         ? (ngx_uint_t) rq->tenant.scores[k] : rc->scores[k];
+            }
+        }
+
+        score = ngx_min(score, 100);
+
+        decision = (score > (rq->tenant.block >= 0
+                             ? (ngx_uint_t) rq->tenant.block : rc->block))
+                   ? NGX_HTTP_PAYFLOW_RISK_BLOCK
+                   : (score >= (rq->tenant.review >= 0
+                                ? (ngx_uint_t) rq->tenant.review
+                                : rc->review))
+                     ? NGX_HTTP_PAYFLOW_RISK_REVIEW
+                     : NGX_HTTP_PAYFLOW_RISK_ALLOW;
+
+        p = ngx_sprintf(p, ",\"version\":%L,\"result\":{\"score\":%ui,"
+                        "\"decision\":\"%s\",\"rules\":[",
+                        rq->tenant.version, score,
+                        ngx_http_payflow_risk_decisions[decision]);
+        p = ngx_http_payflow_risk_hits(rq, rc, 1, p);
+        *p++ = ']';
+        *p++ = '}';
+    }
+
+    *p++ = '}';
+    *p = '\0';
 
     *rq->risk = (char *) out;
 
@@ -1155,6 +1276,43 @@ ngx_http_payflow_risk_decide(ngx_http_payflow_risk_req_t *rq)
     (void) ngx_atomic_fetch_add(&rc->sh->latency_us, us);
 
     return ngx_http_payflow_db_run(r, rq->query, rq->what, rq->ok);
+}
+
+
+/* the hits as rules[]: with nginx.conf's scores, or the tenant's */
+
+static u_char *
+ngx_http_payflow_risk_hits(ngx_http_payflow_risk_req_t *rq,
+    ngx_http_payflow_risk_conf_t *rc, ngx_uint_t tenant, u_char *p)
+{
+    ngx_uint_t  i, k, n, score;
+
+    n = 0;
+
+    for (i = 0; i < rq->nhits; i++) {
+        k = rq->hits[i].rule;
+        score = rc->scores[k];
+
+        if (tenant) {
+            if (rq->tenant.disabled[k]) {
+                continue;
+            }
+
+            if (rq->tenant.scores[k] >= 0) {
+                score = (ngx_uint_t) rq->tenant.scores[k];
+            }
+        }
+
+        p = ngx_sprintf(p, "%s{\"rule\":\"%s\",\"score\":%ui,"
+                        "\"detail\":\"", n++ ? "," : "",
+                        ngx_http_payflow_risk_rules[k].name, score);
+        p = (u_char *) ngx_escape_json(p, rq->hits[i].detail,
+                                       ngx_strlen(rq->hits[i].detail));
+        *p++ = '"';
+        *p++ = '}';
+    }
+
+    return p;
 }
 
 
@@ -1550,10 +1708,14 @@ ngx_http_payflow_risk_written(void *data, redisReply *reply)
 }
 
 
-/* the database's decision on a payment this worker assessed */
+/*
+ * The database's decision on a payment this worker assessed; copied: the
+ * one the worker made on its copy of the tenant's lists and settings.
+ */
 
 void
-ngx_http_payflow_risk_decided(ngx_http_request_t *r, const char *decision)
+ngx_http_payflow_risk_decided(ngx_http_request_t *r, const char *decision,
+    ngx_uint_t copied)
 {
     ngx_uint_t                     i;
     ngx_http_payflow_risk_conf_t  *rc;
@@ -1564,6 +1726,10 @@ ngx_http_payflow_risk_decided(ngx_http_request_t *r, const char *decision)
 
     if (rc == NULL || rc->sh == NULL || decision == NULL) {
         return;
+    }
+
+    if (copied) {
+        (void) ngx_atomic_fetch_add(&rc->sh->by_worker, 1);
     }
 
     for (i = 0; i < 3; i++) {
@@ -1582,78 +1748,48 @@ ngx_http_payflow_risk_node(ngx_http_payflow_risk_conf_t *rc, uint64_t digest,
     uint32_t now)
 {
     ngx_uint_t                     i;
-    ngx_queue_t                   *q;
-    ngx_rbtree_node_t             *node, *sentinel;
-    ngx_http_payflow_risk_node_t  *n;
+    ngx_http_payflow_risk_node_t  *set, *n, *old;
 
-    node = rc->sh->rbtree.root;
-    sentinel = rc->sh->rbtree.sentinel;
+    set = &rc->sh->table[(digest >> 8) % rc->sh->sets
+                         * NGX_HTTP_PAYFLOW_RISK_WAYS];
+    old = NULL;
 
-    while (node != sentinel) {
-        n = (ngx_http_payflow_risk_node_t *) node;
-
-        if ((ngx_rbtree_key_t) digest < node->key) {
-            node = node->left;
-            continue;
-        }
-
-        if ((ngx_rbtree_key_t) digest > node->key) {
-            node = node->right;
-            continue;
-        }
+    for (i = 0; i < NGX_HTTP_PAYFLOW_RISK_WAYS; i++) {
+        n = &set[i];
 
         if (n->digest == digest) {
-            ngx_queue_remove(&n->queue);
-            ngx_queue_insert_head(&rc->sh->queue, &n->queue);
+            n->used = now;
             ngx_http_payflow_risk_roll(n, now);
             return n;
         }
 
-        node = node->right;
+        if (old == NULL
+            || (old->digest
+                && (n->digest == 0 || (int32_t) (n->used - old->used) < 0)))
+        {
+            old = n;
+        }
     }
 
-    n = ngx_slab_alloc_locked(rc->shpool,
-                              sizeof(ngx_http_payflow_risk_node_t));
+    /* the set's free slot, or its least recently used node */
 
-    for (i = 0; n == NULL && i < 16; i++) {
+    n = old;
 
-        /* full: the least recently used go */
-
-        if (ngx_queue_empty(&rc->sh->queue)) {
-            return NULL;
-        }
-
-        q = ngx_queue_last(&rc->sh->queue);
-        n = ngx_queue_data(q, ngx_http_payflow_risk_node_t, queue);
-
-        ngx_queue_remove(q);
-        ngx_rbtree_delete(&rc->sh->rbtree, &n->node);
-        ngx_slab_free_locked(rc->shpool, n);
-
-        rc->sh->nodes--;
+    if (n->digest) {
         rc->sh->evicted++;
 
-        n = ngx_slab_alloc_locked(rc->shpool,
-                                  sizeof(ngx_http_payflow_risk_node_t));
-    }
-
-    if (n == NULL) {
-        return NULL;
+    } else {
+        rc->sh->nodes++;
     }
 
     ngx_memzero(n, sizeof(ngx_http_payflow_risk_node_t));
 
-    n->node.key = (ngx_rbtree_key_t) digest;
     n->digest = digest;
+    n->used = now;
 
     for (i = 0; i < NGX_HTTP_PAYFLOW_RISK_WINDOWS; i++) {
         n->start[i] = now - now % ngx_http_payflow_risk_spans[i];
     }
-
-    ngx_rbtree_insert(&rc->sh->rbtree, &n->node);
-    ngx_queue_insert_head(&rc->sh->queue, &n->queue);
-
-    rc->sh->nodes++;
 
     return n;
 }
@@ -1783,8 +1919,9 @@ ngx_http_payflow_risk_digest(ngx_http_payflow_risk_conf_t *rc,
     ngx_str_t *tenant, ngx_uint_t livemode, ngx_uint_t kind,
     ngx_str_t *value, const char *currency)
 {
-    u_char  *p, buf[16 + 64 + 8 + 255];
-    size_t   tlen, vlen;
+    u_char    *p, buf[16 + 64 + 8 + 255];
+    size_t     tlen, vlen;
+    uint64_t   d;
 
     /* ids are 28 bytes, values at most 255 (checked before) */
 
@@ -1805,7 +1942,10 @@ ngx_http_payflow_risk_digest(ngx_http_payflow_risk_conf_t *rc,
     *p++ = (u_char) vlen;
     p = ngx_cpymem(p, value->data, vlen);
 
-    return ngx_http_payflow_risk_siphash(rc->key, buf, p - buf);
+    d = ngx_http_payflow_risk_siphash(rc->key, buf, p - buf);
+
+    /* 0 names a free slot */
+    return d ? d : 1;
 }
 
 
@@ -1958,6 +2098,13 @@ ngx_http_payflow_risk_metrics(ngx_http_payflow_main_conf_t *pmcf,
                    (double) sh->latency_us / 1000000);
     pf_prom_printf(out, "payflow_risk_evaluation_seconds_count %uA\n",
                    sh->assessed);
+
+    pf_prom_family(out, "payflow_risk_copy_decisions_total", "counter",
+                   "Payments decided by a worker on its copy of the "
+                   "tenant's lists and settings, the copy current (the "
+                   "others: decided in the database).");
+    pf_prom_printf(out, "payflow_risk_copy_decisions_total %uA\n",
+                   sh->by_worker);
 
     pf_prom_family(out, "payflow_risk_counters", "gauge",
                    "Things the risk zone counts now (customers, e-mails, "
