@@ -389,13 +389,25 @@ ngx_http_payflow_risk_cache_address(ngx_http_payflow_risk_tenant_t *t,
 }
 
 
-/* 64 bits: collisions only send a payment to the database */
+/*
+ * FNV-1a, 64 bits: equal values have equal digests, and a collision (even
+ * a crafted one) only sends a payment to the database.
+ */
 
 static uint64_t
 ngx_http_payflow_risk_cache_digest(u_char *p, size_t len)
 {
-    return ((uint64_t) ngx_crc32_long(p, len) << 32)
-           | ngx_murmur_hash2(p, len);
+    size_t    i;
+    uint64_t  h;
+
+    h = 0xcbf29ce484222325ULL;
+
+    for (i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+
+    return h;
 }
 
 

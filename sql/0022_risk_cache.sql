@@ -385,3 +385,100 @@ REVOKE EXECUTE ON FUNCTION payflow_payment_create(text, bigint, text, text,
 GRANT EXECUTE ON FUNCTION payflow_payment_create(text, bigint, text, text,
     text, text, jsonb, jsonb, text, text, text, text, text, text, text, text,
     text, text, text, text, int, jsonb) TO :"app";
+
+
+-- A blocked payment's key the worker could not finish (it died between
+-- writing the payment and answering): the background completer answers
+-- it as the worker would have, 402 payment_blocked with the payment, not
+-- 200.  As sql/0019's otherwise.
+CREATE OR REPLACE FUNCTION payflow_complete_idempotency_keys(p_limit int,
+    p_tenant text DEFAULT NULL, p_livemode boolean DEFAULT NULL,
+    p_key text DEFAULT NULL)
+    RETURNS int
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+DECLARE
+    k     record;
+    data  jsonb;
+    n     int := 0;
+BEGIN
+    FOR k IN SELECT ik.*, ik.xmin AS written_by FROM idempotency_keys ik
+              WHERE ik.phase <> 'finished' AND ik.locked_until < now()
+                AND (p_key IS NULL
+                     OR (ik.tenant_id = p_tenant
+                         AND ik.livemode = p_livemode
+                         AND ik.key = p_key))
+              ORDER BY ik.locked_until
+              LIMIT p_limit
+                FOR UPDATE SKIP LOCKED
+    LOOP
+        data := NULL;
+
+        IF k.path = '/v1/payments' THEN
+            SELECT payflow_payment_json(p) INTO data FROM payments p
+             WHERE p.id = k.payment_id
+               AND p.tenant_id = k.tenant_id AND p.livemode = k.livemode;
+
+        ELSIF k.path = '/v1/refunds' THEN
+            SELECT payflow_refund_json(f) INTO data FROM refunds f
+             WHERE f.id = k.object_id
+               AND f.tenant_id = k.tenant_id AND f.livemode = k.livemode;
+
+        ELSE
+            SELECT payflow_payment_json(p) INTO data FROM payments p
+             WHERE p.id = coalesce(k.object_id, k.payment_id)
+               AND p.tenant_id = k.tenant_id AND p.livemode = k.livemode
+               AND (p.xmin = k.written_by
+                    OR EXISTS (SELECT 1 FROM payment_events e
+                                WHERE e.payment_id = p.id
+                                  AND e.tenant_id = k.tenant_id
+                                  AND e.xmin = k.written_by));
+        END IF;
+
+        IF data IS NULL THEN
+            DELETE FROM idempotency_keys
+             WHERE tenant_id = k.tenant_id AND livemode = k.livemode
+               AND key = k.key;
+
+        ELSIF k.path = '/v1/payments' AND data->>'status' = 'failed'
+              AND data->>'failure_code' = 'blocked'
+        THEN
+            -- what the worker answers a payment the risk rules blocked
+            UPDATE idempotency_keys
+               SET phase = 'finished', response_status = 402,
+                   locked_until = NULL,
+                   response_body = '{"success":false,"error":{"type":'
+                       || '"provider_error","code":"payment_blocked",'
+                       || '"message":' || to_json(data->>'failure_message')
+                       || ',"payment":' || data::text
+                       || '},"meta":{"request_id":'
+                       || to_json(coalesce(k.request_id, 'req_completer'))
+                       || ',"timestamp":'
+                       || to_json(to_char(now() AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                       || '}}'
+             WHERE tenant_id = k.tenant_id AND livemode = k.livemode
+               AND key = k.key;
+
+        ELSE
+            UPDATE idempotency_keys
+               SET phase = 'finished', response_status = 200,
+                   locked_until = NULL,
+                   response_body = '{"success":true,"data":' || data::text
+                       || ',"meta":{"request_id":'
+                       || to_json(coalesce(k.request_id, 'req_completer'))
+                       || ',"timestamp":'
+                       || to_json(to_char(now() AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                       || '}}'
+             WHERE tenant_id = k.tenant_id AND livemode = k.livemode
+               AND key = k.key;
+        END IF;
+
+        n := n + 1;
+    END LOOP;
+
+    RETURN n;
+END
+$$;

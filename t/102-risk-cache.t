@@ -18,7 +18,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(32);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(33);
 
 # list_cache=64k: a copy holds at most 64k / 4 / 8 = 2048 digests
 $t->write_file_expand('nginx.conf', <<'EOF');
@@ -228,6 +228,32 @@ ok(warm($ka), 'on the copy again');
 ($risk, $copy) = pay($ka, { customer => { email => 'vip@fraud7.example' } });
 is_deeply([$risk->{decision}, $copy], ['allow', 0],
 	'an allow-list entry: the database allows');
+
+###############################################################################
+# a blocked payment whose worker died before answering: the completer
+# answers its key as the worker would have, 402
+
+my $fp = 'ab' x 32;
+$t->psql(<<"SQL");
+SELECT set_config('payflow.tenant_id', '$ta', false),
+       set_config('payflow.livemode', 'off', false);
+SELECT decision FROM payflow_payment_create('pay_stuckblocked000000000000',
+    1000, 'USD', 'automatic', 'sandbox', NULL,
+    '{"email": "bad1\@fraud.example"}', NULL, NULL, NULL, NULL,
+    'processing', NULL, NULL, NULL, NULL, 'stuck-blocked', '$fp', NULL,
+    NULL, NULL,
+    '{"rules": [], "signals": {"email": "bad1\@fraud.example"}}');
+UPDATE idempotency_keys SET locked_until = now() - interval '1 second'
+ WHERE key = 'stuck-blocked';
+SELECT payflow_complete_idempotency_keys(10, '$ta', false, 'stuck-blocked');
+SQL
+my ($status, $body) = split /\|/, $t->psql("SELECT response_status, "
+	. "response_body FROM idempotency_keys WHERE key = 'stuck-blocked'"), 2;
+my $answer = eval { JSON::PP::decode_json($body // '') } // {};
+is_deeply([$status, $answer->{error}{code}, $answer->{error}{payment}{id},
+	$answer->{error}{payment}{failure_code}],
+	[402, 'payment_blocked', 'pay_stuckblocked000000000000', 'blocked'],
+	'a blocked payment\'s stuck key is finished with its 402');
 
 ###############################################################################
 # lists too large for the copy

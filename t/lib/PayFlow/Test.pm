@@ -227,6 +227,13 @@ sub test_globals {
 		$s .= "load_module $ENV{PAYFLOW_MODULE};\n";
 	}
 
+	# the workers keep the sanitizers' options (nginx clears the rest of
+	# the environment), so that UBSan reports land in make test-asan's
+	# files, not only in error.log
+	for my $v (qw(ASAN_OPTIONS UBSAN_OPTIONS)) {
+		$s .= "env $v;\n" if defined $ENV{$v};
+	}
+
 	$s .= "daemon off;\n"
 		. "master_process on;\n"
 		. "worker_processes 1;\n"
