@@ -136,9 +136,9 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
     st->pay_create = pf_pg_statement_add(pmcf->db, "payflow_pay_create",
         "SELECT fingerprint, phase, locked, response_status, "
         "response_body, payment_id, request_id, object_id, mine, payment, "
-        "decision, copied FROM payflow_payment_create($1, $2::bigint, $3, $4, $5, $6, "
-        "$7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-        "$18, $19, $20, $21::int, $22::jsonb)", 22);
+        "decision, copied FROM payflow_payment_create($1, $2::bigint, $3, "
+        "$4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, "
+        "$15, $16, $17, $18, $19, $20, $21::int, $22::jsonb)", 22);
 
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "

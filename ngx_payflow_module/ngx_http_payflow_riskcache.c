@@ -77,6 +77,8 @@ static ngx_uint_t ngx_http_payflow_risk_cache_listed(
     ngx_uint_t upper);
 static ngx_uint_t ngx_http_payflow_risk_cache_address(
     ngx_http_payflow_risk_tenant_t *t, ngx_str_t *ip);
+static ngx_uint_t ngx_http_payflow_risk_cache_has(
+    ngx_http_payflow_risk_tenant_t *t, uint64_t d);
 static uint64_t ngx_http_payflow_risk_cache_digest(u_char *p, size_t len);
 static ngx_int_t ngx_http_payflow_risk_cache_network(ngx_str_t *text,
     uint64_t *digest, ngx_uint_t *family, ngx_uint_t *prefix);
@@ -264,10 +266,8 @@ static ngx_uint_t
 ngx_http_payflow_risk_cache_listed(ngx_http_payflow_risk_tenant_t *t,
     u_char tag, ngx_str_t *value, ngx_uint_t upper)
 {
-    size_t      i;
-    uint64_t    d;
-    ngx_uint_t  lo, hi, mid;
-    u_char      buf[1 + 255];
+    size_t  i;
+    u_char  buf[1 + 255];
 
     if (value->len == 0) {
         return 0;
@@ -284,27 +284,8 @@ ngx_http_payflow_risk_cache_listed(ngx_http_payflow_risk_tenant_t *t,
         buf[1 + i] = upper ? ngx_toupper(value->data[i]) : value->data[i];
     }
 
-    d = ngx_http_payflow_risk_cache_digest(buf, 1 + value->len);
-
-    lo = 0;
-    hi = t->ndigests;
-
-    while (lo < hi) {
-        mid = lo + (hi - lo) / 2;
-
-        if (t->digests[mid] == d) {
-            return 1;
-        }
-
-        if (t->digests[mid] < d) {
-            lo = mid + 1;
-
-        } else {
-            hi = mid;
-        }
-    }
-
-    return 0;
+    return ngx_http_payflow_risk_cache_has(t,
+               ngx_http_payflow_risk_cache_digest(buf, 1 + value->len));
 }
 
 
@@ -316,9 +297,8 @@ ngx_http_payflow_risk_cache_address(ngx_http_payflow_risk_tenant_t *t,
 {
     size_t      n;
     u_char     *addr;
-    uint64_t    d;
     in_addr_t   v4;
-    ngx_uint_t  family, bits, len, i, lo, hi, mid;
+    ngx_uint_t  family, bits, len, i;
     u_char      buf[4 + 16], a6[16];
 
     if (ip->len == 0
@@ -364,24 +344,40 @@ ngx_http_payflow_risk_cache_address(ngx_http_payflow_risk_tenant_t *t,
                          : addr[i] & (u_char) (0xff << (8 - bits % 8));
         }
 
-        d = ngx_http_payflow_risk_cache_digest(buf, len);
+        if (ngx_http_payflow_risk_cache_has(t,
+                ngx_http_payflow_risk_cache_digest(buf, len)))
+        {
+            return 1;
+        }
+    }
 
-        lo = 0;
-        hi = t->ndigests;
+    return 0;
+}
 
-        while (lo < hi) {
-            mid = lo + (hi - lo) / 2;
 
-            if (t->digests[mid] == d) {
-                return 1;
-            }
+/* the digest among the copy's (sorted) */
 
-            if (t->digests[mid] < d) {
-                lo = mid + 1;
+static ngx_uint_t
+ngx_http_payflow_risk_cache_has(ngx_http_payflow_risk_tenant_t *t,
+    uint64_t d)
+{
+    ngx_uint_t  lo, hi, mid;
 
-            } else {
-                hi = mid;
-            }
+    lo = 0;
+    hi = t->ndigests;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        if (t->digests[mid] == d) {
+            return 1;
+        }
+
+        if (t->digests[mid] < d) {
+            lo = mid + 1;
+
+        } else {
+            hi = mid;
         }
     }
 
