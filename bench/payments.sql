@@ -31,7 +31,7 @@ SELECT set_config('payflow.tenant_id', :tenant, true),
        set_config('payflow.request_id',
                   'req_' || :run || lpad(:u::text, 14, '0'), true);
 SELECT fingerprint, phase, locked, response_status, response_body,
-       payment_id, request_id, object_id, mine, payment, decision
+       payment_id, request_id, object_id, mine, payment, decision, copied
   FROM payflow_payment_create('pay_' || :run || lpad(:u::text, 14, '0'),
        :amount::bigint, :currency, :capture, :provider, NULL, NULL::jsonb,
        NULL::jsonb, NULL, NULL, NULL, :outcome, NULL, NULL, NULL, NULL,
