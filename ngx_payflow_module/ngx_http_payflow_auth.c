@@ -25,6 +25,7 @@
 #define NGX_HTTP_PAYFLOW_DEFAULT_CACHE_SIZE  (1024 * 1024)
 
 
+static void ngx_http_payflow_kek_wipe(void *data);
 static ngx_int_t ngx_http_payflow_authenticate(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 static ngx_int_t ngx_http_payflow_auth_key(ngx_http_request_t *r,
@@ -138,6 +139,104 @@ ngx_http_payflow_pepper(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     return pf_conf_secret(cf, "payflow_key_pepper", &value[1], 32,
                           &pmcf->pepper);
+}
+
+
+/* payflow_kek <id> file=<path> | env=<NAME> [current] */
+
+char *
+ngx_http_payflow_kek(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_payflow_main_conf_t *pmcf = conf;
+
+    char                *rv;
+    ngx_int_t            rc;
+    ngx_str_t           *value, hex;
+    ngx_uint_t           current;
+    ngx_pool_cleanup_t  *cln;
+
+    (void) cmd;
+
+    value = cf->args->elts;
+    current = 0;
+
+    if (cf->args->nelts == 4) {
+        if (ngx_strcmp(value[3].data, "current") != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "payflow_kek: invalid parameter \"%V\", "
+                               "expected \"current\"", &value[3]);
+            return NGX_CONF_ERROR;
+        }
+
+        current = 1;
+    }
+
+    if (pmcf->keyring.keks.elts == NULL) {
+        cln = ngx_pool_cleanup_add(cf->pool, 0);
+        if (cln == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cln->handler = ngx_http_payflow_kek_wipe;
+        cln->data = &pmcf->keyring;
+    }
+
+    rv = pf_conf_secret(cf, "payflow_kek", &value[2], 1, &hex);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rc = pf_keyring_add(cf, &pmcf->keyring, &value[1], &hex, current);
+
+    OPENSSL_cleanse(hex.data, hex.len);
+
+    switch (rc) {
+
+    case NGX_OK:
+        return NGX_CONF_OK;
+
+    case NGX_DECLINED:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_kek: the id \"%V\" must be 1 to 32 "
+                           "letters, digits, \"_\" or \"-\"", &value[1]);
+        return NGX_CONF_ERROR;
+
+    case NGX_BUSY:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_kek: \"%V\" is duplicate", &value[1]);
+        return NGX_CONF_ERROR;
+
+    case NGX_ABORT:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_kek: the key in \"%V\" is not 64 hex "
+                           "digits (32 bytes; scripts/pf-kek new makes "
+                           "one)", &value[2]);
+        return NGX_CONF_ERROR;
+
+    case NGX_AGAIN:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "payflow_kek: only one key may be \"current\"");
+        return NGX_CONF_ERROR;
+
+    default:
+        return NGX_CONF_ERROR;
+    }
+}
+
+
+static void
+ngx_http_payflow_kek_wipe(void *data)
+{
+    pf_keyring_t *ring = data;
+
+    ngx_uint_t   i;
+    pf_kek_t    *kek;
+
+    kek = ring->keks.elts;
+
+    for (i = 0; i < ring->keks.nelts; i++) {
+        OPENSSL_cleanse(kek[i].key, sizeof(kek[i].key));
+    }
 }
 
 

@@ -20,6 +20,7 @@ typedef enum {
 } ngx_http_payflow_auth_var_e;
 
 
+char *ngx_http_payflow_kek(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_payflow_pepper(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_payflow_key_cache(ngx_conf_t *cf, ngx_command_t *cmd,

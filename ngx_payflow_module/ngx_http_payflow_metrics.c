@@ -36,6 +36,9 @@ typedef struct {
     ngx_atomic_t                outbox_lag_ms;
     ngx_atomic_t                ledger_unsealed;
     ngx_atomic_t                ledger_lag_ms;
+    ngx_atomic_t                secrets_pending;
+    ngx_atomic_t                secrets_resealed;
+    ngx_atomic_t                secrets_unopened;
     ngx_atomic_t                transitions[NGX_HTTP_PAYFLOW_M_TYPES]
                                            [NGX_HTTP_PAYFLOW_M_SOURCES];
     pf_pg_metrics_t             pg;
@@ -241,6 +244,32 @@ ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
 
     mz->sh->outbox_backlog = backlog;
     mz->sh->outbox_lag_ms = lag;
+}
+
+
+/*
+ * The background sealing of secrets: pending >= 0 sets what is left to
+ * seal under the current payflow_kek; resealed and unopened count rows.
+ */
+
+void
+ngx_http_payflow_metrics_secrets(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t pending, ngx_uint_t resealed, ngx_uint_t unopened)
+{
+    ngx_http_payflow_metrics_zone_t  *mz;
+
+    if (pmcf->metrics == NULL) {
+        return;
+    }
+
+    mz = pmcf->metrics->data;
+
+    if (pending >= 0) {
+        mz->sh->secrets_pending = (ngx_atomic_uint_t) pending;
+    }
+
+    (void) ngx_atomic_fetch_add(&mz->sh->secrets_resealed, resealed);
+    (void) ngx_atomic_fetch_add(&mz->sh->secrets_unopened, unopened);
 }
 
 
@@ -697,6 +726,25 @@ ngx_http_payflow_metrics_auth_out(pf_prom_t *out,
                    "sequencer last ran (0 when all are sealed).");
     pf_prom_printf(out, "payflow_ledger_seal_lag_seconds %.3f\n",
                    (double) sh->ledger_lag_ms / 1000);
+
+    pf_prom_family(out, "payflow_secrets_pending", "gauge",
+                   "Stored secrets not yet sealed under the current "
+                   "payflow_kek (in the clear, or under an older key), as "
+                   "a worker last counted them.");
+    pf_prom_printf(out, "payflow_secrets_pending %uA\n",
+                   sh->secrets_pending);
+
+    pf_prom_family(out, "payflow_secrets_resealed_total", "counter",
+                   "Stored secrets sealed, or wrapped again under the "
+                   "current payflow_kek, in the background.");
+    pf_prom_printf(out, "payflow_secrets_resealed_total %uA\n",
+                   sh->secrets_resealed);
+
+    pf_prom_family(out, "payflow_secrets_unopened_total", "counter",
+                   "Stored secrets that did not open (their payflow_kek is "
+                   "not configured, or they were moved from another row).");
+    pf_prom_printf(out, "payflow_secrets_unopened_total %uA\n",
+                   sh->secrets_unopened);
 }
 
 

@@ -44,6 +44,8 @@ pf_pg_metrics_t *ngx_http_payflow_metrics_pg(
 void ngx_http_payflow_metrics_transitions(
     ngx_http_payflow_main_conf_t *pmcf, const char *type, const char *source,
     ngx_int_t n);
+void ngx_http_payflow_metrics_secrets(ngx_http_payflow_main_conf_t *pmcf,
+    ngx_int_t pending, ngx_uint_t resealed, ngx_uint_t unopened);
 void ngx_http_payflow_metrics_outbox(ngx_http_payflow_main_conf_t *pmcf,
     ngx_int_t result, ngx_uint_t backlog, ngx_msec_t lag);
 void ngx_http_payflow_metrics_ledger(ngx_http_payflow_main_conf_t *pmcf,

@@ -72,6 +72,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       0,
       NULL },
 
+    { ngx_string("payflow_kek"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
+      ngx_http_payflow_kek,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("payflow_key_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_payflow_key_cache,
@@ -1204,6 +1211,21 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    switch (pf_keyring_ready(cf, &pmcf->keyring)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "several \"payflow_kek\" keys: one must be "
+                           "\"current\" (the one that seals)");
+        return NGX_CONF_ERROR;
+
+    default:
+        return NGX_CONF_ERROR;
+    }
+
     ngx_conf_init_msec_value(pmcf->jobs_interval, 10000);
 
     if (pmcf->jobs_interval < 100) {
@@ -1380,6 +1402,7 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_webhook_init(pmcf) != NGX_OK
             || ngx_http_payflow_outbox_init(cf, pmcf) != NGX_OK
             || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK
+            || ngx_http_payflow_reseal_init(pmcf) != NGX_OK
             || ngx_http_payflow_reviews_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
@@ -1473,7 +1496,8 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
 
     if (ngx_http_payflow_jobs_start(cycle, pmcf) != NGX_OK
         || ngx_http_payflow_sealer_start(cycle, pmcf) != NGX_OK
-        || ngx_http_payflow_outbox_start(cycle, pmcf) != NGX_OK)
+        || ngx_http_payflow_outbox_start(cycle, pmcf) != NGX_OK
+        || ngx_http_payflow_reseal_start(cycle, pmcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -1499,6 +1523,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
         ngx_http_payflow_sealer_stop();
         ngx_http_payflow_outbox_stop();
         ngx_http_payflow_risk_cache_stop();
+        ngx_http_payflow_reseal_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;
     }

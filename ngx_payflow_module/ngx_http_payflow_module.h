@@ -19,6 +19,7 @@
 #include "pf_jwt.h"
 #include "pf_pg.h"
 #include "pf_response.h"
+#include "pf_seal.h"
 
 
 #define NGX_HTTP_PAYFLOW_MAX_PARAMS   4
@@ -169,6 +170,8 @@ typedef struct {
     const pf_pg_statement_t    *review_peek;
     const pf_pg_statement_t    *risk_snapshot;
     const pf_pg_statement_t    *risk_versions;
+    const pf_pg_statement_t    *secrets_due;
+    const pf_pg_statement_t    *secrets_store;
 } ngx_http_payflow_statements_t;
 
 
@@ -180,6 +183,7 @@ typedef struct {
 
     ngx_str_t                   pepper;
     pf_hmac_t                   hmac;          /* this worker's */
+    pf_keyring_t                keyring;       /* payflow_kek */
 
     ngx_shm_zone_t             *keycache;
     time_t                      cache_ttl;

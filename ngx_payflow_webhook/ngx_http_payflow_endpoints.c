@@ -51,7 +51,13 @@ typedef struct {
     const pf_pg_statement_t    *statement;
     const char                **values;
     ngx_uint_t                  nvalues;
+    ngx_str_t                   shown;         /* the new secret, once */
 } ngx_http_payflow_endpoint_op_t;
+
+
+static ngx_int_t ngx_http_payflow_endpoint_seal(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_str_t *id,
+    ngx_http_payflow_endpoint_op_t *op, const char **stored);
 
 
 static const char  *ngx_http_payflow_event_types[] = {
@@ -73,7 +79,7 @@ ngx_http_payflow_endpoints_init(ngx_http_payflow_main_conf_t *pmcf)
 
     st->endpoint_create = pf_pg_statement_add(pmcf->db,
         "payflow_endpoint_create",
-        "SELECT payflow_endpoint_create($1, $2, $3, $4)", 4);
+        "SELECT payflow_endpoint_create($1, $2, $3, $4, $5)", 5);
     st->endpoint_list = pf_pg_statement_add(pmcf->db,
         "payflow_endpoint_list",
         "SELECT payflow_endpoint_list($1, $2, $3::int)", 3);
@@ -118,27 +124,35 @@ ngx_int_t
 ngx_http_payflow_endpoints_create(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
+    ngx_str_t                       id;
     const char                    **v;
-    ngx_str_t                       secret;
     ngx_http_payflow_main_conf_t   *pmcf;
     ngx_http_payflow_endpoint_op_t *op;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    v = ngx_pcalloc(r->pool, 5 * sizeof(char *));
+    v = ngx_pcalloc(r->pool, 6 * sizeof(char *));
     op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_endpoint_op_t));
     if (v == NULL || op == NULL
-        || ngx_http_payflow_outbox_secret(r->pool, &secret) != NGX_OK)
+        || pf_id_generate(r->pool, "we_", &id) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* values: url, events (JSON), description, secret */
-    v[3] = (char *) secret.data;
+    /* values: url, events (JSON), description, id, secret */
+
+    v[3] = ngx_http_payflow_db_str(r->pool, &id);
+    if (v[3] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_payflow_endpoint_seal(r, ctx, &id, op, &v[4]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     op->statement = pmcf->st.endpoint_create;
     op->values = v;
-    op->nvalues = 4;
+    op->nvalues = 5;
     ctx->op = op;
 
     return ngx_http_payflow_endpoint_fields(r, ctx, v, 1);
@@ -618,10 +632,12 @@ ngx_http_payflow_endpoint_store(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_payflow_endpoint_stored(ngx_http_request_t *r, pf_pg_query_t *q)
 {
-    PGresult    *res;
-    ngx_str_t    data;
-    pf_error_t   err;
-    const char  *state;
+    u_char                          *p;
+    PGresult                        *res;
+    ngx_str_t                        data, shown;
+    pf_error_t                       err;
+    const char                      *state;
+    ngx_http_payflow_endpoint_op_t  *op;
 
     if (q->status == PF_PG_SQL_ERROR) {
         state = pf_pg_query_sqlstate(q);
@@ -658,7 +674,134 @@ ngx_http_payflow_endpoint_stored(ngx_http_request_t *r, pf_pg_query_t *q)
     data.data = (u_char *) PQgetvalue(res, 0, 0);
     data.len = PQgetlength(res, 0, 0);
 
+    op = ((ngx_http_payflow_ctx_t *)
+          ngx_http_get_module_ctx(r, ngx_http_payflow_module))->op;
+
+    if (op->shown.len && data.len > 2 && data.data[data.len - 1] == '}') {
+
+        /* the new secret, shown this once: never read back from the row */
+
+        p = ngx_pnalloc(r->pool, data.len + sizeof(", \"secret\": \"\"")
+                                 + op->shown.len);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        shown.data = p;
+        p = ngx_cpymem(p, data.data, data.len - 1);
+        p = ngx_cpymem(p, ", \"secret\": \"", sizeof(", \"secret\": \"") - 1);
+        p = ngx_cpymem(p, op->shown.data, op->shown.len);
+        *p++ = '"';
+        *p++ = '}';
+        shown.len = p - shown.data;
+
+        data = shown;
+    }
+
     return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
+}
+
+
+/*
+ * A new signing secret: *stored is what the row keeps (sealed under the
+ * current payflow_kek, bound to the tenant, the mode and the endpoint; in
+ * the clear without one), op->shown what the answer shows once.
+ */
+
+static ngx_int_t
+ngx_http_payflow_endpoint_seal(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, ngx_str_t *id,
+    ngx_http_payflow_endpoint_op_t *op, const char **stored)
+{
+    ngx_str_t                      sealed, aad;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+
+    if (ngx_http_payflow_outbox_secret(r->pool, &op->shown) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (pmcf->keyring.current == NULL) {
+        *stored = (char *) op->shown.data;
+        return NGX_OK;
+    }
+
+    if (ngx_http_payflow_endpoint_aad(r->pool, &ctx->auth.tenant_id,
+                                      ctx->auth.livemode, id, &aad)
+        != NGX_OK
+        || pf_seal(r->pool, &pmcf->keyring, &aad, &op->shown, &sealed)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *stored = (char *) sealed.data;
+
+    return NGX_OK;
+}
+
+
+/* what a sealed signing secret is bound to */
+
+ngx_int_t
+ngx_http_payflow_endpoint_aad(ngx_pool_t *pool, ngx_str_t *tenant,
+    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, sizeof("webhook_endpoints\n\nt\n") + tenant->len
+                          + id->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    aad->data = p;
+    p = ngx_cpymem(p, "webhook_endpoints\n",
+                   sizeof("webhook_endpoints\n") - 1);
+    p = ngx_cpymem(p, tenant->data, tenant->len);
+    *p++ = '\n';
+    *p++ = livemode ? 'l' : 't';
+    *p++ = '\n';
+    p = ngx_cpymem(p, id->data, id->len);
+    aad->len = p - aad->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A row's signing secret as the signer needs it: opened if sealed, as it
+ * is if in the clear (written before payflow_kek).  NGX_DECLINED: it does
+ * not open (its KEK is not configured, or it was moved from another row).
+ */
+
+ngx_int_t
+ngx_http_payflow_endpoint_open(ngx_pool_t *pool, pf_keyring_t *ring,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id,
+    ngx_str_t *secret)
+{
+    ngx_int_t  rc;
+    ngx_str_t  aad, plain;
+
+    if (!pf_sealed(secret)) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_payflow_endpoint_aad(pool, tenant, livemode, id, &aad)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rc = pf_unseal(pool, ring, &aad, secret, &plain);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    *secret = plain;
+
+    return NGX_OK;
 }
 
 
@@ -776,11 +919,11 @@ ngx_http_payflow_endpoints_rotate(ngx_http_request_t *r,
 {
     u_char                          *p;
     ngx_int_t                        rc;
-    ngx_str_t                        secret;
     pf_error_t                       err;
     const char                     **v;
     ngx_http_payflow_main_conf_t    *pmcf;
     ngx_http_payflow_outbox_conf_t  *ocf;
+    ngx_http_payflow_endpoint_op_t  *op;
 
     static const char  *none[] = { NULL };
 
@@ -795,24 +938,29 @@ ngx_http_payflow_endpoints_rotate(ngx_http_request_t *r,
 
     v = ngx_pcalloc(r->pool, 3 * sizeof(char *));
     p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN + sizeof(" s"));
+    op = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_endpoint_op_t));
 
-    if (v == NULL || p == NULL
-        || ngx_http_payflow_outbox_secret(r->pool, &secret) != NGX_OK)
-    {
+    if (v == NULL || p == NULL || op == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
-    v[1] = (char *) secret.data;
     v[2] = (char *) p;
     (void) ngx_sprintf(p, "%T s%Z", ocf->grace);
 
-    if (v[0] == NULL) {
+    if (v[0] == NULL
+        || ngx_http_payflow_endpoint_seal(r, ctx, &ctx->params[0], op, &v[1])
+           != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_json_run(r, pmcf->st.endpoint_rotate, v, 3,
-                                     "rotating a webhook secret");
+    op->statement = pmcf->st.endpoint_rotate;
+    op->values = v;
+    op->nvalues = 3;
+    ctx->op = op;
+
+    return ngx_http_payflow_endpoint_store(r);
 }
 
 

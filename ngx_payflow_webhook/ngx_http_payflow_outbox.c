@@ -22,6 +22,7 @@
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_metrics.h"
 
+#include <openssl/crypto.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
@@ -96,7 +97,7 @@ ngx_http_payflow_outbox_init(ngx_conf_t *cf,
 
     st->outbox_claim = pf_pg_statement_add(pmcf->db, "payflow_outbox_claim",
         "SELECT id, attempt, endpoint_id, url, secret, previous_secret, "
-        "event_id, body, request_id, livemode, enabled "
+        "event_id, body, request_id, livemode, enabled, tenant_id "
         "FROM payflow_outbox_claim($1::int, $2::interval, "
         NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT ")", 2);
 
@@ -380,15 +381,17 @@ ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
 
 /*
  * Row: id, attempt, endpoint_id, url, secret, previous_secret, event_id,
- * body, request_id, livemode, enabled.  What is kept is copied into the
- * delivery's own pool: the claim's results are freed at once.
+ * body, request_id, livemode, enabled, tenant_id.  What is kept is copied
+ * into the delivery's own pool: the claim's results are freed at once.
  */
 
 static void
 ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
     ngx_uint_t row)
 {
-    ngx_str_t                     url, body, secret, previous, rid;
+    ngx_str_t                     url, body, secret, previous, rid, tenant;
+    ngx_int_t                     rc;
+    ngx_uint_t                    livemode;
     ngx_pool_t                   *pool;
     pf_curl_call_t               *call;
     ngx_http_payflow_delivery_t  *d;
@@ -422,6 +425,7 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
     ngx_http_payflow_copy(previous, 5);
     ngx_http_payflow_copy(body, 7);
     ngx_http_payflow_copy(rid, 8);
+    ngx_http_payflow_copy(tenant, 11);
 
 #undef ngx_http_payflow_copy
 
@@ -431,6 +435,31 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
         /* disabled since the event: nothing more is sent to it */
         d->final = 1;
         ngx_http_payflow_outbox_record(d, 0, "the endpoint is disabled");
+        return;
+    }
+
+    /* the signing secrets, opened in this pool, wiped once signed */
+
+    livemode = (PQgetvalue(res, row, 9)[0] == 't');
+
+    rc = ngx_http_payflow_endpoint_open(pool, &ob->pmcf->keyring, &tenant,
+                                        livemode, &d->endpoint, &secret);
+
+    if (rc == NGX_OK && !PQgetisnull(res, row, 5)) {
+        rc = ngx_http_payflow_endpoint_open(pool, &ob->pmcf->keyring,
+                                            &tenant, livemode, &d->endpoint,
+                                            &previous);
+    }
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, ob->log, 0,
+                      "payflow outbox: the signing secret of endpoint %V "
+                      "does not open (its payflow_kek is not configured, "
+                      "or it was written for another row): delivery %V "
+                      "not sent", &d->endpoint, &d->id);
+        ngx_http_payflow_outbox_record(d, 0,
+                                       "the endpoint's signing secret does "
+                                       "not open");
         return;
     }
 
@@ -454,11 +483,15 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
         goto sent_failed;
     }
 
-    if (ngx_http_payflow_outbox_sign(d, &body, &secret,
-                                     PQgetisnull(res, row, 5)
-                                     ? NULL : &previous,
-                                     ngx_time())
-        != NGX_OK
+    rc = ngx_http_payflow_outbox_sign(d, &body, &secret,
+                                      PQgetisnull(res, row, 5)
+                                      ? NULL : &previous,
+                                      ngx_time());
+
+    OPENSSL_cleanse(secret.data, secret.len);
+    OPENSSL_cleanse(previous.data, previous.len);
+
+    if (rc != NGX_OK
         || pf_curl_header(call, "Content-Type",
                           &(ngx_str_t) ngx_string("application/json"))
            != NGX_OK

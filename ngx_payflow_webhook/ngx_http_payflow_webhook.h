@@ -38,6 +38,15 @@ ngx_int_t ngx_http_payflow_outbox_check(pf_curl_call_t *call,
 ngx_int_t ngx_http_payflow_outbox_secret(ngx_pool_t *pool,
     ngx_str_t *secret);
 
+ngx_int_t ngx_http_payflow_reseal_init(ngx_http_payflow_main_conf_t *pmcf);
+ngx_int_t ngx_http_payflow_reseal_start(ngx_cycle_t *cycle,
+    ngx_http_payflow_main_conf_t *pmcf);
+void ngx_http_payflow_reseal_stop(void);
+ngx_int_t ngx_http_payflow_endpoint_aad(ngx_pool_t *pool, ngx_str_t *tenant,
+    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad);
+ngx_int_t ngx_http_payflow_endpoint_open(ngx_pool_t *pool, pf_keyring_t *ring,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id,
+    ngx_str_t *secret);
 ngx_int_t ngx_http_payflow_endpoints_init(
     ngx_http_payflow_main_conf_t *pmcf);
 ngx_int_t ngx_http_payflow_endpoints_create(ngx_http_request_t *r,

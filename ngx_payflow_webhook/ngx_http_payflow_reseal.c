@@ -1,0 +1,406 @@
+
+/*
+ * Copyright (C) PayFlow
+ *
+ * The background sealing of stored signing secrets (sql/0023): every few
+ * seconds each worker asks for endpoints whose secrets are not sealed
+ * under the current payflow_kek (in the clear, written before a KEK was
+ * configured, or under an older KEK), seals or wraps them again, and
+ * writes each back only over what it read.  Resumable and idempotent: a
+ * pass that dies leaves rows as they were, the next one takes them.  With
+ * the old KEK still configured, the data is readable throughout: the
+ * operator removes it once payflow_secrets_pending reads 0.
+ */
+
+
+#include "ngx_http_payflow_webhook.h"
+#include "ngx_http_payflow_metrics.h"
+
+
+#define NGX_HTTP_PAYFLOW_RESEAL_EVERY   5000       /* ms */
+#define NGX_HTTP_PAYFLOW_RESEAL_BATCH   "50"
+
+
+typedef struct {
+    ngx_http_payflow_main_conf_t  *pmcf;
+    ngx_log_t                     *log;
+    ngx_event_t                    timer;
+    ngx_pool_t                    *pool;           /* a pass in flight */
+} ngx_http_payflow_reseal_t;
+
+
+static void ngx_http_payflow_reseal_run(ngx_event_t *ev);
+static void ngx_http_payflow_reseal_due(pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *in,
+    ngx_str_t *out);
+static u_char *ngx_http_payflow_reseal_item(u_char *p, ngx_str_t *s,
+    ngx_uint_t first);
+static void ngx_http_payflow_reseal_stored(pf_pg_query_t *q);
+static void ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs);
+
+
+static ngx_http_payflow_reseal_t  ngx_http_payflow_reseal;
+
+
+ngx_int_t
+ngx_http_payflow_reseal_init(ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_statements_t  *st;
+
+    st = &pmcf->st;
+
+    st->secrets_due = pf_pg_statement_add(pmcf->db, "payflow_secrets_due",
+        "SELECT id, tenant_id, livemode, secret, previous_secret, due "
+        "FROM payflow_secrets_due($1, " NGX_HTTP_PAYFLOW_RESEAL_BATCH ")",
+        1);
+    st->secrets_store = pf_pg_statement_add(pmcf->db,
+        "payflow_secrets_store",
+        "SELECT payflow_secrets_store($1::text[], $2::text[], $3::text[], "
+        "$4::text[], $5::text[])", 5);
+
+    return (st->secrets_due && st->secrets_store) ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_payflow_reseal_start(ngx_cycle_t *cycle,
+    ngx_http_payflow_main_conf_t *pmcf)
+{
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = &ngx_http_payflow_reseal;
+
+    ngx_memzero(rs, sizeof(ngx_http_payflow_reseal_t));
+
+    if (pmcf->keyring.current == NULL) {
+        /* no KEK: secrets stay as they are written, in the clear */
+        return NGX_OK;
+    }
+
+    rs->pmcf = pmcf;
+    rs->log = cycle->log;
+    rs->timer.handler = ngx_http_payflow_reseal_run;
+    rs->timer.data = rs;
+    rs->timer.log = cycle->log;
+    rs->timer.cancelable = 1;
+
+    /* soon after start: a new KEK is taken up at once */
+    ngx_add_timer(&rs->timer, 500 + (ngx_msec_t) ngx_random() % 1000);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_payflow_reseal_stop(void)
+{
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = &ngx_http_payflow_reseal;
+
+    if (rs->timer.timer_set) {
+        ngx_del_timer(&rs->timer);
+    }
+
+    if (rs->pool) {
+        /* the query's cleanup detaches it from its connection */
+        ngx_destroy_pool(rs->pool);
+        rs->pool = NULL;
+    }
+}
+
+
+static void
+ngx_http_payflow_reseal_run(ngx_event_t *ev)
+{
+    const char                **values;
+    pf_pg_query_t              *q;
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = ev->data;
+
+    if (ngx_exiting || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(&rs->timer, NGX_HTTP_PAYFLOW_RESEAL_EVERY
+                              + (ngx_msec_t) ngx_random() % 1000);
+
+    if (rs->pool) {
+        return;
+    }
+
+    rs->pool = ngx_create_pool(4096, rs->log);
+    if (rs->pool == NULL) {
+        return;
+    }
+
+    q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
+    values = ngx_palloc(rs->pool, sizeof(char *));
+
+    if (q == NULL || values == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    values[0] = (char *) rs->pmcf->keyring.prefix.data;
+
+    q->stmts[0].statement = rs->pmcf->st.secrets_due;
+    q->stmts[0].nparams = 1;
+    q->stmts[0].values = values;
+    q->handler = ngx_http_payflow_reseal_due;
+    q->data = rs;
+
+    if (pf_pg_query_run(q) != NGX_OK) {
+        ngx_http_payflow_reseal_done(rs);
+    }
+}
+
+
+/* rows: id, tenant_id, livemode, secret, previous_secret, due */
+
+static void
+ngx_http_payflow_reseal_due(pf_pg_query_t *q)
+{
+    u_char                     *p[5];
+    size_t                      len;
+    PGresult                   *res;
+    ngx_str_t                   id, tenant, out[2], old[2];
+    ngx_int_t                   rc, due;
+    ngx_uint_t                  i, j, n, livemode, unopened;
+    const char                **values;
+    pf_pg_query_t              *q2;
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = q->data;
+    res = q->results[0];
+
+    if (q->status != PF_PG_OK || PQnfields(res) != 6) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    n = PQntuples(res);
+    due = n ? ngx_atoi((u_char *) PQgetvalue(res, 0, 5),
+                       PQgetlength(res, 0, 5)) : 0;
+
+    if (n == 0) {
+        ngx_http_payflow_metrics_secrets(rs->pmcf, 0, 0, 0);
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    /*
+     * Five text[] literals: ids, old, new, old previous, new previous.  A
+     * sealed value is at most 4/3 of what it seals and 160 bytes, the
+     * same again when wrapped anew: room for any of them per row.
+     */
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        len += 2 * (PQgetlength(res, i, 3) + PQgetlength(res, i, 4))
+               + PQgetlength(res, i, 0) + 400;
+    }
+
+    for (j = 0; j < 5; j++) {
+        p[j] = ngx_pnalloc(rs->pool, len + 3);
+        if (p[j] == NULL) {
+            ngx_http_payflow_reseal_done(rs);
+            return;
+        }
+    }
+
+    values = ngx_palloc(rs->pool, 5 * sizeof(char *));
+    if (values == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    for (j = 0; j < 5; j++) {
+        values[j] = (char *) p[j];
+        *p[j]++ = '{';
+    }
+
+    unopened = 0;
+
+    for (i = 0, j = 0; i < n; i++) {
+        id.data = (u_char *) PQgetvalue(res, i, 0);
+        id.len = PQgetlength(res, i, 0);
+        tenant.data = (u_char *) PQgetvalue(res, i, 1);
+        tenant.len = PQgetlength(res, i, 1);
+        livemode = (PQgetvalue(res, i, 2)[0] == 't');
+
+        old[0].data = (u_char *) PQgetvalue(res, i, 3);
+        old[0].len = PQgetlength(res, i, 3);
+        rc = ngx_http_payflow_reseal_one(rs, &tenant, livemode, &id, &old[0],
+                                         &out[0]);
+
+        if (rc == NGX_OK && !PQgetisnull(res, i, 4)) {
+            old[1].data = (u_char *) PQgetvalue(res, i, 4);
+            old[1].len = PQgetlength(res, i, 4);
+            rc = ngx_http_payflow_reseal_one(rs, &tenant, livemode, &id,
+                                             &old[1], &out[1]);
+        } else {
+            old[1].data = NULL;
+            out[1].data = NULL;
+        }
+
+        if (rc == NGX_ERROR) {
+            ngx_http_payflow_reseal_done(rs);
+            return;
+        }
+
+        if (rc != NGX_OK) {
+            ngx_log_error(NGX_LOG_ERR, rs->log, 0,
+                          "payflow: the signing secret of endpoint %V does "
+                          "not open (its payflow_kek is not configured, or "
+                          "it was written for another row): left as it is",
+                          &id);
+            unopened++;
+            continue;
+        }
+
+        p[0] = ngx_http_payflow_reseal_item(p[0], &id, j == 0);
+        p[1] = ngx_http_payflow_reseal_item(p[1], &old[0], j == 0);
+        p[2] = ngx_http_payflow_reseal_item(p[2], &out[0], j == 0);
+        p[3] = ngx_http_payflow_reseal_item(p[3], &old[1], j == 0);
+        p[4] = ngx_http_payflow_reseal_item(p[4], &out[1], j == 0);
+        j++;
+    }
+
+    for (i = 0; i < 5; i++) {
+        *p[i]++ = '}';
+        *p[i] = '\0';
+    }
+
+    ngx_http_payflow_metrics_secrets(rs->pmcf, due, 0, unopened);
+
+    if (j == 0) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    q2 = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
+    if (q2 == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    q2->stmts[0].statement = rs->pmcf->st.secrets_store;
+    q2->stmts[0].nparams = 5;
+    q2->stmts[0].values = values;
+    q2->handler = ngx_http_payflow_reseal_stored;
+    q2->data = rs;
+
+    if (pf_pg_query_run(q2) != NGX_OK) {
+        ngx_http_payflow_reseal_done(rs);
+    }
+}
+
+
+/*
+ * The value as it is to be stored: sealed under the current KEK (from the
+ * clear, or its data key wrapped again).  NGX_DECLINED: it does not open.
+ */
+
+static ngx_int_t
+ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *in,
+    ngx_str_t *out)
+{
+    ngx_int_t      rc;
+    ngx_str_t      aad;
+    pf_keyring_t  *ring;
+
+    ring = &rs->pmcf->keyring;
+
+    if (in->len >= ring->prefix.len
+        && ngx_strncmp(in->data, ring->prefix.data, ring->prefix.len) == 0)
+    {
+        *out = *in;
+        return NGX_OK;
+    }
+
+    if (ngx_http_payflow_endpoint_aad(rs->pool, tenant, livemode, id, &aad)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (pf_sealed(in)) {
+        rc = pf_reseal(rs->pool, ring, &aad, in, out);
+
+    } else {
+        rc = pf_seal(rs->pool, ring, &aad, in, out);
+    }
+
+    return rc;
+}
+
+
+/* one element of a text[] literal (values are base64 and "pf1."/"whsec_") */
+
+static u_char *
+ngx_http_payflow_reseal_item(u_char *p, ngx_str_t *s, ngx_uint_t first)
+{
+    if (!first) {
+        *p++ = ',';
+    }
+
+    if (s->data == NULL) {
+        return ngx_cpymem(p, "NULL", 4);
+    }
+
+    *p++ = '"';
+    p = ngx_cpymem(p, s->data, s->len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+static void
+ngx_http_payflow_reseal_stored(pf_pg_query_t *q)
+{
+    ngx_int_t                   n;
+    PGresult                   *res;
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = q->data;
+    res = q->results[0];
+
+    if (q->status == PF_PG_OK && PQntuples(res) == 1) {
+        n = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
+                     PQgetlength(res, 0, 0));
+
+        if (n > 0) {
+            ngx_http_payflow_metrics_secrets(rs->pmcf, -1, (ngx_uint_t) n,
+                                             0);
+            ngx_log_error(NGX_LOG_INFO, rs->log, 0,
+                          "payflow: %i signing secrets sealed under "
+                          "payflow_kek \"%V\"", n,
+                          &rs->pmcf->keyring.current->id);
+
+            /* more may be due: at once, not in five seconds */
+            if (rs->timer.timer_set) {
+                ngx_del_timer(&rs->timer);
+            }
+
+            ngx_add_timer(&rs->timer, 10);
+        }
+    }
+
+    ngx_http_payflow_reseal_done(rs);
+}
+
+
+static void
+ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs)
+{
+    if (rs->pool) {
+        ngx_destroy_pool(rs->pool);
+        rs->pool = NULL;
+    }
+}
