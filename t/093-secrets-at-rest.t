@@ -148,7 +148,8 @@ $t->poll(15, sub { $t->psql("SELECT count(*) FROM webhook_endpoints "
 my $dump = join '',
 	`$ENV{PAYFLOW_ROOT}/scripts/pf-env test dump --data-only 2>/dev/null`;
 ok($dump =~ /COPY public.webhook_endpoints/, 'pg_dump of the database');
-unlike($dump, qr{whsec_[A-Za-z0-9+/]{43}=}, 'holds no signing secret in the clear');
+unlike($dump, qr{whsec_[A-Za-z0-9+/]{43}=},
+	'holds no signing secret in the clear');
 my $raw = substr($a->{secret}, 6);
 unlike($dump, qr/\Q$raw\E/, 'nor its base64');
 
@@ -178,10 +179,12 @@ $t->psql("UPDATE webhook_endpoints SET secret = "
 http_request('DELETE', '/_receiver/requests', port => $rport);
 pay();
 ok($t->poll(5, sub { received('/hook/a') }), 'a still gets its webhook');
-ok($t->poll(5, sub { $t->error_log =~ /signing secret of endpoint \Q$c->{id}\E does not open/ }),
+ok($t->poll(5, sub { $t->error_log
+	=~ /signing secret of endpoint \Q$c->{id}\E does not open/ }),
 	'the moved secret is refused, with a log line naming the endpoint');
 is(scalar(received('/hook/c')), 0, 'and nothing is sent to that endpoint');
-unlike($t->error_log, qr/pf1\.k1\.|whsec_/, 'no secret or ciphertext in the log');
+unlike($t->error_log, qr/pf1\.k1\.|whsec_/,
+	'no secret or ciphertext in the log');
 $t->psql("DELETE FROM webhook_endpoints WHERE id = '$c->{id}'");
 
 ###############################################################################
