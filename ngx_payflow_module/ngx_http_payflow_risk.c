@@ -222,6 +222,7 @@ typedef struct {
     uint32_t                    now;
     ngx_uint_t                  present[NGX_HTTP_PAYFLOW_RISK_KINDS];
     uint64_t                    digest[NGX_HTTP_PAYFLOW_RISK_KINDS];
+    ngx_http_payflow_risk_node_t  *nodes[NGX_HTTP_PAYFLOW_RISK_KINDS];
     double                      counts[NGX_HTTP_PAYFLOW_RISK_KINDS]
                                       [NGX_HTTP_PAYFLOW_RISK_WINDOWS];
     double                      sums[NGX_HTTP_PAYFLOW_RISK_KINDS]
@@ -849,7 +850,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     ngx_http_payflow_risk_req_t    *rq;
     ngx_http_payflow_risk_conf_t   *rc;
     ngx_http_payflow_main_conf_t   *pmcf;
-    ngx_http_payflow_risk_node_t   *nodes[NGX_HTTP_PAYFLOW_RISK_KINDS], *n;
+    ngx_http_payflow_risk_node_t   *n;
     u_char                          detail[160];
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
@@ -898,7 +899,6 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     ngx_shmtx_lock(&rc->shpool->mutex);
 
     for (kind = 0; kind < NGX_HTTP_PAYFLOW_RISK_KINDS; kind++) {
-        nodes[kind] = NULL;
 
         switch (kind) {
         case NGX_HTTP_PAYFLOW_RISK_CUSTOMER:
@@ -931,7 +931,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
         rq->present[kind] = 1;
 
         n = ngx_http_payflow_risk_node(rc, rq->digest[kind], rq->now);
-        nodes[kind] = n;
+        rq->nodes[kind] = n;
 
         if (n == NULL) {
             continue;
@@ -950,7 +950,7 @@ ngx_http_payflow_risk_assess(ngx_http_request_t *r,
     /* the rules on the node's own statistics, before this payment */
 
     for (k = 0; k < NGX_HTTP_PAYFLOW_RISK_NRULES; k++) {
-        n = nodes[ngx_http_payflow_risk_rules[k].kind];
+        n = rq->nodes[ngx_http_payflow_risk_rules[k].kind];
 
         if (rc->disabled[k] || n == NULL) {
             continue;
@@ -1586,9 +1586,15 @@ ngx_http_payflow_risk_count(ngx_http_request_t *r)
             continue;
         }
 
-        n = ngx_http_payflow_risk_node(rc, rq->digest[kind], rq->now);
-        if (n == NULL) {
-            continue;
+        /* the assessment's node, unless another took its slot since */
+
+        n = rq->nodes[kind];
+
+        if (n == NULL || n->digest != rq->digest[kind]) {
+            n = ngx_http_payflow_risk_node(rc, rq->digest[kind], rq->now);
+            if (n == NULL) {
+                continue;
+            }
         }
 
         for (j = 0; j < NGX_HTTP_PAYFLOW_RISK_WINDOWS; j++) {

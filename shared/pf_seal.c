@@ -115,12 +115,12 @@ pf_keyring_add(ngx_conf_t *cf, pf_keyring_t *ring, ngx_str_t *id,
     }
 
     if (current) {
-        if (ring->current) {
+        if (ring->marked) {
             return NGX_AGAIN;
         }
 
-        /* the array may move as it grows: the index, then the pointer */
-        ring->current = (pf_kek_t *) (uintptr_t) ring->keks.nelts;
+        /* the array may move as it grows: the pointer once it is whole */
+        ring->marked = ring->keks.nelts;
     }
 
     return NGX_OK;
@@ -142,7 +142,7 @@ pf_keyring_ready(ngx_conf_t *cf, pf_keyring_t *ring)
     }
 
     kek = ring->keks.elts;
-    n = (ngx_uint_t) (uintptr_t) ring->current;
+    n = ring->marked;
 
     if (n == 0) {
         if (ring->keks.nelts > 1) {

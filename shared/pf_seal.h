@@ -26,6 +26,7 @@ typedef struct {
 typedef struct {
     ngx_array_t    keks;               /* pf_kek_t */
     pf_kek_t      *current;            /* seals; all of them open */
+    ngx_uint_t     marked;             /* 1 + the index of "current" */
     ngx_str_t      prefix;             /* "pf1.<current id>." */
 } pf_keyring_t;
 

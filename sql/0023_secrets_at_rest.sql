@@ -18,6 +18,30 @@ ALTER TABLE webhook_endpoints
                AND length(previous_secret) <= 1024);
 
 
+-- An endpoint as the API shows it, never with its secret: the row holds it
+-- sealed, and only the worker that made it shows it, once (p_secret, kept
+-- for the signature, is ignored).
+CREATE OR REPLACE FUNCTION payflow_endpoint_json(e webhook_endpoints,
+    p_secret boolean DEFAULT false)
+    RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT jsonb_build_object(
+        'id', e.id,
+        'object', 'webhook_endpoint',
+        'livemode', e.livemode,
+        'url', e.url,
+        'description', e.description,
+        'events', to_jsonb(e.events),
+        'enabled', e.enabled,
+        'status', CASE WHEN e.enabled THEN 'enabled' ELSE 'disabled' END,
+        'disabled_reason', e.disabled_reason,
+        'failing_since', floor(extract(epoch FROM e.failing_since))::bigint,
+        'previous_secret_expires',
+            floor(extract(epoch FROM e.previous_expires_at))::bigint,
+        'created', floor(extract(epoch FROM e.created_at))::bigint)
+$$;
+
 -- The worker names the endpoint (its id is in the seal) and shows the new
 -- secret itself: the row's copy is never read back into an answer.
 DROP FUNCTION payflow_endpoint_create(text, text, text, text);
