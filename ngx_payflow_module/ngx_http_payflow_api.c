@@ -15,6 +15,7 @@
 #include "ngx_http_payflow_keys.h"
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_pii.h"
 #include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_refunds.h"
 #include "ngx_http_payflow_risk.h"
@@ -82,6 +83,9 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
 
     { NGX_HTTP_POST, "/v1/api_keys/{}/roll", NGX_HTTP_PAYFLOW_PERM_MANAGE,
       ngx_http_payflow_keys_roll },
+
+    { NGX_HTTP_POST, "/v1/customers/erase", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_customers_erase },
 
     { NGX_HTTP_GET, "/v1/payments", NGX_HTTP_PAYFLOW_PERM_READ,
       ngx_http_payflow_payments_list },

@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_jobs.h"
 #include "ngx_http_payflow_risk.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_pii.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_metrics.h"
 
@@ -100,10 +101,12 @@ ngx_http_payflow_jobs_init(ngx_http_payflow_main_conf_t *pmcf)
 
     pmcf->st.reconcile_claim = pf_pg_statement_add(pmcf->db,
         "payflow_reconcile_claim",
-        "SELECT id, status, livemode, provider, provider_reference, amount, "
-        "currency, capture_method, payment_method, description, "
-        "return_url, email, age FROM payflow_reconcile_claim("
-        NGX_HTTP_PAYFLOW_RECONCILE_BATCH ", $1::interval)", 1);
+        "SELECT c.id, c.status, c.livemode, c.provider, "
+        "c.provider_reference, c.amount, c.currency, c.capture_method, "
+        "c.payment_method, c.description, c.return_url, c.email, c.age, "
+        "k.tenant_id, k.pii, k.key FROM payflow_reconcile_claim("
+        NGX_HTTP_PAYFLOW_RECONCILE_BATCH ", $1::interval) c "
+        "LEFT JOIN LATERAL payflow_customer_secret(c.id) k ON true", 1);
 
     pmcf->st.reconcile_apply = pf_pg_statement_add(pmcf->db,
         "payflow_reconcile_apply",
@@ -345,8 +348,8 @@ ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs)
 /*
  * Row: id, status, livemode, provider, provider_reference, amount,
  * currency, capture_method, payment_method, description, return_url,
- * email, age (seconds).  The strings live in the run's pool (the results
- * do).
+ * email, age (seconds), and the sealed customer's tenant_id, pii, key.
+ * The strings live in the run's pool (the results do).
  */
 
 static void
@@ -354,7 +357,7 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     ngx_uint_t row)
 {
     ngx_int_t                      exponent;
-    ngx_str_t                      name;
+    ngx_str_t                      name, tenant;
     ngx_http_payflow_check_t      *check;
     ngx_http_payflow_provider_t   *pv;
 
@@ -404,6 +407,24 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
     check->op.email = ngx_http_payflow_value(11);
     check->op.age = ngx_atoof((u_char *) PQgetvalue(res, row, 12),
                               PQgetlength(res, row, 12));
+
+    if (check->op.email == NULL && !PQgetisnull(res, row, 14)) {
+        /* sealed (sql/0024): opened in the run's pool for the call */
+        tenant.data = (u_char *) PQgetvalue(res, row, 13);
+        tenant.len = PQgetlength(res, row, 13);
+
+        if (ngx_http_payflow_pii_email(jobs->pool, jobs->log, jobs->pmcf,
+                                       &tenant,
+                                       PQgetvalue(res, row, 2)[0] == 't',
+                                       &check->op.payment_id,
+                                       ngx_http_payflow_value(14),
+                                       ngx_http_payflow_value(15),
+                                       &check->op.email)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
 
 #undef ngx_http_payflow_value
 

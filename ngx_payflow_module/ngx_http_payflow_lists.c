@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_payflow_lists.h"
+#include "ngx_http_payflow_pii.h"
 
 
 #define NGX_HTTP_PAYFLOW_LIST_ARGS  7
@@ -76,7 +77,7 @@ ngx_int_t
 ngx_http_payflow_payments_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    u_char                        *dst, *src;
+    u_char                        *dst, *src, *p;
     ngx_int_t                      rc;
     ngx_str_t                      v, email;
     ngx_uint_t                     i;
@@ -154,10 +155,31 @@ ngx_http_payflow_payments_list(ngx_http_request_t *r,
             goto invalid;
         }
 
-        values[6] = ngx_http_payflow_db_str(r->pool, &email);
-        if (values[6] == NULL) {
+        /*
+         * "<blind index> <e-mail>" finds sealed rows by their index and
+         * rows in the clear by their e-mail; " <e-mail>" without an index
+         */
+
+        p = ngx_pnalloc(r->pool, NGX_HTTP_PAYFLOW_PII_INDEX_HEX + 2
+                                 + email.len);
+        if (p == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        values[6] = (char *) p;
+
+        rc = ngx_http_payflow_pii_index(r, &email, p);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_OK) {
+            p += NGX_HTTP_PAYFLOW_PII_INDEX_HEX;
+        }
+
+        *p++ = ' ';
+        *ngx_cpymem(p, email.data, email.len) = '\0';
     }
 
     return ngx_http_payflow_json_run(r, pmcf->st.pay_list, values,

@@ -24,6 +24,7 @@
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_risk.h"
+#include "ngx_http_payflow_pii.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -31,6 +32,8 @@
 
 static void ngx_http_payflow_db_done(pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_payflow_send_final(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *body);
 static ngx_int_t ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_uint_t ngx_http_payflow_request_id_valid(ngx_str_t *id);
@@ -56,6 +59,13 @@ static ngx_int_t ngx_http_payflow_init_process(ngx_cycle_t *cycle);
 static void ngx_http_payflow_exit_process(ngx_cycle_t *cycle);
 
 
+static ngx_conf_enum_t  ngx_http_payflow_pii_modes[] = {
+    { ngx_string("sealed"), 1 },
+    { ngx_string("clear"), 0 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_payflow_commands[] = {
 
     { ngx_string("payflow_db"),
@@ -78,6 +88,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("payflow_customer_pii"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, customer_pii),
+      &ngx_http_payflow_pii_modes },
 
     { ngx_string("payflow_key_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -396,7 +413,7 @@ ngx_http_payflow_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
     ctx->envelope = 1;
 
-    return pf_response_send(r, status, &body);
+    return ngx_http_payflow_send_final(r, status, &body);
 }
 
 
@@ -414,6 +431,22 @@ ngx_http_payflow_send_body(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     ctx->envelope = 1;
+
+    return ngx_http_payflow_send_final(r, status, body);
+}
+
+
+/* an answer naming sealed customer details leaves with them opened */
+
+static ngx_int_t
+ngx_http_payflow_send_final(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body)
+{
+    static const char  mark[] = "\"pii\":";
+
+    if (memmem(body->data, body->len, mark, sizeof(mark) - 1) != NULL) {
+        return ngx_http_payflow_pii_send(r, status, body);
+    }
 
     return pf_response_send(r, status, body);
 }
@@ -1175,6 +1208,7 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->negative_ttl = NGX_CONF_UNSET;
     pmcf->negative_max = NGX_CONF_UNSET_UINT;
     pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->customer_pii = NGX_CONF_UNSET_UINT;
     pmcf->seal_interval = NGX_CONF_UNSET_MSEC;
     pmcf->breaker_failures = NGX_CONF_UNSET_UINT;
     pmcf->breaker_window = NGX_CONF_UNSET_MSEC;
@@ -1223,6 +1257,10 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
 
     default:
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_payflow_pii_conf(cf, pmcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -1403,7 +1441,8 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_outbox_init(cf, pmcf) != NGX_OK
             || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK
             || ngx_http_payflow_reseal_init(pmcf) != NGX_OK
-            || ngx_http_payflow_reviews_init(pmcf) != NGX_OK))
+            || ngx_http_payflow_reviews_init(pmcf) != NGX_OK
+            || ngx_http_payflow_pii_init(cf, pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -1475,7 +1514,9 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (ngx_http_payflow_auth_init_process(cycle, pmcf) != NGX_OK) {
+    if (ngx_http_payflow_auth_init_process(cycle, pmcf) != NGX_OK
+        || ngx_http_payflow_pii_init_process(cycle, pmcf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -1533,5 +1574,6 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_payflow_risk_exit_process(pmcf);
 
+    ngx_http_payflow_pii_exit_process(pmcf);
     ngx_http_payflow_auth_exit_process(pmcf);
 }

@@ -172,6 +172,10 @@ typedef struct {
     const pf_pg_statement_t    *risk_versions;
     const pf_pg_statement_t    *secrets_due;
     const pf_pg_statement_t    *secrets_store;
+    const pf_pg_statement_t    *customers_due;
+    const pf_pg_statement_t    *customers_store;
+    const pf_pg_statement_t    *pii_keys;
+    const pf_pg_statement_t    *pii_erase;
 } ngx_http_payflow_statements_t;
 
 
@@ -184,6 +188,8 @@ typedef struct {
     ngx_str_t                   pepper;
     pf_hmac_t                   hmac;          /* this worker's */
     pf_keyring_t                keyring;       /* payflow_kek */
+    ngx_uint_t                  customer_pii;  /* 1: sealed */
+    pf_hmac_t                   pii_hmac;      /* blind index, worker's */
 
     ngx_shm_zone_t             *keycache;
     time_t                      cache_ttl;
@@ -292,6 +298,7 @@ typedef struct {
     pf_curl_call_t             *call;          /* to the provider */
     ngx_http_payflow_provider_ok_pt  provider_ok;
     void                       *risk;          /* risk_req_t, assessed */
+    void                       *pii;           /* pii_ctx_t */
 
     unsigned                    idem:3;        /* ngx_http_payflow_idem_e */
     unsigned                    created:1;     /* made a payment: outcome */

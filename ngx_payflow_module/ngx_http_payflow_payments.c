@@ -22,6 +22,7 @@
 
 
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_pii.h"
 #include "ngx_http_payflow_auth.h"
 #include "ngx_http_payflow_idempotency.h"
 #include "ngx_http_payflow_money.h"
@@ -315,7 +316,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 {
     u_char                         *p, *msg, hex[2 * 32 + 1];
     char                           *currency, *customer, *metadata;
-    json_t                         *v, *item, *body;
+    json_t                         *v, *item, *body, *who;
     size_t                          len;
     ngx_int_t                       rc;
     ngx_uint_t                      i, manual, n, keyed;
@@ -560,6 +561,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     customer = NULL;
+    who = NULL;
     v = json_object_get(body, "customer");
 
     if (v && !json_is_null(v)) {
@@ -643,10 +645,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
                                         "alpha-2 code such as \"GB\"");
         }
 
-        customer = ngx_http_payflow_text(r, v);
-        if (customer == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+        who = v;
     }
 
     metadata = NULL;
@@ -688,6 +687,12 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     if (pf_id_generate(r->pool, "pay_", &ctx->payment_id) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* its details sealed under the payment's own key (sql/0024) */
+
+    if (who && ngx_http_payflow_pii_seal(r, who, &customer) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

@@ -20,6 +20,7 @@
 #include "ngx_http_payflow_idempotency.h"
 #include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_payments.h"
+#include "ngx_http_payflow_pii.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_sandbox.h"
 
@@ -87,12 +88,14 @@ ngx_http_payflow_reviews_init(ngx_http_payflow_main_conf_t *pmcf)
         "SELECT payflow_review_list($1, $2, $3::int)", 3);
     st->review_decide = pf_pg_statement_add(pmcf->db,
         "payflow_review_decide",
-        "SELECT fingerprint, phase, locked, response_status, "
-        "response_body, payment_id, request_id, object_id, mine, amount, "
-        "currency, capture_method, provider, payment_method, email, "
-        "description, return_url "
-        "FROM payflow_review_decide($1, $2::boolean, $3, $4, $5, "
-        "$6::text[], $7, $8, $9, $10)", 10);
+        "SELECT d.fingerprint, d.phase, d.locked, d.response_status, "
+        "d.response_body, d.payment_id, d.request_id, d.object_id, d.mine, "
+        "d.amount, d.currency, d.capture_method, d.provider, "
+        "d.payment_method, d.email, d.description, d.return_url, k.pii, "
+        "k.key FROM payflow_review_decide($1, $2::boolean, $3, $4, $5, "
+        "$6::text[], $7, $8, $9, $10) d "
+        "LEFT JOIN LATERAL payflow_customer_secret(d.payment_id) k ON true",
+        10);
     st->review_peek = pf_pg_statement_add(pmcf->db, "payflow_review_peek",
         "SELECT amount, capture_method, provider "
         "FROM payflow_review_peek($1)", 1);
@@ -1083,6 +1086,17 @@ ngx_http_payflow_reviews_decided(ngx_http_request_t *r, pf_pg_query_t *q)
     op->email = ngx_http_payflow_review_text(14);
     op->description = ngx_http_payflow_review_text(15);
     op->return_url = ngx_http_payflow_review_text(16);
+
+    if (op->email == NULL && !PQgetisnull(row, 0, 17)
+        && ngx_http_payflow_pii_email(r->pool, r->connection->log, pmcf,
+                                      &ctx->auth.tenant_id,
+                                      ctx->auth.livemode, &ctx->payment_id,
+                                      PQgetvalue(row, 0, 17),
+                                      PQgetvalue(row, 0, 18), &op->email)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
 #undef ngx_http_payflow_review_text
 

@@ -21,6 +21,7 @@
 
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_metrics.h"
+#include "ngx_http_payflow_pii.h"
 
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
@@ -54,6 +55,7 @@ typedef struct {
     ngx_str_t                         attempt;
     ngx_str_t                         endpoint;
     pf_curl_call_t                    call;
+    ngx_str_t                         clear;    /* details opened in it */
     ngx_uint_t                        final;
 } ngx_http_payflow_delivery_t;
 
@@ -96,10 +98,12 @@ ngx_http_payflow_outbox_init(ngx_conf_t *cf,
     st = &pmcf->st;
 
     st->outbox_claim = pf_pg_statement_add(pmcf->db, "payflow_outbox_claim",
-        "SELECT id, attempt, endpoint_id, url, secret, previous_secret, "
-        "event_id, body, request_id, livemode, enabled, tenant_id "
+        "SELECT c.id, c.attempt, c.endpoint_id, c.url, c.secret, "
+        "c.previous_secret, c.event_id, c.body, c.request_id, c.livemode, "
+        "c.enabled, c.tenant_id, k.payment_id, k.key "
         "FROM payflow_outbox_claim($1::int, $2::interval, "
-        NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT ")", 2);
+        NGX_HTTP_PAYFLOW_OUTBOX_PER_ENDPOINT ") c "
+        "LEFT JOIN LATERAL payflow_event_customer(c.event_id) k ON true", 2);
 
     st->outbox_result = pf_pg_statement_add(pmcf->db,
         "payflow_outbox_results",
@@ -381,8 +385,9 @@ ngx_http_payflow_outbox_claimed(pf_pg_query_t *q)
 
 /*
  * Row: id, attempt, endpoint_id, url, secret, previous_secret, event_id,
- * body, request_id, livemode, enabled, tenant_id.  What is kept is copied
- * into the delivery's own pool: the claim's results are freed at once.
+ * body, request_id, livemode, enabled, tenant_id, and the event's payment
+ * and its customer key.  What is kept is copied into the delivery's own
+ * pool: the claim's results are freed at once.
  */
 
 static void
@@ -390,8 +395,11 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
     ngx_uint_t row)
 {
     ngx_str_t                     url, body, secret, previous, rid, tenant;
+    ngx_str_t                     opened;
     ngx_int_t                     rc;
-    ngx_uint_t                    livemode;
+    ngx_uint_t                    livemode, i;
+    ngx_array_t                  *tokens;
+    ngx_http_payflow_pii_token_t *t;
     ngx_pool_t                   *pool;
     pf_curl_call_t               *call;
     ngx_http_payflow_delivery_t  *d;
@@ -438,9 +446,48 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
         return;
     }
 
-    /* the signing secrets, opened in this pool, wiped once signed */
-
     livemode = (PQgetvalue(res, row, 9)[0] == 't');
+
+    /* the customer's details, sealed in the event, opened (sql/0024) */
+
+    rc = ngx_http_payflow_pii_tokens(pool, &body, &tokens);
+
+    if (rc == NGX_ERROR) {
+        goto sent_failed;
+    }
+
+    if (rc == NGX_OK) {
+        t = tokens->elts;
+
+        for (i = 0; i < tokens->nelts; i++) {
+            if (!PQgetisnull(res, row, 13)
+                && (size_t) PQgetlength(res, row, 12) == t[i].id.len
+                && ngx_strncmp(PQgetvalue(res, row, 12), t[i].id.data,
+                               t[i].id.len) == 0)
+            {
+                t[i].key.data = (u_char *) PQgetvalue(res, row, 13);
+                t[i].key.len = PQgetlength(res, row, 13);
+            }
+        }
+
+        rc = ngx_http_payflow_pii_splice(pool, ob->log, ob->pmcf, &tenant,
+                                         livemode, &body, tokens, &opened);
+        if (rc == NGX_ERROR) {
+            goto sent_failed;
+        }
+
+        if (rc != NGX_OK) {
+            ngx_http_payflow_outbox_record(d, 0,
+                                           "the customer's details do not "
+                                           "open");
+            return;
+        }
+
+        body = opened;
+        d->clear = body;
+    }
+
+    /* the signing secrets, opened in this pool, wiped once signed */
 
     rc = ngx_http_payflow_endpoint_open(pool, &ob->pmcf->keyring, &tenant,
                                         livemode, &d->endpoint, &secret);
@@ -720,6 +767,11 @@ done:
 
     /* not recorded (no memory, exiting): the lease runs out, sent again */
     ob->inflight--;
+
+    if (d->clear.len) {
+        OPENSSL_cleanse(d->clear.data, d->clear.len);
+    }
+
     ngx_destroy_pool(d->pool);
 
     if (ob->flush == NULL) {

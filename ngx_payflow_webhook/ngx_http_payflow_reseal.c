@@ -15,10 +15,12 @@
 
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_metrics.h"
+#include "ngx_http_payflow_pii.h"
 
 
 #define NGX_HTTP_PAYFLOW_RESEAL_EVERY   5000       /* ms */
 #define NGX_HTTP_PAYFLOW_RESEAL_BATCH   "50"
+#define NGX_HTTP_PAYFLOW_RESEAL_ROWS    "200"     /* payments per pass */
 
 
 typedef struct {
@@ -26,6 +28,10 @@ typedef struct {
     ngx_log_t                     *log;
     ngx_event_t                    timer;
     ngx_pool_t                    *pool;           /* a pass in flight */
+    ngx_uint_t                     phase;          /* 1: payments' */
+    ngx_int_t                      pending[2];     /* as last counted */
+    u_char                         after[64];      /* the payments' sweep */
+    size_t                         after_len;
 } ngx_http_payflow_reseal_t;
 
 
@@ -38,6 +44,13 @@ static u_char *ngx_http_payflow_reseal_item(u_char *p, ngx_str_t *s,
     ngx_uint_t first);
 static void ngx_http_payflow_reseal_stored(pf_pg_query_t *q);
 static void ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs);
+static void ngx_http_payflow_reseal_customers(ngx_http_payflow_reseal_t *rs);
+static void ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q);
+static ngx_int_t ngx_http_payflow_reseal_customer(
+    ngx_http_payflow_reseal_t *rs, PGresult *res, ngx_uint_t i,
+    pf_json_out_t *out);
+static void ngx_http_payflow_reseal_pending(ngx_http_payflow_reseal_t *rs,
+    ngx_int_t due, ngx_uint_t resealed, ngx_uint_t unopened);
 
 
 static ngx_http_payflow_reseal_t  ngx_http_payflow_reseal;
@@ -59,7 +72,17 @@ ngx_http_payflow_reseal_init(ngx_http_payflow_main_conf_t *pmcf)
         "SELECT payflow_secrets_store($1::text[], $2::text[], $3::text[], "
         "$4::text[], $5::text[])", 5);
 
-    return (st->secrets_due && st->secrets_store) ? NGX_OK : NGX_ERROR;
+    st->customers_due = pf_pg_statement_add(pmcf->db,
+        "payflow_customers_due",
+        "SELECT id, tenant_id, livemode, customer, key, due "
+        "FROM payflow_customers_due($1, $2::boolean, $3, "
+        NGX_HTTP_PAYFLOW_RESEAL_ROWS ")", 3);
+    st->customers_store = pf_pg_statement_add(pmcf->db,
+        "payflow_customers_store",
+        "SELECT payflow_customers_store($1::jsonb)", 1);
+
+    return (st->secrets_due && st->secrets_store && st->customers_due
+            && st->customers_store) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -136,6 +159,11 @@ ngx_http_payflow_reseal_run(ngx_event_t *ev)
         return;
     }
 
+    if (rs->phase) {
+        ngx_http_payflow_reseal_customers(rs);
+        return;
+    }
+
     q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
     values = ngx_palloc(rs->pool, sizeof(char *));
 
@@ -186,7 +214,7 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
                        PQgetlength(res, 0, 5)) : 0;
 
     if (n == 0) {
-        ngx_http_payflow_metrics_secrets(rs->pmcf, 0, 0, 0);
+        ngx_http_payflow_reseal_pending(rs, 0, 0, 0);
         ngx_http_payflow_reseal_done(rs);
         return;
     }
@@ -275,7 +303,7 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
         *p[i] = '\0';
     }
 
-    ngx_http_payflow_metrics_secrets(rs->pmcf, due, 0, unopened);
+    ngx_http_payflow_reseal_pending(rs, due, 0, unopened);
 
     if (j == 0) {
         ngx_http_payflow_reseal_done(rs);
@@ -376,11 +404,11 @@ ngx_http_payflow_reseal_stored(pf_pg_query_t *q)
                      PQgetlength(res, 0, 0));
 
         if (n > 0) {
-            ngx_http_payflow_metrics_secrets(rs->pmcf, -1, (ngx_uint_t) n,
-                                             0);
+            ngx_http_payflow_reseal_pending(rs, -1, (ngx_uint_t) n, 0);
             ngx_log_error(NGX_LOG_INFO, rs->log, 0,
-                          "payflow: %i signing secrets sealed under "
-                          "payflow_kek \"%V\"", n,
+                          "payflow: %i %s sealed under payflow_kek \"%V\"",
+                          n, rs->phase ? "customers' details"
+                                       : "signing secrets",
                           &rs->pmcf->keyring.current->id);
 
             /* more may be due: at once, not in five seconds */
@@ -403,4 +431,256 @@ ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs)
         ngx_destroy_pool(rs->pool);
         rs->pool = NULL;
     }
+
+    /* endpoints' secrets and payments' customers take turns */
+    rs->phase ^= 1;
+}
+
+
+/* payflow_secrets_pending counts both kinds: each as last counted */
+
+static void
+ngx_http_payflow_reseal_pending(ngx_http_payflow_reseal_t *rs,
+    ngx_int_t due, ngx_uint_t resealed, ngx_uint_t unopened)
+{
+    if (due >= 0) {
+        rs->pending[rs->phase] = due;
+        due = rs->pending[0] + rs->pending[1];
+    }
+
+    ngx_http_payflow_metrics_secrets(rs->pmcf, due, resealed, unopened);
+}
+
+
+/*
+ * Payments (sql/0024): keys wrapped under an older KEK are wrapped again,
+ * details still in the clear are sealed (unless payflow_customer_pii is
+ * clear), each row written back only over what was read.
+ */
+
+static void
+ngx_http_payflow_reseal_customers(ngx_http_payflow_reseal_t *rs)
+{
+    const char     **values;
+    pf_pg_query_t   *q;
+
+    q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
+    values = ngx_palloc(rs->pool, 3 * sizeof(char *));
+
+    if (q == NULL || values == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    values[0] = ngx_http_payflow_db_str(rs->pool,
+                                        &rs->pmcf->keyring.current->id);
+    values[1] = rs->pmcf->customer_pii ? "t" : "f";
+    values[2] = rs->after_len
+                ? ngx_http_payflow_db_str(rs->pool,
+                                          &(ngx_str_t) { rs->after_len,
+                                                         rs->after })
+                : NULL;
+
+    if (values[0] == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    q->stmts[0].statement = rs->pmcf->st.customers_due;
+    q->stmts[0].nparams = 3;
+    q->stmts[0].values = values;
+    q->handler = ngx_http_payflow_reseal_customers_due;
+    q->data = rs;
+
+    if (pf_pg_query_run(q) != NGX_OK) {
+        ngx_http_payflow_reseal_done(rs);
+    }
+}
+
+
+/* rows: id, tenant_id, livemode, customer, key, due */
+
+static void
+ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q)
+{
+    PGresult                   *res;
+    ngx_int_t                   rc, due;
+    ngx_str_t                   rows;
+    ngx_uint_t                  i, n, stored, unopened;
+    const char                **values;
+    pf_json_out_t               out;
+    pf_pg_query_t              *q2;
+    ngx_http_payflow_reseal_t  *rs;
+
+    rs = q->data;
+    res = q->results[0];
+
+    if (q->status != PF_PG_OK || PQnfields(res) != 6) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    n = PQntuples(res);
+    due = n ? ngx_atoi((u_char *) PQgetvalue(res, 0, 5),
+                       PQgetlength(res, 0, 5)) : 0;
+
+    /* the sweep goes on after the last row, or starts again */
+
+    rs->after_len = 0;
+
+    if ((ngx_int_t) n
+        == ngx_atoi((u_char *) NGX_HTTP_PAYFLOW_RESEAL_ROWS,
+                    sizeof(NGX_HTTP_PAYFLOW_RESEAL_ROWS) - 1)
+        && (size_t) PQgetlength(res, n - 1, 0) <= sizeof(rs->after))
+    {
+        rs->after_len = PQgetlength(res, n - 1, 0);
+        ngx_memcpy(rs->after, PQgetvalue(res, n - 1, 0), rs->after_len);
+    }
+
+    if (n == 0 || pf_json_out_init(&out, rs->pool, 1024 * n) != NGX_OK) {
+        ngx_http_payflow_reseal_pending(rs, 0, 0, 0);
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    pf_json_out_open(&out, '[');
+
+    stored = 0;
+    unopened = 0;
+
+    for (i = 0; i < n; i++) {
+        rc = ngx_http_payflow_reseal_customer(rs, res, i, &out);
+
+        if (rc == NGX_ERROR) {
+            ngx_http_payflow_reseal_done(rs);
+            return;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_ERR, rs->log, 0,
+                          "payflow: the customer key of payment %s does not "
+                          "open (its payflow_kek is not configured, or it "
+                          "was written for another row): left as it is",
+                          PQgetvalue(res, i, 0));
+            unopened++;
+            continue;
+        }
+
+        stored++;
+    }
+
+    pf_json_out_close(&out, ']');
+
+    ngx_http_payflow_reseal_pending(rs, due, 0, unopened);
+
+    values = ngx_palloc(rs->pool, sizeof(char *));
+
+    if (stored == 0 || values == NULL
+        || pf_json_out_result(&out, &rows) != NGX_OK)
+    {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    values[0] = ngx_http_payflow_db_str(rs->pool, &rows);
+
+    /* the rows held details in the clear: wiped once copied */
+    OPENSSL_cleanse(rows.data, rows.len);
+
+    q2 = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
+
+    if (q2 == NULL || values[0] == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    q2->stmts[0].statement = rs->pmcf->st.customers_store;
+    q2->stmts[0].nparams = 1;
+    q2->stmts[0].values = values;
+    q2->handler = ngx_http_payflow_reseal_stored;
+    q2->data = rs;
+
+    if (pf_pg_query_run(q2) != NGX_OK) {
+        ngx_http_payflow_reseal_done(rs);
+    }
+}
+
+
+/*
+ * One payment's {"id", "old", "customer"}; NGX_DECLINED: its key does not
+ * open (nothing written).
+ */
+
+static ngx_int_t
+ngx_http_payflow_reseal_customer(ngx_http_payflow_reseal_t *rs,
+    PGresult *res, ngx_uint_t i, pf_json_out_t *out)
+{
+    json_t        *row;
+    ngx_int_t      rc;
+    ngx_str_t      id, tenant, key, rewrapped, plain, text;
+    ngx_uint_t     livemode;
+    json_error_t   error;
+
+    id.data = (u_char *) PQgetvalue(res, i, 0);
+    id.len = PQgetlength(res, i, 0);
+    tenant.data = (u_char *) PQgetvalue(res, i, 1);
+    tenant.len = PQgetlength(res, i, 1);
+    livemode = (PQgetvalue(res, i, 2)[0] == 't');
+
+    row = json_loadb(PQgetvalue(res, i, 3), PQgetlength(res, i, 3), 0,
+                     &error);
+    if (row == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (!PQgetisnull(res, i, 4)) {
+        key.data = (u_char *) PQgetvalue(res, i, 4);
+        key.len = PQgetlength(res, i, 4);
+
+        rc = ngx_http_payflow_pii_rewrap(rs->pool, rs->pmcf, &tenant,
+                                         livemode, &id, &key, &rewrapped);
+
+        if (rc == NGX_OK
+            && json_object_set_new(row, "key",
+                                   json_stringn((char *) rewrapped.data,
+                                                rewrapped.len))
+               != 0)
+        {
+            rc = NGX_ERROR;
+        }
+
+        plain.len = 0;
+
+    } else {
+        rc = ngx_http_payflow_pii_seal_row(rs->pool, rs->pmcf, &tenant,
+                                           livemode, &id, row, &plain);
+        if (rc != NGX_OK) {
+            plain.len = 0;
+        }
+    }
+
+    if (plain.len) {
+        OPENSSL_cleanse(plain.data, plain.len);
+    }
+
+    if (rc != NGX_OK || pf_response_dump(rs->pool, row, &text) != NGX_OK) {
+        if (rc == NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        json_decref(row);
+        return rc;
+    }
+
+    pf_json_out_open(out, '{');
+    pf_json_out_key(out, "id");
+    pf_json_out_str(out, id.data, id.len);
+    pf_json_out_key(out, "old");
+    pf_json_out_str(out, (u_char *) PQgetvalue(res, i, 3),
+                    PQgetlength(res, i, 3));
+    pf_json_out_key(out, "customer");
+    pf_json_out_raw(out, text.data, text.len);
+    pf_json_out_close(out, '}');
+
+    return NGX_OK;
 }
