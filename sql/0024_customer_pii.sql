@@ -43,7 +43,11 @@ CREATE INDEX payments_customer_kek ON payments
     ((split_part(customer_key, '.', 2)))
     WHERE customer_key IS NOT NULL;
 
-CREATE INDEX payments_customer_clear ON payments (id)
+-- sql/0018's index of e-mails, now of rows in the clear only (sealed rows
+-- have their blind index): ?customer= and the background sealing use it
+DROP INDEX payments_customer;
+CREATE INDEX payments_customer ON payments
+    (tenant_id, livemode, lower(customer->>'email'), created_at)
     WHERE customer ?| ARRAY['email', 'name', 'phone'];
 
 CREATE INDEX payments_customer_ref ON payments
@@ -387,7 +391,7 @@ CREATE OR REPLACE FUNCTION payflow_payment_list(p_after text,
         'AND ($2 IS NULL OR t.created_at >= to_timestamp($2::bigint)) '
         'AND ($3 IS NULL OR t.created_at < to_timestamp($3::bigint + 1)) '
         'AND ($4 IS NULL '
-        '     OR (t.customer IS NOT NULL '
+        '     OR (t.customer ?| ARRAY[''email'', ''name'', ''phone''] '
         '         AND lower(t.customer->>''email'') '
         '             = lower(substr($4, strpos($4, '' '') + 1))) '
         '     OR (strpos($4, '' '') = 65 AND t.customer_index IS NOT NULL '
@@ -501,7 +505,8 @@ BEGIN
                AND NOT p.customer ? 'erased'
                AND ((p_index IS NOT NULL
                      AND p.customer_index = decode(p_index, 'hex'))
-                    OR (p_email IS NOT NULL AND p.customer ? 'email'
+                    OR (p_email IS NOT NULL
+                        AND p.customer ?| ARRAY['email', 'name', 'phone']
                         AND lower(p.customer->>'email') = lower(p_email))
                     OR (p_ref IS NOT NULL AND p.customer ? 'id'
                         AND p.customer->>'id' = p_ref))
