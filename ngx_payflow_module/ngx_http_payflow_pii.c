@@ -29,10 +29,6 @@
 #include <openssl/crypto.h>
 
 
-#define NGX_HTTP_PAYFLOW_PII_TOKENS   100     /* per answer */
-#define NGX_HTTP_PAYFLOW_PII_ID_LEN   28      /* pay_ + 24 */
-
-
 typedef struct {
     ngx_str_t                   id;         /* the payment sealed here */
     ngx_str_t                   plain;      /* its details, JSON members */
@@ -45,12 +41,6 @@ typedef struct {
 static ngx_http_payflow_pii_ctx_t *ngx_http_payflow_pii_ctx(
     ngx_http_request_t *r);
 static void ngx_http_payflow_pii_wipe(void *data);
-static ngx_int_t ngx_http_payflow_pii_aad(ngx_pool_t *pool,
-    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad);
-static ngx_int_t ngx_http_payflow_pii_open(ngx_pool_t *pool,
-    ngx_http_payflow_main_conf_t *pmcf, ngx_str_t *tenant,
-    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *key, ngx_str_t *ct,
-    ngx_str_t *plain);
 static ngx_int_t ngx_http_payflow_pii_keys_read(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_pii_finish(ngx_http_request_t *r,
@@ -58,16 +48,11 @@ static ngx_int_t ngx_http_payflow_pii_finish(ngx_http_request_t *r,
 static ngx_int_t ngx_http_payflow_customers_erased(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_pii_failed(ngx_http_request_t *r);
-static u_char *ngx_http_payflow_pii_space(u_char *p, u_char *last);
-static u_char *ngx_http_payflow_pii_string(u_char *p, u_char *last);
 
 
 static const char  *ngx_http_payflow_pii_fields[] = {
     "email", "name", "phone", NULL
 };
-
-static ngx_str_t  ngx_http_payflow_pii_erased = ngx_string("\"erased\": true");
-
 
 ngx_int_t
 ngx_http_payflow_pii_init(ngx_conf_t *cf, ngx_http_payflow_main_conf_t *pmcf)
@@ -292,7 +277,7 @@ ngx_http_payflow_pii_seal_row(ngx_pool_t *pool,
     plain->data = s.data + 1;
     plain->len = s.len - 2;
 
-    if (ngx_http_payflow_pii_aad(pool, tenant, livemode, id, &aad) != NGX_OK
+    if (pf_pii_aad(pool, tenant, livemode, id, &aad) != NGX_OK
         || pf_seal(pool, &pmcf->keyring, &aad, plain, &sealed) != NGX_OK)
     {
         OPENSSL_cleanse(s.data, s.len);
@@ -389,7 +374,7 @@ ngx_http_payflow_pii_rewrap(ngx_pool_t *pool,
 {
     ngx_str_t  aad;
 
-    if (ngx_http_payflow_pii_aad(pool, tenant, livemode, id, &aad) != NGX_OK) {
+    if (pf_pii_aad(pool, tenant, livemode, id, &aad) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -414,7 +399,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
     pf_pg_query_t                 *q;
     ngx_http_payflow_ctx_t        *ctx;
     ngx_http_payflow_pii_ctx_t    *pc;
-    ngx_http_payflow_pii_token_t  *t;
+    pf_pii_token_t  *t;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
@@ -434,7 +419,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
         return ngx_http_payflow_pii_failed(r);
     }
 
-    rc = ngx_http_payflow_pii_tokens(r->pool, &pc->body, &pc->tokens);
+    rc = pf_pii_tokens(r->pool, &pc->body, &pc->tokens);
 
     if (rc == NGX_ERROR) {
         return ngx_http_payflow_pii_failed(r);
@@ -510,7 +495,7 @@ ngx_http_payflow_pii_keys_read(ngx_http_request_t *r, pf_pg_query_t *q)
     PGresult                      *res;
     ngx_uint_t                     i, n, row;
     ngx_http_payflow_pii_ctx_t    *pc;
-    ngx_http_payflow_pii_token_t  *t;
+    pf_pii_token_t  *t;
 
     pc = ngx_http_payflow_pii_ctx(r);
     if (pc == NULL) {
@@ -576,170 +561,7 @@ ngx_http_payflow_pii_finish(ngx_http_request_t *r,
 }
 
 
-/*
- * The sealed "pii" members of a payment's customer objects in JSON text,
- * as PostgreSQL or jansson wrote it: "customer": {"id": "...", "pii":
- * "pay_...".  Metadata values are strings and descriptions are strings,
- * so "customer": followed by an object is always a payment's.
- * NGX_DECLINED: none.
- */
-
-ngx_int_t
-ngx_http_payflow_pii_tokens(ngx_pool_t *pool, ngx_str_t *body,
-    ngx_array_t **tokens)
-{
-    u_char                        *p, *last, *v, *dot, *start;
-    ngx_http_payflow_pii_token_t  *t;
-
-    static const char  customer[] = "\"customer\":";
-
-    p = body->data;
-    last = body->data + body->len;
-    *tokens = NULL;
-
-    for ( ;; ) {
-        p = memmem(p, last - p, customer, sizeof(customer) - 1);
-        if (p == NULL) {
-            break;
-        }
-
-        p += sizeof(customer) - 1;
-
-        p = ngx_http_payflow_pii_space(p, last);
-
-        if (p == last || *p++ != '{') {
-            continue;
-        }
-
-        p = ngx_http_payflow_pii_space(p, last);
-
-        /* jsonb orders keys by length: "id" alone may come first */
-
-        if (last - p > 5 && ngx_strncmp(p, "\"id\":", 5) == 0) {
-            p += 5;
-            p = ngx_http_payflow_pii_space(p, last);
-
-            p = ngx_http_payflow_pii_string(p, last);
-            if (p == NULL) {
-                break;
-            }
-
-            p = ngx_http_payflow_pii_space(p, last);
-
-            if (p == last || *p++ != ',') {
-                continue;
-            }
-
-            p = ngx_http_payflow_pii_space(p, last);
-        }
-
-        if (last - p < 6 || ngx_strncmp(p, "\"pii\":", 6) != 0) {
-            continue;
-        }
-
-        start = p;
-        v = p + 6;
-
-        v = ngx_http_payflow_pii_space(v, last);
-
-        if (v == last || *v++ != '"') {
-            continue;
-        }
-
-        p = v;
-
-        while (p < last && *p != '"') {
-            p++;
-        }
-
-        if (p == last) {
-            break;
-        }
-
-        dot = ngx_strlchr(v, p, '.');
-
-        if (dot == NULL || dot - v != NGX_HTTP_PAYFLOW_PII_ID_LEN
-            || ngx_strncmp(v, "pay_", 4) != 0 || p - dot < 2)
-        {
-            continue;
-        }
-
-        if (*tokens == NULL) {
-            *tokens = ngx_array_create(pool, 4,
-                                   sizeof(ngx_http_payflow_pii_token_t));
-            if (*tokens == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        if ((*tokens)->nelts == NGX_HTTP_PAYFLOW_PII_TOKENS) {
-            break;
-        }
-
-        t = ngx_array_push(*tokens);
-        if (t == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_memzero(t, sizeof(ngx_http_payflow_pii_token_t));
-
-        t->start = start;
-        t->end = p + 1;
-        t->id.data = v;
-        t->id.len = dot - v;
-        t->ct.data = dot + 1;
-        t->ct.len = p - dot - 1;
-
-        p++;
-    }
-
-    return *tokens ? NGX_OK : NGX_DECLINED;
-}
-
-
-static u_char *
-ngx_http_payflow_pii_space(u_char *p, u_char *last)
-{
-    while (p < last && *p == ' ') {
-        p++;
-    }
-
-    return p;
-}
-
-
-/* past a JSON string starting at p, or NULL */
-
-static u_char *
-ngx_http_payflow_pii_string(u_char *p, u_char *last)
-{
-    if (p == last || *p++ != '"') {
-        return NULL;
-    }
-
-    while (p < last) {
-        if (*p == '\\') {
-            p += 2;
-            continue;
-        }
-
-        if (*p == '"') {
-            return p + 1;
-        }
-
-        p++;
-    }
-
-    return NULL;
-}
-
-
-/*
- * The body with each token's member replaced by the details it seals, or
- * by "erased": true when its row has no key (erased, or not the caller's).
- * NGX_DECLINED: a key did not open its ciphertext (logged: the payment,
- * never the ciphertext or the details).
- */
+/* pf_pii_splice(), its failure logged (the payment only) */
 
 ngx_int_t
 ngx_http_payflow_pii_splice(ngx_pool_t *pool, ngx_log_t *log,
@@ -747,76 +569,19 @@ ngx_http_payflow_pii_splice(ngx_pool_t *pool, ngx_log_t *log,
     ngx_uint_t livemode, ngx_str_t *body, ngx_array_t *tokens,
     ngx_str_t *out)
 {
-    u_char                        *p, *from;
-    size_t                         len;
-    ngx_int_t                      rc;
-    ngx_str_t                     *plains;
-    ngx_uint_t                     i;
-    ngx_http_payflow_pii_token_t  *t;
+    ngx_int_t   rc;
+    ngx_str_t  *failed;
 
-    t = tokens->elts;
+    failed = NULL;
 
-    plains = ngx_pcalloc(pool, tokens->nelts * sizeof(ngx_str_t));
-    if (plains == NULL) {
-        return NGX_ERROR;
-    }
+    rc = pf_pii_splice(pool, &pmcf->keyring, tenant, livemode, body, tokens,
+                       out, &failed);
 
-    len = body->len;
-    rc = NGX_OK;
-
-    for (i = 0; i < tokens->nelts; i++) {
-
-        if (t[i].plain) {
-            plains[i] = *t[i].plain;
-
-        } else if (t[i].key.len == 0) {
-            plains[i] = ngx_http_payflow_pii_erased;
-
-        } else {
-            rc = ngx_http_payflow_pii_open(pool, pmcf, tenant, livemode,
-                                           &t[i].id, &t[i].key, &t[i].ct,
-                                           &plains[i]);
-            if (rc != NGX_OK) {
-                if (rc == NGX_DECLINED) {
-                    ngx_log_error(NGX_LOG_ERR, log, 0,
-                                  "payflow: the customer details of payment "
-                                  "%V do not open (their payflow_kek is not "
-                                  "configured, or they were written for "
-                                  "another row)", &t[i].id);
-                }
-
-                goto done;
-            }
-        }
-
-        len += plains[i].len - (t[i].end - t[i].start);
-    }
-
-    out->data = ngx_pnalloc(pool, len);
-    if (out->data == NULL) {
-        rc = NGX_ERROR;
-        goto done;
-    }
-
-    p = out->data;
-    from = body->data;
-
-    for (i = 0; i < tokens->nelts; i++) {
-        p = ngx_cpymem(p, from, t[i].start - from);
-        p = ngx_cpymem(p, plains[i].data, plains[i].len);
-        from = t[i].end;
-    }
-
-    p = ngx_cpymem(p, from, body->data + body->len - from);
-
-    out->len = p - out->data;
-
-done:
-
-    for (i = 0; i < tokens->nelts; i++) {
-        if (t[i].plain == NULL && t[i].key.len && plains[i].data) {
-            OPENSSL_cleanse(plains[i].data, plains[i].len);
-        }
+    if (rc == NGX_DECLINED && failed) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "payflow: the customer details of payment %V do not "
+                      "open (their payflow_kek is not configured, or they "
+                      "were written for another row)", failed);
     }
 
     return rc;
@@ -848,8 +613,8 @@ ngx_http_payflow_pii_email(ngx_pool_t *pool, ngx_log_t *log,
     ct.data = (u_char *) pii;
     ct.len = ngx_strlen(pii);
 
-    rc = ngx_http_payflow_pii_open(pool, pmcf, tenant, livemode, id, &k, &ct,
-                                   &plain);
+    rc = pf_pii_open(pool, &pmcf->keyring, tenant, livemode, id, &k, &ct,
+                     &plain);
     if (rc != NGX_OK) {
         if (rc == NGX_DECLINED) {
             ngx_log_error(NGX_LOG_ERR, log, 0,
@@ -897,67 +662,6 @@ ngx_http_payflow_pii_email(ngx_pool_t *pool, ngx_log_t *log,
     return NGX_OK;
 }
 
-
-static ngx_int_t
-ngx_http_payflow_pii_open(ngx_pool_t *pool,
-    ngx_http_payflow_main_conf_t *pmcf, ngx_str_t *tenant,
-    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *key, ngx_str_t *ct,
-    ngx_str_t *plain)
-{
-    u_char     *p;
-    ngx_int_t   rc;
-    ngx_str_t   aad, sealed;
-
-    if (ngx_http_payflow_pii_aad(pool, tenant, livemode, id, &aad)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    sealed.len = key->len + ct->len;
-    sealed.data = ngx_pnalloc(pool, sealed.len);
-    if (sealed.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(sealed.data, key->data, key->len);
-    ngx_memcpy(p, ct->data, ct->len);
-
-    rc = pf_unseal(pool, &pmcf->keyring, &aad, &sealed, plain);
-
-    return rc;
-}
-
-
-/* "payments\n<tenant>\n<t|l>\n<id>": what a ciphertext belongs to */
-
-static ngx_int_t
-ngx_http_payflow_pii_aad(ngx_pool_t *pool, ngx_str_t *tenant,
-    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad)
-{
-    u_char  *p;
-
-    p = ngx_pnalloc(pool, sizeof("payments\n\nt\n") + tenant->len + id->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    aad->data = p;
-
-    p = ngx_cpymem(p, "payments\n", sizeof("payments\n") - 1);
-    p = ngx_cpymem(p, tenant->data, tenant->len);
-    *p++ = '\n';
-    *p++ = livemode ? 'l' : 't';
-    *p++ = '\n';
-    p = ngx_cpymem(p, id->data, id->len);
-
-    aad->len = p - aad->data;
-
-    return NGX_OK;
-}
-
-
-/* the envelope was not sent after all: the error is answered as JSON */
 
 static ngx_int_t
 ngx_http_payflow_pii_failed(ngx_http_request_t *r)

@@ -9,21 +9,10 @@
 
 
 #include "ngx_http_payflow_module.h"
+#include "pf_pii.h"
 
 
 #define NGX_HTTP_PAYFLOW_PII_INDEX_HEX  (2 * PF_SHA256_LEN)
-
-
-/* one sealed "pii" member of an answer about to leave the worker */
-
-typedef struct {
-    u_char                     *start;      /* the member's first quote */
-    u_char                     *end;        /* past the value's last one */
-    ngx_str_t                   id;         /* the payment it names */
-    ngx_str_t                   ct;         /* its ciphertext, base64url */
-    ngx_str_t                   key;        /* the row's key; empty: none */
-    ngx_str_t                  *plain;      /* sealed by this request */
-} ngx_http_payflow_pii_token_t;
 
 
 ngx_int_t ngx_http_payflow_pii_init(ngx_conf_t *cf,
@@ -54,8 +43,6 @@ ngx_int_t ngx_http_payflow_customers_erase(ngx_http_request_t *r,
 ngx_int_t ngx_http_payflow_pii_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
 
-ngx_int_t ngx_http_payflow_pii_tokens(ngx_pool_t *pool, ngx_str_t *body,
-    ngx_array_t **tokens);
 ngx_int_t ngx_http_payflow_pii_splice(ngx_pool_t *pool, ngx_log_t *log,
     ngx_http_payflow_main_conf_t *pmcf, ngx_str_t *tenant,
     ngx_uint_t livemode, ngx_str_t *body, ngx_array_t *tokens,

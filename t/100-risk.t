@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(70);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(71);
 
 my $secret = 'sk_test_' . join('', map { ('a' .. 'z')[rand 26] } 1 .. 24);
 
@@ -41,6 +41,7 @@ http {
     payflow_key_pepper file=%%PEPPER_FILE%%;
     %%ADMIN_KEY%%
 
+    payflow_kek k1 file=%%TESTDIR%%/kek1;
     payflow_risk zone=risk:1m review=50 block=90 review_expiry=3s;
     payflow_jobs_interval 200ms;
     payflow_risk_rule velocity_customer_1m limit=4 score=30;
@@ -78,11 +79,19 @@ http {
 EOF
 $conf =~ s/STRIPE/$secret/;
 $t->write_file('stripe.key', "$secret\n");
+$t->write_file('kek1', join('', map { sprintf '%02x', int rand 256 } 1 .. 32)
+	. "\n");
 $t->write_file_expand('nginx.conf', $conf);
 
 $t->run;
 
 my $stripe = $t->port('8091');
+
+sub last_request {
+	my $r = http_parse(http_request('GET', '/_emulator/requests',
+		port => $stripe));
+	return ($r->{json} // [])->[-1] // {};
+}
 
 sub requests {
 	my $r = http_parse(http_request('GET', '/_emulator/requests',
@@ -344,6 +353,8 @@ is_deeply([payment($r)->{status}, requests()], ['requires_review', $before],
 $r = bearer($ks, 'POST', "/v1/reviews/$held/approve");
 is_deeply([$r->{status}, $r->{json}{data}{status}, requests() - $before],
 	[200, 'succeeded', 1], 'approved, its provider is called once');
+like(last_request()->{body} // '', qr/receipt_email=owner%40shop\.example/,
+	'with the customer\'s e-mail, opened from its sealed row');
 
 $r = pay($ks, { customer => { email => 'late@shop.example' } });
 my $late = payment($r)->{id};
@@ -418,3 +429,8 @@ like($r->{body}, qr/^payflow_risk_review_queue \d+$/m,
 
 $t->stop;
 is(scalar $t->crash_lines, 0, 'no worker crashed');
+
+# payments sealed under this test's key keep no details the next tests'
+# workers could not open (the test database is shared)
+$t->psql("UPDATE payments SET customer = NULL, customer_key = NULL, "
+	. "customer_index = NULL WHERE customer_key IS NOT NULL");
