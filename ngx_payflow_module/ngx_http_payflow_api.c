@@ -16,6 +16,7 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_payments.h"
 #include "ngx_http_payflow_pii.h"
+#include "ngx_http_payflow_accounts.h"
 #include "ngx_http_payflow_lists.h"
 #include "ngx_http_payflow_refunds.h"
 #include "ngx_http_payflow_risk.h"
@@ -83,6 +84,21 @@ static ngx_http_payflow_route_t  ngx_http_payflow_api_routes[] = {
 
     { NGX_HTTP_POST, "/v1/api_keys/{}/roll", NGX_HTTP_PAYFLOW_PERM_MANAGE,
       ngx_http_payflow_keys_roll },
+
+    { NGX_HTTP_GET, "/v1/provider_accounts", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_accounts_list },
+
+    { NGX_HTTP_POST, "/v1/provider_accounts", NGX_HTTP_PAYFLOW_PERM_MANAGE,
+      ngx_http_payflow_accounts_create },
+
+    { NGX_HTTP_GET, "/v1/provider_accounts/{}",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_accounts_get },
+
+    { NGX_HTTP_PATCH, "/v1/provider_accounts/{}",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_accounts_update },
+
+    { NGX_HTTP_DELETE, "/v1/provider_accounts/{}",
+      NGX_HTTP_PAYFLOW_PERM_MANAGE, ngx_http_payflow_accounts_delete },
 
     { NGX_HTTP_POST, "/v1/customers/erase", NGX_HTTP_PAYFLOW_PERM_MANAGE,
       ngx_http_payflow_customers_erase },

@@ -25,6 +25,7 @@
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_risk.h"
 #include "ngx_http_payflow_pii.h"
+#include "ngx_http_payflow_accounts.h"
 
 
 #define NGX_HTTP_PAYFLOW_REQUEST_ID_MAX  128
@@ -95,6 +96,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_payflow_main_conf_t, customer_pii),
       &ngx_http_payflow_pii_modes },
+
+    { ngx_string("payflow_provider_account_base_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, account_base_url),
+      NULL },
 
     { ngx_string("payflow_key_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -1209,6 +1217,7 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->negative_max = NGX_CONF_UNSET_UINT;
     pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
     pmcf->customer_pii = NGX_CONF_UNSET_UINT;
+    pmcf->account_base_url = NGX_CONF_UNSET;
     pmcf->seal_interval = NGX_CONF_UNSET_MSEC;
     pmcf->breaker_failures = NGX_CONF_UNSET_UINT;
     pmcf->breaker_window = NGX_CONF_UNSET_MSEC;
@@ -1263,6 +1272,8 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
     if (ngx_http_payflow_pii_conf(cf, pmcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
+
+    ngx_conf_init_value(pmcf->account_base_url, 0);
 
     ngx_conf_init_msec_value(pmcf->jobs_interval, 10000);
 
@@ -1442,7 +1453,8 @@ ngx_http_payflow_init(ngx_conf_t *cf)
             || ngx_http_payflow_endpoints_init(pmcf) != NGX_OK
             || ngx_http_payflow_reseal_init(pmcf) != NGX_OK
             || ngx_http_payflow_reviews_init(pmcf) != NGX_OK
-            || ngx_http_payflow_pii_init(cf, pmcf) != NGX_OK))
+            || ngx_http_payflow_pii_init(cf, pmcf) != NGX_OK
+            || ngx_http_payflow_accounts_init(pmcf) != NGX_OK))
     {
         return NGX_ERROR;
     }

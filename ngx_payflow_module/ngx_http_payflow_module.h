@@ -176,6 +176,11 @@ typedef struct {
     const pf_pg_statement_t    *customers_store;
     const pf_pg_statement_t    *pii_keys;
     const pf_pg_statement_t    *pii_erase;
+    const pf_pg_statement_t    *account_create;
+    const pf_pg_statement_t    *account_update;
+    const pf_pg_statement_t    *account_delete;
+    const pf_pg_statement_t    *account_get;
+    const pf_pg_statement_t    *account_list;
 } ngx_http_payflow_statements_t;
 
 
@@ -189,6 +194,7 @@ typedef struct {
     pf_hmac_t                   hmac;          /* this worker's */
     pf_keyring_t                keyring;       /* payflow_kek */
     ngx_uint_t                  customer_pii;  /* 1: sealed */
+    ngx_flag_t                  account_base_url;
     pf_hmac_t                   pii_hmac;      /* blind index, worker's */
 
     ngx_shm_zone_t             *keycache;

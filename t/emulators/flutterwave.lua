@@ -246,6 +246,12 @@ if h["authorization"] ~= "Bearer " .. secret then
     return refuse(401, "Invalid authorization key")
 end
 
+-- GET /v3/balances: what a connected account's key is checked with
+if method == "GET" and uri == "/v3/balances" then
+    return ok("Wallet balances fetched", { { currency = "NGN",
+        available_balance = 0, ledger_balance = 0 } })
+end
+
 local ACCOUNT = 20937
 
 -- a transaction as verify_by_reference shows it

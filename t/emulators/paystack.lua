@@ -223,6 +223,12 @@ if h["authorization"] ~= "Bearer " .. secret then
     return refuse(401, "Invalid key")
 end
 
+-- GET /balance: what a connected account's key is checked with
+if method == "GET" and uri == "/balance" then
+    return send(200, { status = true, message = "Balances retrieved",
+        data = { { currency = "NGN", balance = 0 } } })
+end
+
 -- an integer number of subunits, given as a number or a string
 local function subunits(v)
     local a = tonumber(v)

@@ -163,6 +163,15 @@ if h["authorization"] ~= "Bearer " .. secret then
         message = "Invalid API Key provided: sk_test_****" } })
 end
 
+-- GET /v1/balance: what a connected account's key is checked with
+if method == "GET" and uri == "/v1/balance" then
+    return send(200, { object = "balance", livemode = false,
+        available = { { amount = 0, currency = "usd",
+                        source_types = { card = 0 } } },
+        pending = { { amount = 0, currency = "usd",
+                      source_types = { card = 0 } } } })
+end
+
 -- a queued "timeout" or "drop", once the work is done: the answer is late
 -- (past the client's timeout) or never comes
 local function hide_answer()
