@@ -159,11 +159,6 @@ ngx_http_payflow_reseal_run(ngx_event_t *ev)
         return;
     }
 
-    if (rs->phase) {
-        ngx_http_payflow_reseal_customers(rs);
-        return;
-    }
-
     q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
     values = ngx_palloc(rs->pool, sizeof(char *));
 
@@ -432,8 +427,19 @@ ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs)
         rs->pool = NULL;
     }
 
-    /* endpoints' secrets and payments' customers take turns */
-    rs->phase ^= 1;
+    /* each pass: the endpoints' secrets, then the payments' customers */
+
+    if (rs->phase == 0 && !ngx_exiting && !ngx_quit) {
+        rs->phase = 1;
+
+        rs->pool = ngx_create_pool(4096, rs->log);
+        if (rs->pool) {
+            ngx_http_payflow_reseal_customers(rs);
+            return;
+        }
+    }
+
+    rs->phase = 0;
 }
 
 
