@@ -221,6 +221,13 @@ ngx_http_payflow_accounts_create(ngx_http_request_t *r,
                                       "connects test accounts)");
     }
 
+    if (s.len < ngx_strlen(prefix[0]) + 16) {
+        /* the hint shows four characters: never most of a short key */
+        return ngx_http_payflow_bad(r, "secret_key", "parameter_invalid",
+                                    "secret_key is too short for the "
+                                    "provider's key");
+    }
+
     op->secret.len = s.len;
     op->secret.data = ngx_pstrdup(r->pool, &s);
     if (op->secret.data == NULL) {
@@ -284,15 +291,25 @@ ngx_http_payflow_accounts_create(ngx_http_request_t *r,
                                         "at most 2048 bytes");
         }
 
-        op->values[6] = json_string_value(v);
-        op->provider.base_url.data = (u_char *) json_string_value(v);
-        op->provider.base_url.len = json_string_length(v);
+        s.data = (u_char *) json_string_value(v);
+        s.len = json_string_length(v);
 
-        while (op->provider.base_url.len
-               && op->provider.base_url.data[op->provider.base_url.len - 1]
-                  == '/')
-        {
-            op->provider.base_url.len--;
+        while (s.len && s.data[s.len - 1] == '/') {
+            s.len--;
+        }
+
+        /* a host after the scheme, as the table's CHECK wants it */
+        p = s.data + (s.data[4] == 's' ? 8 : 7);
+
+        if (p >= s.data + s.len || *p == '/' || *p == '?' || *p == '#') {
+            return ngx_http_payflow_bad(r, "base_url", "parameter_invalid",
+                                        "base_url must name a host");
+        }
+
+        op->provider.base_url = s;
+        op->values[6] = ngx_http_payflow_db_str(r->pool, &s);
+        if (op->values[6] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
     } else if (ngx_http_payflow_provider_default_url(kind->type,

@@ -354,6 +354,7 @@ ngx_http_payflow_pii_index_of(ngx_pool_t *pool,
     ngx_strlow(p, email->data, email->len);
 
     if (pf_hmac_sha256(&pmcf->pii_hmac, in, len, mac) != NGX_OK) {
+        OPENSSL_cleanse(in, len);
         return NGX_ERROR;
     }
 
@@ -399,7 +400,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
     pf_pg_query_t                 *q;
     ngx_http_payflow_ctx_t        *ctx;
     ngx_http_payflow_pii_ctx_t    *pc;
-    pf_pii_token_t  *t;
+    pf_pii_token_t                *t;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
@@ -484,6 +485,9 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
 
     ngx_http_payflow_db_set(q, 0, pmcf->st.pii_keys, 1, values);
 
+    /* the answer's own flow may judge SQL errors: not this query's */
+    ctx->db_sql_ok = 0;
+
     return ngx_http_payflow_db_run(r, q, "reading customer keys",
                                    ngx_http_payflow_pii_keys_read);
 }
@@ -495,10 +499,11 @@ ngx_http_payflow_pii_keys_read(ngx_http_request_t *r, pf_pg_query_t *q)
     PGresult                      *res;
     ngx_uint_t                     i, n, row;
     ngx_http_payflow_pii_ctx_t    *pc;
-    pf_pii_token_t  *t;
+    pf_pii_token_t                *t;
 
     pc = ngx_http_payflow_pii_ctx(r);
-    if (pc == NULL) {
+    if (pc == NULL || q->status != PF_PG_OK) {
+        /* no keys is not "erased": the answer fails */
         return ngx_http_payflow_pii_failed(r);
     }
 

@@ -399,7 +399,7 @@ ngx_http_payflow_outbox_send(ngx_http_payflow_outbox_t *ob, PGresult *res,
     ngx_int_t                     rc;
     ngx_uint_t                    livemode, i;
     ngx_array_t                  *tokens;
-    pf_pii_token_t *t;
+    pf_pii_token_t               *t;
     ngx_pool_t                   *pool;
     pf_curl_call_t               *call;
     ngx_http_payflow_delivery_t  *d;

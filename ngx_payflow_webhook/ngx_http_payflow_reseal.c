@@ -17,6 +17,8 @@
 #include "ngx_http_payflow_metrics.h"
 #include "ngx_http_payflow_pii.h"
 
+#include <openssl/crypto.h>
+
 
 #define NGX_HTTP_PAYFLOW_RESEAL_EVERY   5000       /* ms */
 #define NGX_HTTP_PAYFLOW_RESEAL_BATCH   "50"
@@ -49,6 +51,7 @@ static void ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_reseal_customer(
     ngx_http_payflow_reseal_t *rs, PGresult *res, ngx_uint_t i,
     pf_json_out_t *out);
+static void ngx_http_payflow_reseal_wipe(void *data);
 static void ngx_http_payflow_reseal_pending(ngx_http_payflow_reseal_t *rs,
     ngx_int_t due, ngx_uint_t resealed, ngx_uint_t unopened);
 
@@ -443,6 +446,15 @@ ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs)
 }
 
 
+static void
+ngx_http_payflow_reseal_wipe(void *data)
+{
+    u_char *p = data;
+
+    OPENSSL_cleanse(p, ngx_strlen(p));
+}
+
+
 /* payflow_secrets_pending counts both kinds: each as last counted */
 
 static void
@@ -514,6 +526,7 @@ ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q)
     ngx_str_t                   rows;
     ngx_uint_t                  i, n, stored, unopened;
     const char                **values;
+    ngx_pool_cleanup_t         *cln;
     pf_json_out_t               out;
     pf_pg_query_t              *q2;
     ngx_http_payflow_reseal_t  *rs;
@@ -592,6 +605,20 @@ ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q)
 
     /* the rows held details in the clear: wiped once copied */
     OPENSSL_cleanse(rows.data, rows.len);
+
+    /* values[0], the query's copy, goes with the pool: wiped first */
+
+    if (values[0]) {
+        cln = ngx_pool_cleanup_add(rs->pool, 0);
+        if (cln == NULL) {
+            OPENSSL_cleanse((u_char *) values[0], rows.len);
+            ngx_http_payflow_reseal_done(rs);
+            return;
+        }
+
+        cln->handler = ngx_http_payflow_reseal_wipe;
+        cln->data = (void *) values[0];
+    }
 
     q2 = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
 

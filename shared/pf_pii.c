@@ -15,10 +15,11 @@
 #include <openssl/crypto.h>
 
 
-#define PF_PII_TOKENS   100     /* per answer */
+#define PF_PII_TOKENS   200     /* per answer (a page is 100) */
 #define PF_PII_ID_LEN   28      /* pay_ + 24 */
 
 
+static ngx_uint_t pf_pii_id(u_char *p, u_char *last);
 static u_char *pf_pii_space(u_char *p, u_char *last);
 static u_char *pf_pii_string(u_char *p, u_char *last);
 
@@ -31,7 +32,7 @@ static ngx_str_t  pf_pii_erased = ngx_string("\"erased\": true");
  * as PostgreSQL or jansson wrote it: "customer": {"id": "...", "pii":
  * "pay_...".  Metadata values are strings and descriptions are strings,
  * so "customer": followed by an object is always a payment's.
- * NGX_DECLINED: none.
+ * NGX_DECLINED: none; NGX_ERROR: no memory, or more than an answer holds.
  */
 
 ngx_int_t
@@ -109,7 +110,8 @@ pf_pii_tokens(ngx_pool_t *pool, ngx_str_t *body,
         dot = ngx_strlchr(v, p, '.');
 
         if (dot == NULL || dot - v != PF_PII_ID_LEN
-            || ngx_strncmp(v, "pay_", 4) != 0 || p - dot < 2)
+            || ngx_strncmp(v, "pay_", 4) != 0 || p - dot < 2
+            || !pf_pii_id(v + 4, dot))
         {
             continue;
         }
@@ -123,7 +125,8 @@ pf_pii_tokens(ngx_pool_t *pool, ngx_str_t *body,
         }
 
         if ((*tokens)->nelts == PF_PII_TOKENS) {
-            break;
+            /* more than any answer holds: not sent half opened */
+            return NGX_ERROR;
         }
 
         t = ngx_array_push(*tokens);
@@ -144,6 +147,21 @@ pf_pii_tokens(ngx_pool_t *pool, ngx_str_t *body,
     }
 
     return *tokens ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* an id's 24 characters: letters and digits only */
+
+static ngx_uint_t
+pf_pii_id(u_char *p, u_char *last)
+{
+    for ( /* void */ ; p < last; p++) {
+        if (!isalnum(*p)) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

@@ -458,7 +458,13 @@ BEGIN
         v := NEW;
         v.response_body := OLD.response_body;
 
-        IF row(v.*) IS NOT DISTINCT FROM row(OLD.*) THEN
+        -- the customer replaced, as payflow_customers_erase does, only
+        IF row(v.*) IS NOT DISTINCT FROM row(OLD.*)
+           AND NEW.response_body IS NOT DISTINCT FROM
+               regexp_replace(OLD.response_body,
+                   '"customer": \{("([^"\\]|\\.)*"|[^"{}])*\}',
+                   '"customer": {"erased": true}', 'g')
+        THEN
             RETURN NEW;
         END IF;
     END IF;

@@ -18,7 +18,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(38);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(40);
 
 sub rnd { join '', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. $_[0] }
 
@@ -202,6 +202,13 @@ is(err(connect_account($key, provider => 'stripe')),
 is(err(connect_account($key, provider => 'stripe',
 	secret_key => 'sk_test_' . ('a' x 300))),
 	'400 secret_key parameter_invalid', 'a key over 256 characters');
+is(err(connect_account($key, provider => 'stripe',
+	secret_key => 'sk_test_' . rnd(10), base_url => $url{stripe})),
+	'400 secret_key parameter_invalid',
+	'a key too short for its hint to hide it');
+is(err(connect_account($key, provider => 'stripe',
+	secret_key => $secret{stripe}, base_url => 'http:///v1')),
+	'400 base_url parameter_invalid', 'a base_url without a host');
 is(err(connect_account($key, provider => 'stripe',
 	secret_key => $secret{stripe}, base_url => $url{stripe},
 	currencies => ['usd', 'xx1'])),
