@@ -749,7 +749,6 @@ static ngx_int_t
 ngx_http_payflow_account_seal(ngx_http_request_t *r, ngx_str_t *id,
     ngx_str_t *in, const char **out)
 {
-    u_char                        *p;
     ngx_str_t                      aad, sealed;
     ngx_http_payflow_ctx_t        *ctx;
     ngx_http_payflow_main_conf_t  *pmcf;
@@ -757,20 +756,12 @@ ngx_http_payflow_account_seal(ngx_http_request_t *r, ngx_str_t *id,
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
-    p = ngx_pnalloc(r->pool, sizeof("provider_accounts\n\nt\n")
-                             + ctx->auth.tenant_id.len + id->len);
-    if (p == NULL) {
+    if (pf_seal_aad(r->pool, "provider_accounts", &ctx->auth.tenant_id,
+                    ctx->auth.livemode, id, &aad)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    aad.data = p;
-    p = ngx_cpymem(p, "provider_accounts\n", sizeof("provider_accounts\n") - 1);
-    p = ngx_cpymem(p, ctx->auth.tenant_id.data, ctx->auth.tenant_id.len);
-    *p++ = '\n';
-    *p++ = ctx->auth.livemode ? 'l' : 't';
-    *p++ = '\n';
-    p = ngx_cpymem(p, id->data, id->len);
-    aad.len = p - aad.data;
 
     if (pf_seal(r->pool, &pmcf->keyring, &aad, in, &sealed) != NGX_OK) {
         return NGX_ERROR;

@@ -748,25 +748,7 @@ ngx_int_t
 ngx_http_payflow_endpoint_aad(ngx_pool_t *pool, ngx_str_t *tenant,
     ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad)
 {
-    u_char  *p;
-
-    p = ngx_pnalloc(pool, sizeof("webhook_endpoints\n\nt\n") + tenant->len
-                          + id->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    aad->data = p;
-    p = ngx_cpymem(p, "webhook_endpoints\n",
-                   sizeof("webhook_endpoints\n") - 1);
-    p = ngx_cpymem(p, tenant->data, tenant->len);
-    *p++ = '\n';
-    *p++ = livemode ? 'l' : 't';
-    *p++ = '\n';
-    p = ngx_cpymem(p, id->data, id->len);
-    aad->len = p - aad->data;
-
-    return NGX_OK;
+    return pf_seal_aad(pool, "webhook_endpoints", tenant, livemode, id, aad);
 }
 
 

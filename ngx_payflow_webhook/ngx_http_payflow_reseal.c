@@ -40,8 +40,8 @@ typedef struct {
 static void ngx_http_payflow_reseal_run(ngx_event_t *ev);
 static void ngx_http_payflow_reseal_due(pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
-    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *in,
-    ngx_str_t *out);
+    const char *table, ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id,
+    ngx_str_t *in, ngx_str_t *out);
 static u_char *ngx_http_payflow_reseal_item(u_char *p, ngx_str_t *s,
     ngx_uint_t first);
 static void ngx_http_payflow_reseal_stored(pf_pg_query_t *q);
@@ -67,13 +67,13 @@ ngx_http_payflow_reseal_init(ngx_http_payflow_main_conf_t *pmcf)
     st = &pmcf->st;
 
     st->secrets_due = pf_pg_statement_add(pmcf->db, "payflow_secrets_due",
-        "SELECT id, tenant_id, livemode, secret, previous_secret, due "
-        "FROM payflow_secrets_due($1, " NGX_HTTP_PAYFLOW_RESEAL_BATCH ")",
-        1);
+        "SELECT id, tenant_id, livemode, secret, previous_secret, due, "
+        "kind FROM payflow_secrets_due($1, " NGX_HTTP_PAYFLOW_RESEAL_BATCH
+        ")", 1);
     st->secrets_store = pf_pg_statement_add(pmcf->db,
         "payflow_secrets_store",
         "SELECT payflow_secrets_store($1::text[], $2::text[], $3::text[], "
-        "$4::text[], $5::text[])", 5);
+        "$4::text[], $5::text[], $6::text[])", 6);
 
     st->customers_due = pf_pg_statement_add(pmcf->db,
         "payflow_customers_due",
@@ -184,25 +184,29 @@ ngx_http_payflow_reseal_run(ngx_event_t *ev)
 }
 
 
-/* rows: id, tenant_id, livemode, secret, previous_secret, due */
+/*
+ * rows: id, tenant_id, livemode, secret, previous_secret, due, kind
+ * ("endpoint": a webhook endpoint's secrets; "account": a provider
+ * account's key and webhook secret)
+ */
 
 static void
 ngx_http_payflow_reseal_due(pf_pg_query_t *q)
 {
-    u_char                     *p[5];
+    u_char                     *p[6];
     size_t                      len;
     PGresult                   *res;
-    ngx_str_t                   id, tenant, out[2], old[2];
+    ngx_str_t                   id, tenant, out[2], old[2], kind;
     ngx_int_t                   rc, due;
     ngx_uint_t                  i, j, n, livemode, unopened;
-    const char                **values;
+    const char                **values, *table;
     pf_pg_query_t              *q2;
     ngx_http_payflow_reseal_t  *rs;
 
     rs = q->data;
     res = q->results[0];
 
-    if (q->status != PF_PG_OK || PQnfields(res) != 6) {
+    if (q->status != PF_PG_OK || PQnfields(res) != 7) {
         ngx_http_payflow_reseal_done(rs);
         return;
     }
@@ -218,7 +222,8 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
     }
 
     /*
-     * Five text[] literals: ids, old, new, old previous, new previous.  A
+     * Six text[] literals: ids, old, new, old previous, new previous,
+     * kinds.  A
      * sealed value is at most 4/3 of what it seals and 160 bytes, the
      * same again when wrapped anew: room for any of them per row.
      */
@@ -230,7 +235,7 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
                + PQgetlength(res, i, 0) + 400;
     }
 
-    for (j = 0; j < 5; j++) {
+    for (j = 0; j < 6; j++) {
         p[j] = ngx_pnalloc(rs->pool, len + 3);
         if (p[j] == NULL) {
             ngx_http_payflow_reseal_done(rs);
@@ -238,13 +243,13 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
         }
     }
 
-    values = ngx_palloc(rs->pool, 5 * sizeof(char *));
+    values = ngx_palloc(rs->pool, 6 * sizeof(char *));
     if (values == NULL) {
         ngx_http_payflow_reseal_done(rs);
         return;
     }
 
-    for (j = 0; j < 5; j++) {
+    for (j = 0; j < 6; j++) {
         values[j] = (char *) p[j];
         *p[j]++ = '{';
     }
@@ -257,17 +262,21 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
         tenant.data = (u_char *) PQgetvalue(res, i, 1);
         tenant.len = PQgetlength(res, i, 1);
         livemode = (PQgetvalue(res, i, 2)[0] == 't');
+        kind.data = (u_char *) PQgetvalue(res, i, 6);
+        kind.len = PQgetlength(res, i, 6);
+        table = (kind.data[0] == 'a') ? "provider_accounts"
+                                      : "webhook_endpoints";
 
         old[0].data = (u_char *) PQgetvalue(res, i, 3);
         old[0].len = PQgetlength(res, i, 3);
-        rc = ngx_http_payflow_reseal_one(rs, &tenant, livemode, &id, &old[0],
-                                         &out[0]);
+        rc = ngx_http_payflow_reseal_one(rs, table, &tenant, livemode, &id,
+                                         &old[0], &out[0]);
 
         if (rc == NGX_OK && !PQgetisnull(res, i, 4)) {
             old[1].data = (u_char *) PQgetvalue(res, i, 4);
             old[1].len = PQgetlength(res, i, 4);
-            rc = ngx_http_payflow_reseal_one(rs, &tenant, livemode, &id,
-                                             &old[1], &out[1]);
+            rc = ngx_http_payflow_reseal_one(rs, table, &tenant, livemode,
+                                             &id, &old[1], &out[1]);
         } else {
             old[1].data = NULL;
             out[1].data = NULL;
@@ -280,10 +289,11 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
 
         if (rc != NGX_OK) {
             ngx_log_error(NGX_LOG_ERR, rs->log, 0,
-                          "payflow: the signing secret of endpoint %V does "
-                          "not open (its payflow_kek is not configured, or "
-                          "it was written for another row): left as it is",
-                          &id);
+                          "payflow: a secret of %s %V does not open (its "
+                          "payflow_kek is not configured, or it was written "
+                          "for another row): left as it is",
+                          kind.data[0] == 'a' ? "provider account"
+                                              : "endpoint", &id);
             unopened++;
             continue;
         }
@@ -293,10 +303,11 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
         p[2] = ngx_http_payflow_reseal_item(p[2], &out[0], j == 0);
         p[3] = ngx_http_payflow_reseal_item(p[3], &old[1], j == 0);
         p[4] = ngx_http_payflow_reseal_item(p[4], &out[1], j == 0);
+        p[5] = ngx_http_payflow_reseal_item(p[5], &kind, j == 0);
         j++;
     }
 
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < 6; i++) {
         *p[i]++ = '}';
         *p[i] = '\0';
     }
@@ -315,7 +326,7 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
     }
 
     q2->stmts[0].statement = rs->pmcf->st.secrets_store;
-    q2->stmts[0].nparams = 5;
+    q2->stmts[0].nparams = 6;
     q2->stmts[0].values = values;
     q2->handler = ngx_http_payflow_reseal_stored;
     q2->data = rs;
@@ -333,8 +344,8 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
 
 static ngx_int_t
 ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
-    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *in,
-    ngx_str_t *out)
+    const char *table, ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id,
+    ngx_str_t *in, ngx_str_t *out)
 {
     ngx_int_t      rc;
     ngx_str_t      aad;
@@ -349,9 +360,7 @@ ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
         return NGX_OK;
     }
 
-    if (ngx_http_payflow_endpoint_aad(rs->pool, tenant, livemode, id, &aad)
-        != NGX_OK)
-    {
+    if (pf_seal_aad(rs->pool, table, tenant, livemode, id, &aad) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -170,6 +170,38 @@ pf_keyring_ready(ngx_conf_t *cf, pf_keyring_t *ring)
 }
 
 
+/* "<table>\n<tenant>\n<t|l>\n<id>": the row a sealed value belongs to */
+
+ngx_int_t
+pf_seal_aad(ngx_pool_t *pool, const char *table, ngx_str_t *tenant,
+    ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = ngx_strlen(table);
+
+    p = ngx_pnalloc(pool, len + tenant->len + id->len + 5);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    aad->data = p;
+
+    p = ngx_cpymem(p, table, len);
+    *p++ = '\n';
+    p = ngx_cpymem(p, tenant->data, tenant->len);
+    *p++ = '\n';
+    *p++ = livemode ? 'l' : 't';
+    *p++ = '\n';
+    p = ngx_cpymem(p, id->data, id->len);
+
+    aad->len = p - aad->data;
+
+    return NGX_OK;
+}
+
+
 ngx_uint_t
 pf_sealed(ngx_str_t *s)
 {

@@ -35,6 +35,8 @@ ngx_int_t pf_keyring_add(ngx_conf_t *cf, pf_keyring_t *ring, ngx_str_t *id,
     ngx_str_t *hex, ngx_uint_t current);
 ngx_int_t pf_keyring_ready(ngx_conf_t *cf, pf_keyring_t *ring);
 
+ngx_int_t pf_seal_aad(ngx_pool_t *pool, const char *table,
+    ngx_str_t *tenant, ngx_uint_t livemode, ngx_str_t *id, ngx_str_t *aad);
 ngx_uint_t pf_sealed(ngx_str_t *s);
 ngx_int_t pf_seal(ngx_pool_t *pool, pf_keyring_t *ring, ngx_str_t *aad,
     ngx_str_t *in, ngx_str_t *out);

@@ -155,6 +155,7 @@ GRANT EXECUTE ON FUNCTION payflow_provider_account_list(text, text, int)
     TO :"app";
 
 -- audited like endpoints: who connected, changed or closed which account
+-- (a secret sealed or wrapped again in the background is not a change)
 CREATE FUNCTION provider_accounts_audit() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = public, pg_temp
@@ -164,6 +165,8 @@ BEGIN
         CASE WHEN TG_OP = 'INSERT' THEN 'provider_account.created'
              WHEN NEW.deleted_at IS NOT NULL AND OLD.deleted_at IS NULL
                  THEN 'provider_account.deleted'
+             WHEN current_setting('payflow.resealing', true) = 'on'
+                 THEN 'provider_account.secret_resealed'
              ELSE 'provider_account.updated' END,
         'provider_account', NEW.id,
         jsonb_build_object('provider', NEW.provider,
@@ -175,3 +178,88 @@ $$;
 CREATE TRIGGER provider_accounts_audit
     AFTER INSERT OR UPDATE ON provider_accounts
     FOR EACH ROW EXECUTE FUNCTION provider_accounts_audit();
+
+
+-- The background sealing (sql/0023) takes the accounts' secrets too: their
+-- key and webhook secret in the two slots of an endpoint's secret and
+-- previous secret, told apart by kind.  A closed account has none left.
+DROP FUNCTION payflow_secrets_due(text, int);
+
+CREATE FUNCTION payflow_secrets_due(p_prefix text, p_limit int)
+    RETURNS TABLE (id text, tenant_id text, livemode boolean, secret text,
+                   previous_secret text, due bigint, kind text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+    WITH due AS (
+        SELECT e.id, e.tenant_id, e.livemode, e.secret, e.previous_secret,
+               e.created_at, 'endpoint' AS kind
+          FROM webhook_endpoints e
+         WHERE NOT starts_with(e.secret, p_prefix)
+            OR NOT starts_with(coalesce(e.previous_secret, p_prefix),
+                               p_prefix)
+        UNION ALL
+        SELECT a.id, a.tenant_id, a.livemode, a.secret, a.webhook_secret,
+               a.created_at, 'account'
+          FROM provider_accounts a
+         WHERE a.deleted_at IS NULL
+           AND (NOT starts_with(a.secret, p_prefix)
+                OR NOT starts_with(coalesce(a.webhook_secret, p_prefix),
+                                   p_prefix))
+    )
+    SELECT d.id, d.tenant_id, d.livemode, d.secret, d.previous_secret,
+           count(*) OVER (), d.kind
+      FROM due d
+     ORDER BY d.created_at
+     LIMIT p_limit
+$$;
+
+REVOKE ALL ON FUNCTION payflow_secrets_due(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION payflow_secrets_due(text, int) TO :"app";
+
+DROP FUNCTION payflow_secrets_store(text[], text[], text[], text[], text[]);
+
+CREATE FUNCTION payflow_secrets_store(p_ids text[], p_old text[],
+    p_new text[], p_old_previous text[], p_new_previous text[],
+    p_kinds text[])
+    RETURNS int
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = public, pg_temp
+    AS $$
+DECLARE
+    n  int;
+    m  int;
+BEGIN
+    PERFORM set_config('payflow.resealing', 'on', true);
+
+    UPDATE webhook_endpoints e
+       SET secret = v.new, previous_secret = v.new_previous
+      FROM unnest(p_ids, p_old, p_new, p_old_previous, p_new_previous,
+                  p_kinds)
+           AS v(id, old, new, old_previous, new_previous, kind)
+     WHERE v.kind = 'endpoint' AND e.id = v.id AND e.secret = v.old
+       AND e.previous_secret IS NOT DISTINCT FROM v.old_previous;
+
+    GET DIAGNOSTICS n = ROW_COUNT;
+
+    UPDATE provider_accounts a
+       SET secret = v.new, webhook_secret = v.new_previous
+      FROM unnest(p_ids, p_old, p_new, p_old_previous, p_new_previous,
+                  p_kinds)
+           AS v(id, old, new, old_previous, new_previous, kind)
+     WHERE v.kind = 'account' AND a.id = v.id AND a.secret = v.old
+       AND a.webhook_secret IS NOT DISTINCT FROM v.old_previous
+       AND a.deleted_at IS NULL;
+
+    GET DIAGNOSTICS m = ROW_COUNT;
+
+    PERFORM set_config('payflow.resealing', 'off', true);
+
+    RETURN n + m;
+END
+$$;
+
+REVOKE ALL ON FUNCTION payflow_secrets_store(text[], text[], text[],
+    text[], text[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION payflow_secrets_store(text[], text[], text[],
+    text[], text[], text[]) TO :"app";

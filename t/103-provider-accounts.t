@@ -18,7 +18,7 @@ use Test::More;
 use JSON::PP;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(40);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(42);
 
 sub rnd { join '', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. $_[0] }
 
@@ -30,8 +30,8 @@ my %secret = (
 my $whsec = 'whsec_' . rnd(32);
 my $any_secret = join '|', map { quotemeta } values(%secret), $whsec;
 
-$t->write_file('kek1', join('', map { sprintf '%02x', int rand 256 } 1 .. 32)
-	. "\n");
+$t->write_file("kek$_", join('', map { sprintf '%02x', int rand 256 }
+	1 .. 32) . "\n") for 1 .. 2;
 
 my $conf = <<'EOF';
 
@@ -48,7 +48,7 @@ http {
                pool=4 queue=512;
     payflow_key_pepper file=%%PEPPER_FILE%%;
     %%ADMIN_KEY%%
-    payflow_kek k1 file=%%TESTDIR%%/kek1;
+    KEKS
     payflow_provider_account_base_url BASEURL;
 
     lua_shared_dict stripe 4m;
@@ -88,8 +88,10 @@ $conf =~ s/PAYSTACK/$secret{paystack}/;
 $conf =~ s/FLUTTERWAVE/$secret{flutterwave}/;
 
 sub conf {
-	my ($base) = @_;
+	my ($base, $keks) = @_;
 	(my $c = $conf) =~ s/BASEURL/$base/;
+	$keks //= 'payflow_kek k1 file=%%TESTDIR%%/kek1;';
+	$c =~ s/KEKS/$keks/;
 	$t->write_file_expand('nginx.conf', $c);
 }
 
@@ -266,9 +268,23 @@ is($t->psql("SELECT string_agg(action, ',' ORDER BY id) FROM audit_logs "
 unlike($t->error_log, qr/$any_secret/, 'no secret in the error log');
 
 ###############################################################################
+# a new current KEK wraps the accounts' secrets again, in the background
+
+conf('on', "payflow_kek k1 file=%%TESTDIR%%/kek1;\n"
+	. "    payflow_kek k2 file=%%TESTDIR%%/kek2 current;");
+$t->reload;
+ok($t->poll(15, sub { $t->psql("SELECT count(*) FROM provider_accounts "
+	. "WHERE deleted_at IS NULL AND (secret NOT LIKE 'pf1.k2.%' "
+	. "OR webhook_secret NOT LIKE 'pf1.k2.%')") eq '0' }),
+	'every open account\'s secrets are wrapped under k2');
+ok($t->psql("SELECT count(*) FROM audit_logs WHERE tenant_id = '$tenant' "
+	. "AND action = 'provider_account.secret_resealed'") >= 2,
+	'audited as sealed again, not as a change');
+
+###############################################################################
 # base_url only where the operator allows it
 
-conf('off');
+conf('off', 'payflow_kek k2 file=%%TESTDIR%%/kek2;');
 $t->reload;
 # (until the old worker is gone: it still allows one)
 ok($t->poll(5, sub { err(connect_account($key, provider => 'stripe',
