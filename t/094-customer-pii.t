@@ -23,7 +23,7 @@ use PayFlow::Test;
 
 my $t = PayFlow::Test->new->has_module->has_pg->has_lua;
 
-$t->plan(51);
+$t->plan(52);
 
 my @hex = map { join '', map { sprintf '%02x', int rand 256 } 1 .. 32 }
 	1 .. 2;
@@ -250,6 +250,10 @@ ok($t->poll(20, sub { $t->psql("SELECT count(*) FROM payments "
 	eq '0' }), 'every payment\'s key is wrapped under k2');
 ok($t->poll(10, sub { metric('payflow_secrets_pending') == 0 }),
 	'payflow_secrets_pending reads 0');
+my $usage = `$ENV{PAYFLOW_ROOT}/scripts/pf-kek usage --env test 2>&1`;
+ok($usage =~ /^payments\s+k2\s+\d+$/m && $usage !~ /^payments\s+k1\s/m,
+	'scripts/pf-kek usage: payments sealed under k2, none under k1')
+	or diag $usage;
 
 conf('payflow_kek k2 file=%%TESTDIR%%/kek2;');
 $t->reload;
