@@ -49,11 +49,6 @@ static ngx_int_t ngx_http_payflow_account_validated(ngx_http_request_t *r,
     pf_curl_call_t *call);
 static ngx_int_t ngx_http_payflow_account_store(ngx_http_request_t *r,
     ngx_http_payflow_account_op_t *op);
-static ngx_int_t ngx_http_payflow_account_write(ngx_http_request_t *r,
-    const pf_pg_statement_t *statement, const char **values,
-    ngx_uint_t n, const char *what);
-static ngx_int_t ngx_http_payflow_account_written(ngx_http_request_t *r,
-    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_account_fields(ngx_http_request_t *r,
     json_t *body, const char **values, pf_error_t *err);
 static ngx_int_t ngx_http_payflow_account_seal(ngx_http_request_t *r,
@@ -480,9 +475,8 @@ ngx_http_payflow_account_store(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_account_write(r, pmcf->st.account_create,
-                                          op->values, 9,
-                                          "connecting a provider account");
+    return ngx_http_payflow_json_run(r, pmcf->st.account_create, op->values,
+                                     9, "connecting a provider account");
 }
 
 
@@ -492,25 +486,11 @@ ngx_int_t
 ngx_http_payflow_accounts_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    ngx_int_t                      rc;
-    const char                   **v;
-    pf_error_t                     err;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    v = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    if (v == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_payflow_list_cursor(r, v, &err);
-    if (rc != NGX_OK) {
-        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
-                               : ngx_http_payflow_send_error(r, &err);
-    }
-
-    return ngx_http_payflow_json_run(r, pmcf->st.account_list, v, 3,
+    return ngx_http_payflow_list_run(r, pmcf->st.account_list,
                                      "listing provider accounts");
 }
 
@@ -521,23 +501,12 @@ ngx_int_t
 ngx_http_payflow_accounts_get(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    const char                   **v;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    v = ngx_pcalloc(r->pool, sizeof(char *));
-    if (v == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
-    if (v[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_payflow_json_run(r, pmcf->st.account_get, v, 1,
-                                     "reading a provider account");
+    return ngx_http_payflow_id_run(r, ctx, pmcf->st.account_get,
+                                   "reading a provider account");
 }
 
 
@@ -594,8 +563,8 @@ ngx_http_payflow_accounts_update(ngx_http_request_t *r,
 
     values[4] = v ? (json_is_true(v) ? "true" : "false") : NULL;
 
-    return ngx_http_payflow_account_write(r, pmcf->st.account_update, values,
-                                          5, "updating a provider account");
+    return ngx_http_payflow_json_run(r, pmcf->st.account_update, values, 5,
+                                     "updating a provider account");
 }
 
 
@@ -605,23 +574,12 @@ ngx_int_t
 ngx_http_payflow_accounts_delete(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    const char                   **v;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    v = ngx_pcalloc(r->pool, sizeof(char *));
-    if (v == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
-    if (v[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_payflow_account_write(r, pmcf->st.account_delete, v, 1,
-                                          "closing a provider account");
+    return ngx_http_payflow_id_run(r, ctx, pmcf->st.account_delete,
+                                   "closing a provider account");
 }
 
 
@@ -785,53 +743,6 @@ ngx_http_payflow_account_wipe(void *data)
     if (op->webhook_secret.len) {
         OPENSSL_cleanse(op->webhook_secret.data, op->webhook_secret.len);
     }
-}
-
-
-static ngx_int_t
-ngx_http_payflow_account_write(ngx_http_request_t *r,
-    const pf_pg_statement_t *statement, const char **values, ngx_uint_t n,
-    const char *what)
-{
-    pf_pg_query_t  *q;
-
-    q = ngx_http_payflow_db_query(r, 1, 1);
-    if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_payflow_db_set(q, 0, statement, n, values);
-
-    return ngx_http_payflow_db_run(r, q, what,
-                                   ngx_http_payflow_account_written);
-}
-
-
-static ngx_int_t
-ngx_http_payflow_account_written(ngx_http_request_t *r, pf_pg_query_t *q)
-{
-    PGresult    *res;
-    ngx_str_t    data;
-    pf_error_t   err;
-
-    res = ngx_http_payflow_db_result(q, 0);
-
-    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-        ngx_memzero(&err, sizeof(pf_error_t));
-
-        err.status = NGX_HTTP_NOT_FOUND;
-        err.type = PF_ERROR_INVALID_REQUEST;
-        err.code = "resource_missing";
-        err.message = "no such provider account";
-        err.param = "id";
-
-        return ngx_http_payflow_send_error(r, &err);
-    }
-
-    data.data = (u_char *) PQgetvalue(res, 0, 0);
-    data.len = PQgetlength(res, 0, 0);
-
-    return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
 }
 
 

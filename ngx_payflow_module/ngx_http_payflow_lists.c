@@ -326,6 +326,53 @@ ngx_http_payflow_list_sent(ngx_http_request_t *r, pf_pg_query_t *q)
 }
 
 
+/* a cursor list with no filter: starting_after, ending_before, limit */
+
+ngx_int_t
+ngx_http_payflow_list_run(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char *what)
+{
+    ngx_int_t     rc;
+    pf_error_t    err;
+    const char  **values;
+
+    values = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    if (values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_payflow_list_cursor(r, values, &err);
+    if (rc != NGX_OK) {
+        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                               : ngx_http_payflow_send_error(r, &err);
+    }
+
+    return ngx_http_payflow_json_run(r, statement, values, 3, what);
+}
+
+
+/* one object by the id in the request's path: get, delete and the like */
+
+ngx_int_t
+ngx_http_payflow_id_run(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
+    const pf_pg_statement_t *statement, const char *what)
+{
+    const char  **v;
+
+    v = ngx_palloc(r->pool, sizeof(char *));
+    if (v == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+    if (v[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_json_run(r, statement, v, 1, what);
+}
+
+
 /*
  * values[0..2]: starting_after, ending_before, limit.  NGX_DECLINED: err
  * says what is wrong.

@@ -25,6 +25,11 @@ ngx_int_t ngx_http_payflow_list_cursor(ngx_http_request_t *r,
 ngx_int_t ngx_http_payflow_json_run(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char **values,
     ngx_uint_t nvalues, const char *what);
+ngx_int_t ngx_http_payflow_list_run(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char *what);
+ngx_int_t ngx_http_payflow_id_run(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx, const pf_pg_statement_t *statement,
+    const char *what);
 
 
 #endif /* _NGX_HTTP_PAYFLOW_LISTS_H_INCLUDED_ */

@@ -33,8 +33,6 @@
 
 static void ngx_http_payflow_db_done(pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_add_variables(ngx_conf_t *cf);
-static ngx_int_t ngx_http_payflow_send_final(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_str_t *body);
 static ngx_int_t ngx_http_payflow_request_id_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_uint_t ngx_http_payflow_request_id_valid(ngx_str_t *id);
@@ -404,8 +402,7 @@ ngx_int_t
 ngx_http_payflow_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *data)
 {
-    ngx_str_t                body;
-    ngx_http_payflow_ctx_t  *ctx;
+    ngx_str_t  body;
 
     if (pf_response_data_body(r->pool, data, ngx_http_payflow_request_id(r),
                               &body)
@@ -414,21 +411,33 @@ ngx_http_payflow_send_json(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx = ngx_http_payflow_get_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->envelope = 1;
-
-    return ngx_http_payflow_send_final(r, status, &body);
+    return ngx_http_payflow_send_body(r, status, &body);
 }
 
 
-/* a whole envelope already built (and perhaps stored for replays) */
+/*
+ * A whole envelope already built (and perhaps stored for replays); one
+ * naming sealed customer details leaves with them opened (sql/0024)
+ */
 
 ngx_int_t
 ngx_http_payflow_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body)
+{
+    static const char  mark[] = "\"pii\":";
+
+    if (memmem(body->data, body->len, mark, sizeof(mark) - 1) != NULL) {
+        return ngx_http_payflow_pii_send(r, status, body);
+    }
+
+    return ngx_http_payflow_send_envelope(r, status, body);
+}
+
+
+/* the envelope as it goes out: nginx's own error page is not wanted */
+
+ngx_int_t
+ngx_http_payflow_send_envelope(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body)
 {
     ngx_http_payflow_ctx_t  *ctx;
@@ -439,22 +448,6 @@ ngx_http_payflow_send_body(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     ctx->envelope = 1;
-
-    return ngx_http_payflow_send_final(r, status, body);
-}
-
-
-/* an answer naming sealed customer details leaves with them opened */
-
-static ngx_int_t
-ngx_http_payflow_send_final(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *body)
-{
-    static const char  mark[] = "\"pii\":";
-
-    if (memmem(body->data, body->len, mark, sizeof(mark) - 1) != NULL) {
-        return ngx_http_payflow_pii_send(r, status, body);
-    }
 
     return pf_response_send(r, status, body);
 }

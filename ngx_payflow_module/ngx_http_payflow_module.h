@@ -327,6 +327,8 @@ ngx_int_t ngx_http_payflow_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *data);
 ngx_int_t ngx_http_payflow_send_body(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
+ngx_int_t ngx_http_payflow_send_envelope(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *body);
 ngx_int_t ngx_http_payflow_send_error(ngx_http_request_t *r,
     pf_error_t *err);
 ngx_int_t ngx_http_payflow_send_db_error(ngx_http_request_t *r,

@@ -47,7 +47,6 @@ static ngx_int_t ngx_http_payflow_pii_finish(ngx_http_request_t *r,
     ngx_http_payflow_pii_ctx_t *pc);
 static ngx_int_t ngx_http_payflow_customers_erased(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_pii_failed(ngx_http_request_t *r);
 
 
 static const char  *ngx_http_payflow_pii_fields[] = {
@@ -168,7 +167,9 @@ ngx_http_payflow_pii_seal(ngx_http_request_t *r, json_t *customer,
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
-    row = json_deep_copy(customer);
+    /* sealing changes the object: the request's own stays as it came */
+    row = pmcf->customer_pii ? json_deep_copy(customer)
+                             : json_incref(customer);
     if (row == NULL) {
         return NGX_ERROR;
     }
@@ -408,7 +409,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
 
     pc = ngx_http_payflow_pii_ctx(r);
     if (pc == NULL) {
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* the body may live in a result freed once this callback returns */
@@ -417,17 +418,17 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
     pc->body.len = body->len;
     pc->body.data = ngx_pstrdup(r->pool, body);
     if (pc->body.data == NULL) {
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rc = pf_pii_tokens(r->pool, &pc->body, &pc->tokens);
 
     if (rc == NGX_ERROR) {
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (rc == NGX_DECLINED) {
-        return pf_response_send(r, status, &pc->body);
+        return ngx_http_payflow_send_envelope(r, status, &pc->body);
     }
 
     t = pc->tokens->elts;
@@ -456,7 +457,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "payflow: an answer outside a tenant's scope names "
                       "sealed customer details");
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* {pay_a,pay_b}: ids are letters, digits and "_" */
@@ -467,7 +468,7 @@ ngx_http_payflow_pii_send(ngx_http_request_t *r, ngx_uint_t status,
     q = ngx_http_payflow_db_query(r, 1, NGX_HTTP_PAYFLOW_DB_READ);
 
     if (values == NULL || p == NULL || q == NULL) {
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     values[0] = (char *) p;
@@ -504,7 +505,7 @@ ngx_http_payflow_pii_keys_read(ngx_http_request_t *r, pf_pg_query_t *q)
     pc = ngx_http_payflow_pii_ctx(r);
     if (pc == NULL || q->status != PF_PG_OK) {
         /* no keys is not "erased": the answer fails */
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     res = ngx_http_payflow_db_result(q, 0);
@@ -525,7 +526,7 @@ ngx_http_payflow_pii_keys_read(ngx_http_request_t *r, pf_pg_query_t *q)
                 t[i].key.len = PQgetlength(res, row, 1);
                 t[i].key.data = ngx_pnalloc(r->pool, t[i].key.len);
                 if (t[i].key.data == NULL) {
-                    return ngx_http_payflow_pii_failed(r);
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
                 }
 
                 ngx_memcpy(t[i].key.data, PQgetvalue(res, row, 1),
@@ -555,14 +556,14 @@ ngx_http_payflow_pii_finish(ngx_http_request_t *r,
                                      ctx->auth.livemode, &pc->body,
                                      pc->tokens, &out);
     if (rc != NGX_OK) {
-        return ngx_http_payflow_pii_failed(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* the answer holds the details now: wiped with the pool */
 
     pc->body = out;
 
-    return pf_response_send(r, pc->status, &out);
+    return ngx_http_payflow_send_envelope(r, pc->status, &out);
 }
 
 
@@ -665,21 +666,6 @@ ngx_http_payflow_pii_email(ngx_pool_t *pool, ngx_log_t *log,
     json_decref(details);
 
     return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_payflow_pii_failed(ngx_http_request_t *r)
-{
-    ngx_http_payflow_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-
-    if (ctx) {
-        ctx->envelope = 0;
-    }
-
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 

@@ -732,25 +732,11 @@ ngx_int_t
 ngx_http_payflow_reviews_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    ngx_int_t                      rc;
-    pf_error_t                     err;
-    const char                   **values;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    values = ngx_pcalloc(r->pool, 3 * sizeof(char *));
-    if (values == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_payflow_list_cursor(r, values, &err);
-    if (rc != NGX_OK) {
-        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
-                               : ngx_http_payflow_send_error(r, &err);
-    }
-
-    return ngx_http_payflow_json_run(r, pmcf->st.review_list, values, 3,
+    return ngx_http_payflow_list_run(r, pmcf->st.review_list,
                                      "listing reviews");
 }
 

@@ -40,9 +40,6 @@ static void ngx_http_payflow_endpoint_probed(pf_curl_call_t *call);
 static ngx_int_t ngx_http_payflow_endpoint_store(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_endpoint_stored(ngx_http_request_t *r,
     pf_pg_query_t *q);
-static ngx_int_t ngx_http_payflow_id_run(ngx_http_request_t *r,
-    ngx_http_payflow_ctx_t *ctx, const pf_pg_statement_t *statement,
-    const char *what);
 
 
 /* the statement a create or update runs once its URL passed */
@@ -793,25 +790,11 @@ ngx_int_t
 ngx_http_payflow_endpoints_list(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
-    ngx_int_t                       rc;
-    const char                    **v;
-    pf_error_t                      err;
     ngx_http_payflow_main_conf_t   *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    v = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    if (v == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_http_payflow_list_cursor(r, v, &err);
-    if (rc != NGX_OK) {
-        return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR
-                               : ngx_http_payflow_send_error(r, &err);
-    }
-
-    return ngx_http_payflow_json_run(r, pmcf->st.endpoint_list, v, 3,
+    return ngx_http_payflow_list_run(r, pmcf->st.endpoint_list,
                                      "listing webhook endpoints");
 }
 
@@ -1080,26 +1063,4 @@ ngx_http_payflow_events_redelivered(ngx_http_request_t *r, pf_pg_query_t *q)
     data.len = PQgetlength(res, 0, 0);
 
     return ngx_http_payflow_send_json(r, NGX_HTTP_OK, &data);
-}
-
-
-/* a statement whose one parameter is the id in the path */
-
-static ngx_int_t
-ngx_http_payflow_id_run(ngx_http_request_t *r, ngx_http_payflow_ctx_t *ctx,
-    const pf_pg_statement_t *statement, const char *what)
-{
-    const char  **v;
-
-    v = ngx_palloc(r->pool, sizeof(char *));
-    if (v == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    v[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
-    if (v[0] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_payflow_json_run(r, statement, v, 1, what);
 }

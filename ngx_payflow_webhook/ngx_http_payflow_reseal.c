@@ -45,6 +45,9 @@ static ngx_int_t ngx_http_payflow_reseal_one(ngx_http_payflow_reseal_t *rs,
 static u_char *ngx_http_payflow_reseal_item(u_char *p, ngx_str_t *s,
     ngx_uint_t first);
 static void ngx_http_payflow_reseal_stored(pf_pg_query_t *q);
+static void ngx_http_payflow_reseal_query(ngx_http_payflow_reseal_t *rs,
+    const pf_pg_statement_t *statement, const char **values, ngx_uint_t n,
+    pf_pg_handler_pt handler);
 static void ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs);
 static void ngx_http_payflow_reseal_customers(ngx_http_payflow_reseal_t *rs);
 static void ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q);
@@ -141,7 +144,6 @@ static void
 ngx_http_payflow_reseal_run(ngx_event_t *ev)
 {
     const char                **values;
-    pf_pg_query_t              *q;
     ngx_http_payflow_reseal_t  *rs;
 
     rs = ev->data;
@@ -162,25 +164,16 @@ ngx_http_payflow_reseal_run(ngx_event_t *ev)
         return;
     }
 
-    q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
     values = ngx_palloc(rs->pool, sizeof(char *));
-
-    if (q == NULL || values == NULL) {
+    if (values == NULL) {
         ngx_http_payflow_reseal_done(rs);
         return;
     }
 
     values[0] = (char *) rs->pmcf->keyring.prefix.data;
 
-    q->stmts[0].statement = rs->pmcf->st.secrets_due;
-    q->stmts[0].nparams = 1;
-    q->stmts[0].values = values;
-    q->handler = ngx_http_payflow_reseal_due;
-    q->data = rs;
-
-    if (pf_pg_query_run(q) != NGX_OK) {
-        ngx_http_payflow_reseal_done(rs);
-    }
+    ngx_http_payflow_reseal_query(rs, rs->pmcf->st.secrets_due, values, 1,
+                                  ngx_http_payflow_reseal_due);
 }
 
 
@@ -200,7 +193,6 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
     ngx_int_t                   rc, due;
     ngx_uint_t                  i, j, n, livemode, unopened;
     const char                **values, *table;
-    pf_pg_query_t              *q2;
     ngx_http_payflow_reseal_t  *rs;
 
     rs = q->data;
@@ -319,21 +311,8 @@ ngx_http_payflow_reseal_due(pf_pg_query_t *q)
         return;
     }
 
-    q2 = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
-    if (q2 == NULL) {
-        ngx_http_payflow_reseal_done(rs);
-        return;
-    }
-
-    q2->stmts[0].statement = rs->pmcf->st.secrets_store;
-    q2->stmts[0].nparams = 6;
-    q2->stmts[0].values = values;
-    q2->handler = ngx_http_payflow_reseal_stored;
-    q2->data = rs;
-
-    if (pf_pg_query_run(q2) != NGX_OK) {
-        ngx_http_payflow_reseal_done(rs);
-    }
+    ngx_http_payflow_reseal_query(rs, rs->pmcf->st.secrets_store, values, 6,
+                                  ngx_http_payflow_reseal_stored);
 }
 
 
@@ -431,6 +410,33 @@ ngx_http_payflow_reseal_stored(pf_pg_query_t *q)
 }
 
 
+/* one statement of a pass, in its pool; the pass ends if it cannot run */
+
+static void
+ngx_http_payflow_reseal_query(ngx_http_payflow_reseal_t *rs,
+    const pf_pg_statement_t *statement, const char **values, ngx_uint_t n,
+    pf_pg_handler_pt handler)
+{
+    pf_pg_query_t  *q;
+
+    q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
+    if (q == NULL) {
+        ngx_http_payflow_reseal_done(rs);
+        return;
+    }
+
+    q->stmts[0].statement = statement;
+    q->stmts[0].nparams = n;
+    q->stmts[0].values = values;
+    q->handler = handler;
+    q->data = rs;
+
+    if (pf_pg_query_run(q) != NGX_OK) {
+        ngx_http_payflow_reseal_done(rs);
+    }
+}
+
+
 static void
 ngx_http_payflow_reseal_done(ngx_http_payflow_reseal_t *rs)
 {
@@ -488,13 +494,11 @@ ngx_http_payflow_reseal_pending(ngx_http_payflow_reseal_t *rs,
 static void
 ngx_http_payflow_reseal_customers(ngx_http_payflow_reseal_t *rs)
 {
-    const char     **values;
-    pf_pg_query_t   *q;
+    const char  **values;
 
-    q = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
     values = ngx_palloc(rs->pool, 3 * sizeof(char *));
 
-    if (q == NULL || values == NULL) {
+    if (values == NULL) {
         ngx_http_payflow_reseal_done(rs);
         return;
     }
@@ -513,15 +517,8 @@ ngx_http_payflow_reseal_customers(ngx_http_payflow_reseal_t *rs)
         return;
     }
 
-    q->stmts[0].statement = rs->pmcf->st.customers_due;
-    q->stmts[0].nparams = 3;
-    q->stmts[0].values = values;
-    q->handler = ngx_http_payflow_reseal_customers_due;
-    q->data = rs;
-
-    if (pf_pg_query_run(q) != NGX_OK) {
-        ngx_http_payflow_reseal_done(rs);
-    }
+    ngx_http_payflow_reseal_query(rs, rs->pmcf->st.customers_due, values, 3,
+                                  ngx_http_payflow_reseal_customers_due);
 }
 
 
@@ -537,7 +534,6 @@ ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q)
     const char                **values;
     ngx_pool_cleanup_t         *cln;
     pf_json_out_t               out;
-    pf_pg_query_t              *q2;
     ngx_http_payflow_reseal_t  *rs;
 
     rs = q->data;
@@ -629,22 +625,13 @@ ngx_http_payflow_reseal_customers_due(pf_pg_query_t *q)
         cln->data = (void *) values[0];
     }
 
-    q2 = pf_pg_query_create(rs->pool, rs->pmcf->pool, 1);
-
-    if (q2 == NULL || values[0] == NULL) {
+    if (values[0] == NULL) {
         ngx_http_payflow_reseal_done(rs);
         return;
     }
 
-    q2->stmts[0].statement = rs->pmcf->st.customers_store;
-    q2->stmts[0].nparams = 1;
-    q2->stmts[0].values = values;
-    q2->handler = ngx_http_payflow_reseal_stored;
-    q2->data = rs;
-
-    if (pf_pg_query_run(q2) != NGX_OK) {
-        ngx_http_payflow_reseal_done(rs);
-    }
+    ngx_http_payflow_reseal_query(rs, rs->pmcf->st.customers_store, values,
+                                  1, ngx_http_payflow_reseal_stored);
 }
 
 
