@@ -574,10 +574,14 @@ CREATE FUNCTION payflow_customers_due(p_kek text, p_seal boolean,
     SET search_path = public, pg_temp
     AS $$
     WITH due AS (
+        -- two ranges of the KEK index, not one scan of it filtered
         SELECT p.* FROM payments p
          WHERE p.customer_key IS NOT NULL
-           AND (split_part(p.customer_key, '.', 2) < p_kek
-                OR split_part(p.customer_key, '.', 2) > p_kek)
+           AND split_part(p.customer_key, '.', 2) < p_kek
+        UNION ALL
+        SELECT p.* FROM payments p
+         WHERE p.customer_key IS NOT NULL
+           AND split_part(p.customer_key, '.', 2) > p_kek
         UNION ALL
         SELECT p.* FROM payments p
          WHERE p_seal AND p.customer ?| ARRAY['email', 'name', 'phone']
