@@ -49,6 +49,11 @@ static ngx_int_t ngx_http_payflow_account_validated(ngx_http_request_t *r,
     pf_curl_call_t *call);
 static ngx_int_t ngx_http_payflow_account_store(ngx_http_request_t *r,
     ngx_http_payflow_account_op_t *op);
+static ngx_int_t ngx_http_payflow_account_write(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char **values,
+    ngx_uint_t nvalues, const char *what);
+static ngx_int_t ngx_http_payflow_account_written(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_account_fields(ngx_http_request_t *r,
     json_t *body, const char **values, pf_error_t *err);
 static ngx_int_t ngx_http_payflow_account_seal(ngx_http_request_t *r,
@@ -100,9 +105,18 @@ ngx_http_payflow_accounts_init(ngx_http_payflow_main_conf_t *pmcf)
         "SELECT payflow_provider_account_get($1)", 1);
     st->account_list = pf_pg_statement_add(pmcf->db, "payflow_account_list",
         "SELECT payflow_provider_account_list($1, $2, $3::int)", 3);
+    st->account_snapshot = pf_pg_statement_add(pmcf->db,
+        "payflow_account_snapshot",
+        "SELECT * FROM payflow_provider_accounts_snapshot($1, $2::boolean, "
+        "$3)", 3);
+    st->account_versions = pf_pg_statement_add(pmcf->db,
+        "payflow_account_versions",
+        "SELECT tenant_id, version "
+        "FROM payflow_provider_account_versions($1::text[])", 1);
 
     return (st->account_create && st->account_update && st->account_delete
-            && st->account_get && st->account_list) ? NGX_OK : NGX_ERROR;
+            && st->account_get && st->account_list && st->account_snapshot
+            && st->account_versions) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -261,6 +275,11 @@ ngx_http_payflow_accounts_create(ngx_http_request_t *r,
 
     op->values[1] = kind->type;
     op->type = kind->type;
+    op->provider.adapter = ngx_http_payflow_adapter(kind->type);
+
+    if (op->provider.adapter == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     rc = ngx_http_payflow_account_fields(r, ctx->body, op->values, &err);
     if (rc != NGX_OK) {
@@ -307,11 +326,8 @@ ngx_http_payflow_accounts_create(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-    } else if (ngx_http_payflow_provider_default_url(kind->type,
-                                                     &op->provider.base_url)
-               != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } else {
+        op->provider.base_url = op->provider.adapter->default_url;
     }
 
     /* the hint: the key's prefix, "...", its last four */
@@ -475,8 +491,9 @@ ngx_http_payflow_account_store(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_payflow_json_run(r, pmcf->st.account_create, op->values,
-                                     9, "connecting a provider account");
+    return ngx_http_payflow_account_write(r, pmcf->st.account_create,
+                                          op->values, 9,
+                                          "connecting a provider account");
 }
 
 
@@ -563,8 +580,8 @@ ngx_http_payflow_accounts_update(ngx_http_request_t *r,
 
     values[4] = v ? (json_is_true(v) ? "true" : "false") : NULL;
 
-    return ngx_http_payflow_json_run(r, pmcf->st.account_update, values, 5,
-                                     "updating a provider account");
+    return ngx_http_payflow_account_write(r, pmcf->st.account_update, values,
+                                          5, "updating a provider account");
 }
 
 
@@ -574,12 +591,88 @@ ngx_int_t
 ngx_http_payflow_accounts_delete(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx)
 {
+    const char                   **values;
     ngx_http_payflow_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
-    return ngx_http_payflow_id_run(r, ctx, pmcf->st.account_delete,
-                                   "closing a provider account");
+    values = ngx_palloc(r->pool, sizeof(char *));
+    if (values == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    values[0] = ngx_http_payflow_db_str(r->pool, &ctx->params[0]);
+    if (values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_payflow_account_write(r, pmcf->st.account_delete, values,
+                                          1, "closing a provider account");
+}
+
+
+/*
+ * A change to the tenant's accounts; once committed, this worker's copy
+ * is made again before its next payment (the other workers' within a
+ * second, when they see the version move).
+ */
+
+static ngx_int_t
+ngx_http_payflow_account_write(ngx_http_request_t *r,
+    const pf_pg_statement_t *statement, const char **values,
+    ngx_uint_t nvalues, const char *what)
+{
+    pf_pg_query_t           *q;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    q = ngx_http_payflow_db_query(r, 1, NGX_HTTP_PAYFLOW_DB_READ);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_payflow_db_set(q, 0, statement, nvalues, values);
+
+    ctx->db_sql_ok = 1;
+
+    return ngx_http_payflow_db_run(r, q, what,
+                                   ngx_http_payflow_account_written);
+}
+
+
+static ngx_int_t
+ngx_http_payflow_account_written(ngx_http_request_t *r, pf_pg_query_t *q)
+{
+    pf_error_t               err;
+    const char              *state;
+    ngx_http_payflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    ctx->db_sql_ok = 0;
+
+    if (q->status == PF_PG_SQL_ERROR) {
+        state = pf_pg_query_sqlstate(q);
+
+        if (state && ngx_strcmp(state, "PF030") == 0) {
+            pf_json_param_error(&err, "provider", "account_limit",
+                                "at most 32 provider accounts per tenant "
+                                "and mode");
+            return ngx_http_payflow_send_error(r, &err);
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "payflow: storing a provider account failed: %s (%s)",
+                      PQresultErrorField(q->results[q->failed],
+                                         PG_DIAG_MESSAGE_PRIMARY), state);
+
+        return ngx_http_payflow_send_db_error(r, q);
+    }
+
+    ngx_http_payflow_accounts_changed(&ctx->auth.tenant_id,
+                                      ctx->auth.livemode);
+
+    return ngx_http_payflow_json_sent(r, q);
 }
 
 

@@ -44,6 +44,11 @@ static ngx_int_t ngx_http_payflow_dispatch(ngx_http_request_t *r,
 static ngx_uint_t ngx_http_payflow_route_match(ngx_str_t *uri,
     const char *path, ngx_str_t *params);
 static void ngx_http_payflow_body_ready(ngx_http_request_t *r);
+static ngx_int_t ngx_http_payflow_accounts_wait(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx);
+static void ngx_http_payflow_accounts_woken(
+    ngx_http_payflow_account_wait_t *w, ngx_int_t rc);
+static void ngx_http_payflow_accounts_cleanup(void *data);
 static ngx_int_t ngx_http_payflow_forbidden(ngx_http_request_t *r,
     ngx_uint_t perm);
 static ngx_int_t ngx_http_payflow_api_not_found(ngx_http_request_t *r);
@@ -325,7 +330,11 @@ ngx_http_payflow_body_ready(ngx_http_request_t *r)
     rc = pf_json_parse_body(r, &ctx->body, &err);
 
     if (rc == NGX_OK) {
-        rc = rt->handler(r, ctx);
+        rc = ngx_http_payflow_accounts_wait(r, ctx);
+
+        if (rc == NGX_OK) {
+            rc = rt->handler(r, ctx);
+        }
 
     } else if (rc == NGX_DECLINED) {
         rc = ngx_http_payflow_send_error(r, &err);
@@ -335,6 +344,82 @@ ngx_http_payflow_body_ready(ngx_http_request_t *r)
     }
 
     ngx_http_finalize_request(r, rc);
+}
+
+
+/*
+ * A tenant's write may reach its provider accounts (a payment routed
+ * through them, a capture or refund at one): the worker's copy of them is
+ * made first, once, and the request waits for it.  NGX_OK: go on;
+ * NGX_DONE: the request waits.
+ */
+
+static ngx_int_t
+ngx_http_payflow_accounts_wait(ngx_http_request_t *r,
+    ngx_http_payflow_ctx_t *ctx)
+{
+    ngx_int_t                         rc;
+    ngx_pool_cleanup_t               *cln;
+    ngx_http_payflow_account_wait_t  *w;
+
+    if (ctx->auth.tenant_id.len == 0
+        || ctx->route_index > NGX_HTTP_PAYFLOW_API_ROUTES)
+    {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    w = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_account_wait_t));
+
+    if (cln == NULL || w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    w->handler = ngx_http_payflow_accounts_woken;
+    w->data = r;
+
+    rc = ngx_http_payflow_accounts_ready(&ctx->auth.tenant_id,
+                                         ctx->auth.livemode, w);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (rc == NGX_AGAIN) {
+        cln->handler = ngx_http_payflow_accounts_cleanup;
+        cln->data = w;
+
+        r->main->count++;
+        return NGX_DONE;
+    }
+
+    return ngx_http_payflow_send_db_error(r, NULL);
+}
+
+
+static void
+ngx_http_payflow_accounts_woken(ngx_http_payflow_account_wait_t *w,
+    ngx_int_t rc)
+{
+    ngx_http_request_t        *r;
+    ngx_http_payflow_ctx_t    *ctx;
+    ngx_http_payflow_route_t  *rt;
+
+    r = w->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+    rt = (ngx_http_payflow_route_t *) ctx->route;
+
+    rc = (rc == NGX_OK) ? rt->handler(r, ctx)
+                        : ngx_http_payflow_send_db_error(r, NULL);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+static void
+ngx_http_payflow_accounts_cleanup(void *data)
+{
+    ngx_http_payflow_account_unwait(data);
 }
 
 

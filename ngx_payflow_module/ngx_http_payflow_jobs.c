@@ -19,6 +19,7 @@
 #include "ngx_http_payflow_pii.h"
 #include "ngx_http_payflow_routing.h"
 #include "ngx_http_payflow_metrics.h"
+#include "ngx_http_payflow_accounts.h"
 
 
 #define NGX_HTTP_PAYFLOW_RECONCILE_BATCH  "10"
@@ -45,13 +46,29 @@ typedef struct {
 } ngx_http_payflow_check_t;
 
 
+/* a check waiting for the copy of its provider account's tenant */
+
+typedef struct {
+    ngx_http_payflow_account_wait_t  wait;      /* first */
+    ngx_http_payflow_jobs_t         *jobs;
+    PGresult                        *res;
+    ngx_uint_t                       row;
+    ngx_uint_t                       refund;
+} ngx_http_payflow_jobs_wait_t;
+
+
 static void ngx_http_payflow_jobs_run(ngx_event_t *ev);
 static void ngx_http_payflow_jobs_done(pf_pg_query_t *q);
 static void ngx_http_payflow_jobs_arm(void);
 static void ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs,
-    PGresult *res, ngx_uint_t row);
+    PGresult *res, ngx_uint_t row, ngx_uint_t again);
 static void ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
-    PGresult *res, ngx_uint_t row);
+    PGresult *res, ngx_uint_t row, ngx_uint_t again);
+static ngx_http_payflow_provider_t *ngx_http_payflow_jobs_provider(
+    ngx_http_payflow_jobs_t *jobs, PGresult *res, ngx_uint_t row,
+    ngx_uint_t refund, ngx_uint_t again);
+static void ngx_http_payflow_jobs_woken(ngx_http_payflow_account_wait_t *w,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_payflow_jobs_call(ngx_http_payflow_jobs_t *jobs,
     ngx_http_payflow_check_t *check);
 static void ngx_http_payflow_jobs_checked(pf_curl_call_t *call);
@@ -314,13 +331,13 @@ ngx_http_payflow_jobs_done(pf_pg_query_t *q)
         res = q->results[3];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
-            ngx_http_payflow_jobs_check(jobs, res, i);
+            ngx_http_payflow_jobs_check(jobs, res, i, 0);
         }
 
         res = q->results[4];
 
         for (i = 0; i < (ngx_uint_t) PQntuples(res); i++) {
-            ngx_http_payflow_jobs_check_refund(jobs, res, i);
+            ngx_http_payflow_jobs_check_refund(jobs, res, i, 0);
         }
     }
 
@@ -354,26 +371,18 @@ ngx_http_payflow_jobs_finish(ngx_http_payflow_jobs_t *jobs)
 
 static void
 ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
-    ngx_uint_t row)
+    ngx_uint_t row, ngx_uint_t again)
 {
     ngx_int_t                      exponent;
-    ngx_str_t                      name, tenant;
+    ngx_str_t                      tenant;
     ngx_http_payflow_check_t      *check;
     ngx_http_payflow_provider_t   *pv;
 
 #define ngx_http_payflow_value(col)                                           \
     (PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col))
 
-    name.data = (u_char *) PQgetvalue(res, row, 3);
-    name.len = PQgetlength(res, row, 3);
-
-    pv = ngx_http_payflow_provider_find(jobs->pmcf, &name,
-                                        PQgetvalue(res, row, 2)[0] == 't');
+    pv = ngx_http_payflow_jobs_provider(jobs, res, row, 0, again);
     if (pv == NULL) {
-        ngx_log_error(NGX_LOG_WARN, jobs->log, 0,
-                      "payflow reconcile: payment %s is at provider \"%V\", "
-                      "which is not configured", PQgetvalue(res, row, 0),
-                      &name);
         return;
     }
 
@@ -439,18 +448,13 @@ ngx_http_payflow_jobs_check(ngx_http_payflow_jobs_t *jobs, PGresult *res,
 
 static void
 ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
-    PGresult *res, ngx_uint_t row)
+    PGresult *res, ngx_uint_t row, ngx_uint_t again)
 {
     ngx_int_t                      exponent;
-    ngx_str_t                      name;
     ngx_http_payflow_check_t      *check;
     ngx_http_payflow_provider_t   *pv;
 
-    name.data = (u_char *) PQgetvalue(res, row, 3);
-    name.len = PQgetlength(res, row, 3);
-
-    pv = ngx_http_payflow_provider_find(jobs->pmcf, &name,
-                                        PQgetvalue(res, row, 2)[0] == 't');
+    pv = ngx_http_payflow_jobs_provider(jobs, res, row, 1, again);
     if (pv == NULL) {
         return;
     }
@@ -483,6 +487,94 @@ ngx_http_payflow_jobs_check_refund(ngx_http_payflow_jobs_t *jobs,
                                                 : PQgetvalue(res, row, 8);
 
     (void) ngx_http_payflow_jobs_call(jobs, check);
+}
+
+
+/*
+ * The provider a payment or refund to verify is at (column 3): a
+ * configured one, or a tenant's account, as the run's own copy.  NULL:
+ * none, or not yet: the account's copy is being made, and the check is
+ * made again once it is (again: that was it).
+ */
+
+static ngx_http_payflow_provider_t *
+ngx_http_payflow_jobs_provider(ngx_http_payflow_jobs_t *jobs, PGresult *res,
+    ngx_uint_t row, ngx_uint_t refund, ngx_uint_t again)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      name;
+    ngx_http_payflow_account_t    *a;
+    ngx_http_payflow_provider_t   *pv;
+    ngx_http_payflow_jobs_wait_t  *jw;
+
+    name.data = (u_char *) PQgetvalue(res, row, 3);
+    name.len = PQgetlength(res, row, 3);
+
+    if (!ngx_http_payflow_account_id(&name)) {
+        pv = ngx_http_payflow_provider_find(jobs->pmcf, &name,
+                                            PQgetvalue(res, row, 2)[0] == 't');
+        if (pv == NULL) {
+            goto missing;
+        }
+
+        return pv;
+    }
+
+    jw = NULL;
+
+    if (!again) {
+        jw = ngx_pcalloc(jobs->pool, sizeof(ngx_http_payflow_jobs_wait_t));
+        if (jw == NULL) {
+            return NULL;
+        }
+
+        jw->wait.handler = ngx_http_payflow_jobs_woken;
+        jw->jobs = jobs;
+        jw->res = res;
+        jw->row = row;
+        jw->refund = refund;
+    }
+
+    rc = ngx_http_payflow_account_find(&name, &a, jw ? &jw->wait : NULL);
+
+    if (rc == NGX_OK) {
+        return ngx_http_payflow_account_provider(jobs->pool, a);
+    }
+
+    if (rc == NGX_AGAIN) {
+        /* the run's pool lives until the check is made */
+        jobs->pending++;
+        return NULL;
+    }
+
+missing:
+
+    ngx_log_error(NGX_LOG_WARN, jobs->log, 0,
+                  "payflow reconcile: %s %s is at provider \"%V\", which is "
+                  "neither configured nor an open provider account",
+                  refund ? "refund" : "payment", PQgetvalue(res, row, 0),
+                  &name);
+
+    return NULL;
+}
+
+
+static void
+ngx_http_payflow_jobs_woken(ngx_http_payflow_account_wait_t *w,
+    ngx_int_t rc)
+{
+    ngx_http_payflow_jobs_wait_t *jw = (ngx_http_payflow_jobs_wait_t *) w;
+
+    if (rc == NGX_OK) {
+        if (jw->refund) {
+            ngx_http_payflow_jobs_check_refund(jw->jobs, jw->res, jw->row, 1);
+
+        } else {
+            ngx_http_payflow_jobs_check(jw->jobs, jw->res, jw->row, 1);
+        }
+    }
+
+    ngx_http_payflow_jobs_finish(jw->jobs);
 }
 
 

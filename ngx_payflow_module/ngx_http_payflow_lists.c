@@ -25,8 +25,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_payflow_list_by_payment(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char *what);
-static ngx_int_t ngx_http_payflow_list_sent(ngx_http_request_t *r,
-    pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_list_id(ngx_http_request_t *r,
     const char *name, const char *prefix, const char **value,
     pf_error_t *err);
@@ -290,12 +288,14 @@ ngx_http_payflow_json_run(ngx_http_request_t *r,
 
     ngx_http_payflow_db_set(q, 0, statement, nvalues, values);
 
-    return ngx_http_payflow_db_run(r, q, what, ngx_http_payflow_list_sent);
+    return ngx_http_payflow_db_run(r, q, what, ngx_http_payflow_json_sent);
 }
 
 
-static ngx_int_t
-ngx_http_payflow_list_sent(ngx_http_request_t *r, pf_pg_query_t *q)
+/* the answer of a one-value statement: its JSON, or 404 */
+
+ngx_int_t
+ngx_http_payflow_json_sent(ngx_http_request_t *r, pf_pg_query_t *q)
 {
     PGresult    *res;
     ngx_str_t    data;

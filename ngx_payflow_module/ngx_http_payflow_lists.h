@@ -22,6 +22,8 @@ ngx_int_t ngx_http_payflow_balance(ngx_http_request_t *r,
     ngx_http_payflow_ctx_t *ctx);
 ngx_int_t ngx_http_payflow_list_cursor(ngx_http_request_t *r,
     const char **values, pf_error_t *err);
+ngx_int_t ngx_http_payflow_json_sent(ngx_http_request_t *r,
+    pf_pg_query_t *q);
 ngx_int_t ngx_http_payflow_json_run(ngx_http_request_t *r,
     const pf_pg_statement_t *statement, const char **values,
     ngx_uint_t nvalues, const char *what);

@@ -483,7 +483,7 @@ ngx_http_payflow_send_error(ngx_http_request_t *r, pf_error_t *err)
 }
 
 
-/* what a client is told when a query did not succeed */
+/* what a client is told when a query did not succeed (or none ran: q) */
 
 void
 ngx_http_payflow_db_error(pf_pg_query_t *q, pf_error_t *err)
@@ -494,7 +494,7 @@ ngx_http_payflow_db_error(pf_pg_query_t *q, pf_error_t *err)
     err->type = PF_ERROR_API;
     err->retry_after = 1;
 
-    switch (q->status) {
+    switch (q ? q->status : PF_PG_UNAVAILABLE) {
 
     case PF_PG_BUSY:
         err->code = "database_busy";
@@ -1536,7 +1536,9 @@ ngx_http_payflow_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    if (ngx_http_payflow_risk_init_process(cycle, pmcf) != NGX_OK) {
+    if (ngx_http_payflow_risk_init_process(cycle, pmcf) != NGX_OK
+        || ngx_http_payflow_account_cache_start(cycle, pmcf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -1569,6 +1571,7 @@ ngx_http_payflow_exit_process(ngx_cycle_t *cycle)
         ngx_http_payflow_sealer_stop();
         ngx_http_payflow_outbox_stop();
         ngx_http_payflow_risk_cache_stop();
+        ngx_http_payflow_account_cache_stop();
         ngx_http_payflow_reseal_stop();
         pf_pg_pool_destroy(pmcf->pool);
         pmcf->pool = NULL;

@@ -181,6 +181,8 @@ typedef struct {
     const pf_pg_statement_t    *account_delete;
     const pf_pg_statement_t    *account_get;
     const pf_pg_statement_t    *account_list;
+    const pf_pg_statement_t    *account_snapshot;
+    const pf_pg_statement_t    *account_versions;
 } ngx_http_payflow_statements_t;
 
 

@@ -457,27 +457,33 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         name.data = (u_char *) json_string_value(v);
         name.len = json_string_length(v);
 
-        pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+        pv = ngx_http_payflow_request_provider(r, &name, 1);
         if (pv == NULL) {
             return ngx_http_payflow_bad(r, "provider", "provider_unavailable",
                        ctx->auth.livemode
-                       ? "no such provider is configured for live mode"
-                       : "no such provider is configured for test mode");
+                       ? "no such provider is configured for live mode, "
+                         "nor an enabled provider account of this tenant"
+                       : "no such provider is configured for test mode, "
+                         "nor an enabled provider account of this tenant");
         }
 
         plan->providers[plan->n++] = pv;
         plan->strategy = "requested";
 
-    } else if (v == NULL
-               && ngx_http_payflow_route_plan(r, plan, currency, amount)
-                  == NGX_DECLINED
-               && ctx->auth.livemode)
-    {
-        pv = ngx_http_payflow_provider_default(pmcf, 1);
+    } else if (v == NULL) {
+        rc = ngx_http_payflow_route_plan(r, plan, currency, amount);
 
-        if (pv) {
-            plan->providers[plan->n++] = pv;
-            plan->strategy = "default";
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_DECLINED && ctx->auth.livemode) {
+            pv = ngx_http_payflow_provider_default(pmcf, 1);
+
+            if (pv) {
+                plan->providers[plan->n++] = pv;
+                plan->strategy = "default";
+            }
         }
     }
 
@@ -1787,6 +1793,18 @@ ngx_http_payflow_money_done(ngx_http_request_t *r, pf_pg_query_t *q)
             return ngx_http_payflow_money_remote(r);
         }
 
+        if (state && ngx_strcmp(state, "PF032") == 0) {
+            /* nothing ran: answered, not stored with the key */
+            rc = ngx_http_payflow_money_error(r, NGX_HTTP_CONFLICT,
+                       "provider_account_closed",
+                       "the payment's provider account was closed; refund "
+                       "it at the provider", "payment");
+
+            return rc != NGX_OK ? rc
+                   : ngx_http_payflow_send_body(r, ctx->response_status,
+                                                &ctx->response);
+        }
+
         if (state && ngx_strcmp(state, "23514") == 0) {
             return ngx_http_payflow_bad(r, "amount", "amount_invalid",
                        "nothing is left to refund");
@@ -1974,10 +1992,8 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_provider_t    *pv;
     ngx_http_payflow_operation_t   *op;
-    ngx_http_payflow_main_conf_t   *pmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     row = ngx_http_payflow_db_result(q, 0);
 
     if (ctx->idem_key.len
@@ -2024,7 +2040,7 @@ ngx_http_payflow_money_routed(ngx_http_request_t *r, pf_pg_query_t *q)
     name.data = (u_char *) PQgetvalue(row, 0, 0);
     name.len = PQgetlength(row, 0, 0);
 
-    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+    pv = ngx_http_payflow_request_provider(r, &name, 0);
     call = pv ? ngx_http_payflow_provider_call(r, pv) : NULL;
 
     rc = call ? pv->adapter->request(pv, op, call) : NGX_DECLINED;

@@ -294,21 +294,20 @@ ngx_http_payflow_provider_default(ngx_http_payflow_main_conf_t *pmcf,
 }
 
 
-/* the API a type of provider is reached at, unless told otherwise */
+/* the adapter of a type of provider, or NULL */
 
-ngx_int_t
-ngx_http_payflow_provider_default_url(const char *type, ngx_str_t *url)
+const ngx_http_payflow_adapter_t *
+ngx_http_payflow_adapter(const char *type)
 {
     const ngx_http_payflow_adapter_t  **a;
 
     for (a = ngx_http_payflow_adapters; *a; a++) {
         if (ngx_strcmp((*a)->type, type) == 0) {
-            *url = (*a)->default_url;
-            return NGX_OK;
+            return *a;
         }
     }
 
-    return NGX_ERROR;
+    return NULL;
 }
 
 

@@ -180,8 +180,8 @@ ngx_http_payflow_provider_t *ngx_http_payflow_provider_find(
     ngx_uint_t livemode);
 ngx_http_payflow_provider_t *ngx_http_payflow_provider_default(
     ngx_http_payflow_main_conf_t *pmcf, ngx_uint_t livemode);
-ngx_int_t ngx_http_payflow_provider_default_url(const char *type,
-    ngx_str_t *url);
+const ngx_http_payflow_adapter_t *ngx_http_payflow_adapter(
+    const char *type);
 pf_curl_call_t *ngx_http_payflow_provider_call(ngx_http_request_t *r,
     ngx_http_payflow_provider_t *p);
 ngx_int_t ngx_http_payflow_provider_run(ngx_http_request_t *r,

@@ -252,10 +252,8 @@ ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
     ngx_http_payflow_ctx_t         *ctx;
     ngx_http_payflow_provider_t    *pv;
     ngx_http_payflow_operation_t   *op;
-    ngx_http_payflow_main_conf_t   *pmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
 
     op_row = ngx_http_payflow_db_result(q, 0);
     row = ngx_http_payflow_db_result(q, 1);
@@ -296,7 +294,7 @@ ngx_http_payflow_refund_reserved(ngx_http_request_t *r, pf_pg_query_t *q)
     name.data = (u_char *) PQgetvalue(row, 0, 0);
     name.len = PQgetlength(row, 0, 0);
 
-    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+    pv = ngx_http_payflow_request_provider(r, &name, 0);
     call = pv ? ngx_http_payflow_provider_call(r, pv) : NULL;
 
     rc = call ? pv->adapter->request(pv, op, call) : NGX_DECLINED;

@@ -1034,7 +1034,7 @@ ngx_http_payflow_reviews_decided(ngx_http_request_t *r, pf_pg_query_t *q)
                                        ngx_http_payflow_payments_created);
     }
 
-    pv = ngx_http_payflow_provider_find(pmcf, &name, ctx->auth.livemode);
+    pv = ngx_http_payflow_request_provider(r, &name, 0);
 
     if (pv == NULL) {
         /* its check verifies it once the provider is back in nginx.conf */

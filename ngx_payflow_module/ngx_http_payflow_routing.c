@@ -19,6 +19,7 @@
 
 
 #include "ngx_http_payflow_routing.h"
+#include "ngx_http_payflow_accounts.h"
 
 
 #define NGX_HTTP_PAYFLOW_PRIORITY      0
@@ -35,6 +36,9 @@
 #define NGX_HTTP_PAYFLOW_RATE_SPAN     10000    /* ms per bucket */
 #define NGX_HTTP_PAYFLOW_CALL_BUCKETS  11
 #define NGX_HTTP_PAYFLOW_OPS           6
+
+#define NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS 1024    /* tenants' accounts */
+#define NGX_HTTP_PAYFLOW_ACCOUNT_WAYS  8
 
 
 typedef struct {
@@ -66,6 +70,9 @@ typedef struct {
 
 typedef struct {
     ngx_atomic_t                    lock;
+    u_char                          account[32];    /* or "" */
+    ngx_uint_t                      livemode;       /* the account's */
+    ngx_msec_t                      used;
     ngx_uint_t                      state;
     ngx_msec_t                      opened_at;
     ngx_msec_t                      probe_at;
@@ -453,18 +460,17 @@ ngx_http_payflow_routing_init_main_conf(ngx_conf_t *cf,
         }
     }
 
-    if (pmcf->providers.nelts == 0) {
-        return NGX_CONF_OK;
-    }
-
     pv = pmcf->providers.elts;
 
     for (i = 0; i < pmcf->providers.nelts; i++) {
         pv[i].index = i;
     }
 
+    /* the configured providers' slots, then the tenants' accounts' */
+
     size = 8 * ngx_pagesize
-           + pmcf->providers.nelts * sizeof(ngx_http_payflow_provider_slot_t);
+           + (pmcf->providers.nelts + NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS)
+             * sizeof(ngx_http_payflow_provider_slot_t);
 
     ngx_str_set(&name, "payflow_providers");
 
@@ -493,7 +499,8 @@ ngx_http_payflow_providers_init_zone(ngx_shm_zone_t *zone, void *data)
 
     shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
-    size = pmcf->providers.nelts * sizeof(ngx_http_payflow_provider_slot_t);
+    size = (pmcf->providers.nelts + NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS)
+           * sizeof(ngx_http_payflow_provider_slot_t);
 
     if (data) {
         /* a reload kept the zone (same size: as many providers) */
@@ -510,23 +517,77 @@ ngx_http_payflow_providers_init_zone(ngx_shm_zone_t *zone, void *data)
 }
 
 
+/*
+ * A configured provider's slot is its own; a tenant's account takes one of
+ * the eight of its set, by its id's hash, the least recently used when
+ * none is its yet.
+ */
+
 static ngx_http_payflow_provider_slot_t *
 ngx_http_payflow_slot(ngx_http_payflow_main_conf_t *pmcf,
     ngx_http_payflow_provider_t *p)
 {
+    uint32_t                           hash;
+    ngx_uint_t                         i;
     ngx_slab_pool_t                   *shpool;
-    ngx_http_payflow_provider_slot_t  *slots;
+    ngx_http_payflow_provider_slot_t  *slots, *s, *lru;
 
     shpool = (ngx_slab_pool_t *) pmcf->providers_zone->shm.addr;
     slots = shpool->data;
 
-    return &slots[p->index];
+    if (p->index != NGX_HTTP_PAYFLOW_ACCOUNT_INDEX) {
+        return &slots[p->index];
+    }
+
+    hash = ngx_crc32_short(p->name.data, p->name.len);
+
+    s = slots + pmcf->providers.nelts
+        + (hash % (NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS
+                   / NGX_HTTP_PAYFLOW_ACCOUNT_WAYS))
+          * NGX_HTTP_PAYFLOW_ACCOUNT_WAYS;
+
+    lru = s;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_ACCOUNT_WAYS; i++) {
+        if (ngx_strncmp(s[i].account, p->name.data, p->name.len) == 0
+            && s[i].account[p->name.len] == '\0')
+        {
+            lru = &s[i];
+            goto found;
+        }
+
+        if (s[i].account[0] == '\0') {
+            if (lru->account[0] != '\0') {
+                lru = &s[i];
+            }
+
+        } else if (lru->account[0] != '\0' && s[i].used < lru->used) {
+            lru = &s[i];
+        }
+    }
+
+    ngx_memzero(lru, sizeof(ngx_http_payflow_provider_slot_t));
+    ngx_memcpy(lru->account, p->name.data,
+               ngx_min(p->name.len, sizeof(lru->account) - 1));
+    lru->livemode = p->livemode;
+
+found:
+
+    lru->used = ngx_current_msec;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return lru;
 }
 
 
 /*
- * Orders the providers of the first matching route; NGX_DECLINED when
- * none matches.
+ * Orders the providers of a payment: the tenant's own enabled accounts
+ * that take the currency, if it has any, by the strategy of the first
+ * matching route (priority when none matches); else the providers of the
+ * first matching route.  NGX_DECLINED when neither is there.
  */
 
 ngx_int_t
@@ -536,10 +597,13 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
     char                           **cur;
     int64_t                          fee[NGX_HTTP_PAYFLOW_MAX_ROUTE], f;
     ngx_str_t                       *t;
-    ngx_uint_t                       i, k, j, total, pick, rate;
+    ngx_uint_t                       i, k, j, n, total, pick, rate;
+    ngx_uint_t                       strategy;
     ngx_uint_t                       rates[NGX_HTTP_PAYFLOW_MAX_ROUTE];
+    ngx_uint_t                       weight[NGX_HTTP_PAYFLOW_MAX_ROUTE];
     ngx_http_payflow_ctx_t          *ctx;
     ngx_http_payflow_route_t        *route;
+    ngx_http_payflow_account_t      *a;
     ngx_http_payflow_provider_t     *pv;
     ngx_http_payflow_main_conf_t    *pmcf;
 
@@ -589,24 +653,72 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
     }
 
     if (i == pmcf->routes.nelts) {
+        route = NULL;
+    }
+
+    /* the tenant's own accounts first */
+
+    n = 0;
+
+    for (a = ngx_http_payflow_accounts_of(&ctx->auth.tenant_id,
+                                          ctx->auth.livemode);
+         a && n < NGX_HTTP_PAYFLOW_MAX_ROUTE;
+         a = a->next)
+    {
+        if (!a->enabled) {
+            continue;
+        }
+
+        for (k = 0; k < a->ncurrencies; k++) {
+            if (ngx_strcmp(a->currencies[k], currency) == 0) {
+                break;
+            }
+        }
+
+        if (a->ncurrencies && k == a->ncurrencies) {
+            continue;
+        }
+
+        pv = ngx_http_payflow_account_provider(r->pool, a);
+        if (pv == NULL) {
+            return NGX_ERROR;
+        }
+
+        plan->providers[n] = pv;
+        weight[n] = 1;
+        fee[n] = amount * (int64_t) a->percent / 10000 + a->fixed;
+        n++;
+    }
+
+    if (n) {
+        strategy = route ? route->strategy : NGX_HTTP_PAYFLOW_PRIORITY;
+
+    } else if (route) {
+        strategy = route->strategy;
+        n = route->n;
+
+        for (k = 0; k < n; k++) {
+            plan->providers[k] = route->entries[k].provider;
+            weight[k] = route->entries[k].weight;
+            fee[k] = amount * (int64_t) route->entries[k].percent / 10000
+                     + route->entries[k].fixed;
+        }
+
+    } else {
         return NGX_DECLINED;
     }
 
-    plan->strategy = ngx_http_payflow_strategies[route->strategy];
-    plan->n = route->n;
+    plan->strategy = ngx_http_payflow_strategies[strategy];
+    plan->n = n;
     plan->next = 0;
 
-    for (k = 0; k < route->n; k++) {
-        plan->providers[k] = route->entries[k].provider;
-    }
-
-    switch (route->strategy) {
+    switch (strategy) {
 
     case NGX_HTTP_PAYFLOW_WEIGHTED:
         total = 0;
 
-        for (k = 0; k < route->n; k++) {
-            total += route->entries[k].weight;
+        for (k = 0; k < n; k++) {
+            total += weight[k];
         }
 
         if (total == 0) {
@@ -615,12 +727,12 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
 
         pick = ngx_random() % total;
 
-        for (k = 0; k < route->n; k++) {
-            if (pick < route->entries[k].weight) {
+        for (k = 0; k < n; k++) {
+            if (pick < weight[k]) {
                 break;
             }
 
-            pick -= route->entries[k].weight;
+            pick -= weight[k];
         }
 
         /* the drawn one first, the others after it in their order */
@@ -636,14 +748,9 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
 
     case NGX_HTTP_PAYFLOW_LOWEST_COST:
 
-        for (k = 0; k < route->n; k++) {
-            fee[k] = amount * (int64_t) route->entries[k].percent / 10000
-                     + route->entries[k].fixed;
-        }
-
         /* insertion sort, stable: ties keep the listed order */
 
-        for (k = 1; k < route->n; k++) {
+        for (k = 1; k < n; k++) {
             pv = plan->providers[k];
             f = fee[k];
 
@@ -660,12 +767,12 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
 
     case NGX_HTTP_PAYFLOW_SUCCESS_RATE:
 
-        for (k = 0; k < route->n; k++) {
+        for (k = 0; k < n; k++) {
             rates[k] = ngx_http_payflow_success_rate(pmcf,
                                                      plan->providers[k]);
         }
 
-        for (k = 1; k < route->n; k++) {
+        for (k = 1; k < n; k++) {
             pv = plan->providers[k];
             rate = rates[k];
 
@@ -685,6 +792,47 @@ ngx_http_payflow_route_plan(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The provider a payment names (its "provider", or the one it is at):
+ * a configured provider by name, or one of the tenant's accounts by id,
+ * as the request's own copy.  NULL: none such (an account closed).
+ */
+
+ngx_http_payflow_provider_t *
+ngx_http_payflow_request_provider(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_uint_t enabled)
+{
+    ngx_http_payflow_ctx_t        *ctx;
+    ngx_http_payflow_account_t    *a;
+    ngx_http_payflow_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (!ngx_http_payflow_account_id(name)) {
+        return ngx_http_payflow_provider_find(pmcf, name, ctx->auth.livemode);
+    }
+
+    for (a = ngx_http_payflow_accounts_of(&ctx->auth.tenant_id,
+                                          ctx->auth.livemode);
+         a;
+         a = a->next)
+    {
+        if (a->provider.name.len == name->len
+            && ngx_memcmp(a->provider.name.data, name->data, name->len) == 0)
+        {
+            if (enabled && !a->enabled) {
+                return NULL;
+            }
+
+            return ngx_http_payflow_account_provider(r->pool, a);
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -957,15 +1105,20 @@ ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
     pf_prom_t *out)
 {
     ngx_uint_t                         i, op, k, state;
+    ngx_slab_pool_t                   *shpool;
     ngx_atomic_uint_t                  cum;
     ngx_http_payflow_provider_t       *pv;
-    ngx_http_payflow_provider_slot_t  *s;
+    ngx_http_payflow_provider_slot_t  *s, *accounts;
 
     if (pmcf->providers_zone == NULL) {
         return;
     }
 
     pv = pmcf->providers.elts;
+
+    shpool = (ngx_slab_pool_t *) pmcf->providers_zone->shm.addr;
+    accounts = (ngx_http_payflow_provider_slot_t *) shpool->data
+               + pmcf->providers.nelts;
 
     pf_prom_family(out, "payflow_provider_calls_total", "counter",
                    "Calls to payment providers by provider, operation and "
@@ -981,6 +1134,32 @@ ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
                                "\"%V\",mode=\"%s\",operation=\"%s\","
                                "outcome=\"%s\"} %uA\n", &pv[i].name,
                                pv[i].livemode ? "live" : "test",
+                               ngx_http_payflow_op_names[op],
+                               ngx_http_payflow_outcome_names[k],
+                               s->calls[op][k]);
+            }
+        }
+    }
+
+    /* the tenants' accounts with a slot: by account id */
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS; i++) {
+        s = &accounts[i];
+
+        if (s->account[0] == '\0') {
+            continue;
+        }
+
+        for (op = 0; op < NGX_HTTP_PAYFLOW_OPS; op++) {
+            for (k = 0; k < NGX_HTTP_PAYFLOW_CALL_NOUTCOMES; k++) {
+                if (s->calls[op][k] == 0) {
+                    continue;
+                }
+
+                pf_prom_printf(out, "payflow_provider_calls_total{provider="
+                               "\"%s\",mode=\"%s\",operation=\"%s\","
+                               "outcome=\"%s\"} %uA\n", s->account,
+                               s->livemode ? "live" : "test",
                                ngx_http_payflow_op_names[op],
                                ngx_http_payflow_outcome_names[k],
                                s->calls[op][k]);
@@ -1033,6 +1212,23 @@ ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
         }
     }
 
+    for (i = 0; i < NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS; i++) {
+        s = &accounts[i];
+
+        if (s->account[0] == '\0') {
+            continue;
+        }
+
+        state = s->state;
+
+        for (k = 0; k < 3; k++) {
+            pf_prom_printf(out, "payflow_provider_circuit_state{provider="
+                           "\"%s\",mode=\"%s\",state=\"%s\"} %d\n",
+                           s->account, s->livemode ? "live" : "test",
+                           ngx_http_payflow_breaker_names[k], state == k);
+        }
+    }
+
     pf_prom_family(out, "payflow_provider_circuit_opened_total", "counter",
                    "Times a provider's circuit breaker opened.");
 
@@ -1042,6 +1238,17 @@ ngx_http_payflow_providers_metrics(ngx_http_payflow_main_conf_t *pmcf,
         pf_prom_printf(out, "payflow_provider_circuit_opened_total{provider="
                        "\"%V\",mode=\"%s\"} %uA\n", &pv[i].name,
                        pv[i].livemode ? "live" : "test", s->opened);
+    }
+
+    for (i = 0; i < NGX_HTTP_PAYFLOW_ACCOUNT_SLOTS; i++) {
+        s = &accounts[i];
+
+        if (s->account[0] != '\0') {
+            pf_prom_printf(out, "payflow_provider_circuit_opened_total{"
+                           "provider=\"%s\",mode=\"%s\"} %uA\n",
+                           s->account, s->livemode ? "live" : "test",
+                           s->opened);
+        }
     }
 
     pf_prom_family(out, "payflow_webhook_verifications_total", "counter",

@@ -45,6 +45,8 @@ char *ngx_http_payflow_routing_init_main_conf(ngx_conf_t *cf,
 
 ngx_int_t ngx_http_payflow_route_plan(ngx_http_request_t *r,
     ngx_http_payflow_plan_t *plan, const char *currency, int64_t amount);
+ngx_http_payflow_provider_t *ngx_http_payflow_request_provider(
+    ngx_http_request_t *r, ngx_str_t *name, ngx_uint_t enabled);
 ngx_http_payflow_provider_t *ngx_http_payflow_route_next(
     ngx_http_request_t *r, ngx_http_payflow_plan_t *plan,
     const char *why);

@@ -22,6 +22,9 @@
 #include "ngx_http_payflow_webhook.h"
 #include "ngx_http_payflow_api.h"
 #include "ngx_http_payflow_routing.h"
+#include "ngx_http_payflow_accounts.h"
+
+#include <openssl/crypto.h>
 
 
 #define NGX_HTTP_PAYFLOW_WEBHOOK_SECRETS    4
@@ -38,7 +41,22 @@ typedef struct {
     /* this worker's refusal log: a line a second at most */
     ngx_msec_t                          logged;
     ngx_uint_t                          quiet;
+
+    unsigned                            accounts:1; /* tenants' accounts */
 } ngx_http_payflow_webhook_loc_conf_t;
+
+
+/* a delivery to a tenant's account: /webhooks/<provider>/<account id> */
+
+typedef struct {
+    ngx_http_payflow_webhook_conf_t     wh;         /* first */
+    ngx_http_payflow_provider_t         unknown;    /* until it is found */
+    ngx_str_t                           account;
+    ngx_str_t                           body;
+    ngx_str_t                           secret;     /* a copy, wiped */
+    ngx_http_payflow_account_wait_t     wait;
+    unsigned                            found:1;
+} ngx_http_payflow_webhook_ctx_t;
 
 
 static ngx_int_t ngx_http_payflow_webhook_handler(ngx_http_request_t *r);
@@ -46,7 +64,7 @@ static void ngx_http_payflow_webhook_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_payflow_webhook_read(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_payflow_webhook_event(ngx_http_request_t *r,
-    ngx_http_payflow_webhook_loc_conf_t *wlcf, ngx_str_t *body);
+    ngx_http_payflow_webhook_conf_t *wh, ngx_str_t *body);
 static ngx_int_t ngx_http_payflow_webhook_stored(ngx_http_request_t *r,
     pf_pg_query_t *q);
 static ngx_int_t ngx_http_payflow_webhook_refuse(ngx_http_request_t *r,
@@ -55,6 +73,19 @@ static ngx_int_t ngx_http_payflow_webhook_malformed(ngx_http_request_t *r,
     const char *message);
 static ngx_uint_t ngx_http_payflow_webhook_allowed(ngx_http_request_t *r,
     ngx_array_t *allow);
+static ngx_http_payflow_webhook_conf_t *ngx_http_payflow_webhook_wh(
+    ngx_http_request_t *r);
+static void ngx_http_payflow_webhook_counted(ngx_http_request_t *r,
+    ngx_uint_t verify, ngx_int_t result);
+static ngx_int_t ngx_http_payflow_webhook_path(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_loc_conf_t *wlcf);
+static ngx_int_t ngx_http_payflow_webhook_account(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_ctx_t *wctx);
+static void ngx_http_payflow_webhook_woken(
+    ngx_http_payflow_account_wait_t *w, ngx_int_t rc);
+static void ngx_http_payflow_webhook_cleanup(void *data);
+static ngx_int_t ngx_http_payflow_webhook_verify(ngx_http_request_t *r,
+    ngx_str_t *body);
 static char *ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_payflow_webhook_allow(ngx_conf_t *cf,
@@ -204,6 +235,7 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
     ngx_int_t                             rc;
     ngx_str_t                             sig;
     ngx_http_payflow_ctx_t               *ctx;
+    ngx_http_payflow_webhook_conf_t      *wh;
     ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
     wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
@@ -213,11 +245,19 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->provider = wlcf->wh.provider;
-
     if (r->method != NGX_HTTP_POST) {
         return ngx_http_payflow_not_allowed(r);
     }
+
+    if (wlcf->accounts) {
+        rc = ngx_http_payflow_webhook_path(r, wlcf);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    wh = ngx_http_payflow_webhook_wh(r);
+    ctx->provider = wh->provider;
 
     if (wlcf->wh.allow
         && !ngx_http_payflow_webhook_allowed(r, wlcf->wh.allow))
@@ -233,7 +273,7 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
 
     /* no signature: the body is not worth reading */
 
-    if (ngx_http_payflow_header(r, wlcf->wh.provider->adapter->webhook_header,
+    if (ngx_http_payflow_header(r, wh->provider->adapter->webhook_header,
                                 &sig)
         != NGX_OK || sig.len == 0)
     {
@@ -259,11 +299,11 @@ ngx_http_payflow_webhook_handler(ngx_http_request_t *r)
 static void
 ngx_http_payflow_webhook_body(ngx_http_request_t *r)
 {
-    ngx_int_t                             rc, verify;
-    ngx_str_t                             body;
-    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
-
-    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+    ngx_int_t                        rc;
+    ngx_str_t                        body;
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_payflow_account_t      *a;
+    ngx_http_payflow_webhook_ctx_t  *wctx;
 
     rc = ngx_http_payflow_webhook_read(r, &body);
 
@@ -272,19 +312,288 @@ ngx_http_payflow_webhook_body(ngx_http_request_t *r)
         return;
     }
 
-    verify = wlcf->wh.provider->adapter->webhook_verify(r, &wlcf->wh, &body);
+    wctx = ngx_http_get_module_ctx(r, ngx_http_payflow_webhook_module);
 
-    if (verify == NGX_ERROR) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-    } else if (verify != NGX_HTTP_PAYFLOW_WEBHOOK_VALID) {
-        rc = ngx_http_payflow_webhook_refuse(r, verify);
-
-    } else {
-        rc = ngx_http_payflow_webhook_event(r, wlcf, &body);
+    if (wctx == NULL) {
+        ngx_http_finalize_request(r,
+                                  ngx_http_payflow_webhook_verify(r, &body));
+        return;
     }
 
-    ngx_http_finalize_request(r, rc);
+    /* the account's copy, made first if this worker has none */
+
+    wctx->body = body;
+    wctx->wait.handler = ngx_http_payflow_webhook_woken;
+    wctx->wait.data = r;
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc = ngx_http_payflow_account_find(&wctx->account, &a, &wctx->wait);
+
+    if (rc == NGX_AGAIN) {
+        cln->handler = ngx_http_payflow_webhook_cleanup;
+        cln->data = wctx;
+
+        r->main->count++;
+        ngx_http_finalize_request(r, NGX_DONE);
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, ngx_http_payflow_send_db_error(r, NULL));
+        return;
+    }
+
+    ngx_http_finalize_request(r, ngx_http_payflow_webhook_account(r, wctx));
+}
+
+
+static void
+ngx_http_payflow_webhook_woken(ngx_http_payflow_account_wait_t *w,
+    ngx_int_t rc)
+{
+    ngx_http_request_t              *r;
+    ngx_http_payflow_webhook_ctx_t  *wctx;
+
+    r = w->data;
+    wctx = ngx_http_get_module_ctx(r, ngx_http_payflow_webhook_module);
+
+    /* not stored: the provider delivers it again later */
+
+    rc = (rc == NGX_OK) ? ngx_http_payflow_webhook_account(r, wctx)
+                        : ngx_http_payflow_send_db_error(r, NULL);
+
+    ngx_http_payflow_finalize(r, rc);
+}
+
+
+static void
+ngx_http_payflow_webhook_cleanup(void *data)
+{
+    ngx_http_payflow_webhook_ctx_t *wctx = data;
+
+    ngx_http_payflow_account_unwait(&wctx->wait);
+
+    if (wctx->secret.len) {
+        OPENSSL_cleanse(wctx->secret.data, wctx->secret.len);
+    }
+}
+
+
+/*
+ * The account found, its secret is the one the delivery must be signed
+ * with (Paystack signs with the secret key itself).  An account unknown,
+ * closed, of another provider or without a webhook secret is refused as
+ * a bad signature would be: whether an account exists is not told.
+ */
+
+static ngx_int_t
+ngx_http_payflow_webhook_account(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_ctx_t *wctx)
+{
+    ngx_str_t                      *secret;
+    ngx_pool_cleanup_t             *cln;
+    ngx_http_payflow_ctx_t         *ctx;
+    ngx_http_payflow_account_t     *a;
+    ngx_http_payflow_provider_t    *pv;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
+
+    if (ngx_http_payflow_account_find(&wctx->account, &a, NULL) != NGX_OK
+        || a->provider.adapter != wctx->unknown.adapter)
+    {
+        return ngx_http_payflow_webhook_refuse(r,
+                                             NGX_HTTP_PAYFLOW_WEBHOOK_INVALID);
+    }
+
+    secret = a->webhook_secret.len ? &a->webhook_secret
+             : (ngx_strcmp(a->provider.adapter->type, "paystack") == 0)
+               ? &a->provider.secret : NULL;
+
+    if (secret == NULL) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "payflow webhook: provider account \"%V\" has no "
+                      "webhook secret: its deliveries are refused",
+                      &wctx->account);
+
+        return ngx_http_payflow_webhook_refuse(r,
+                                             NGX_HTTP_PAYFLOW_WEBHOOK_INVALID);
+    }
+
+    pv = ngx_http_payflow_account_provider(r->pool, a);
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (pv == NULL || cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    wctx->secret.data = ngx_pnalloc(r->pool, secret->len);
+    if (wctx->secret.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(wctx->secret.data, secret->data, secret->len);
+    wctx->secret.len = secret->len;
+
+    cln->handler = ngx_http_payflow_webhook_cleanup;
+    cln->data = wctx;
+
+    if (ngx_array_init(&wctx->wh.secrets, r->pool, 1, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    secret = ngx_array_push(&wctx->wh.secrets);
+    *secret = wctx->secret;
+
+    wctx->wh.provider = pv;
+    wctx->found = 1;
+    ctx->provider = pv;
+
+    return ngx_http_payflow_webhook_verify(r, &wctx->body);
+}
+
+
+/* the signature judged over the raw body, then the event stored */
+
+static ngx_int_t
+ngx_http_payflow_webhook_verify(ngx_http_request_t *r, ngx_str_t *body)
+{
+    ngx_int_t                         verify;
+    ngx_http_payflow_webhook_conf_t  *wh;
+
+    wh = ngx_http_payflow_webhook_wh(r);
+
+    verify = wh->provider->adapter->webhook_verify(r, wh, body);
+
+    if (verify == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (verify != NGX_HTTP_PAYFLOW_WEBHOOK_VALID) {
+        return ngx_http_payflow_webhook_refuse(r, verify);
+    }
+
+    return ngx_http_payflow_webhook_event(r, wh, body);
+}
+
+
+/*
+ * payflow_webhook accounts: the location's URI ends in
+ * /<provider>/<account id>; the provider names the adapter whose
+ * signature header is checked before the body is read.
+ */
+
+static ngx_int_t
+ngx_http_payflow_webhook_path(ngx_http_request_t *r,
+    ngx_http_payflow_webhook_loc_conf_t *wlcf)
+{
+    u_char                          *p, *last, *slash;
+    ngx_str_t                        type;
+    ngx_http_payflow_webhook_ctx_t  *wctx;
+    u_char                           name[16];
+
+    wctx = ngx_pcalloc(r->pool, sizeof(ngx_http_payflow_webhook_ctx_t));
+    if (wctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    last = r->uri.data + r->uri.len;
+    slash = NULL;
+
+    for (p = last; p > r->uri.data; p--) {
+        if (p[-1] == '/') {
+            slash = p - 1;
+            break;
+        }
+    }
+
+    if (slash == NULL) {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    wctx->account.data = slash + 1;
+    wctx->account.len = last - (slash + 1);
+
+    for (p = slash; p > r->uri.data && p[-1] != '/'; p--) { /* void */ }
+
+    type.data = p;
+    type.len = slash - p;
+
+    if (!ngx_http_payflow_account_id(&wctx->account)
+        || type.len == 0 || type.len >= sizeof(name))
+    {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    ngx_memcpy(name, type.data, type.len);
+    name[type.len] = '\0';
+
+    wctx->unknown.adapter = ngx_http_payflow_adapter((char *) name);
+    if (wctx->unknown.adapter == NULL) {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    wctx->unknown.name = wctx->account;
+    wctx->unknown.index = NGX_HTTP_PAYFLOW_ACCOUNT_INDEX;
+
+    wctx->wh.provider = &wctx->unknown;
+    wctx->wh.tolerance = wlcf->wh.tolerance;
+    wctx->wh.allow = wlcf->wh.allow;
+
+    ngx_http_set_ctx(r, wctx, ngx_http_payflow_webhook_module);
+
+    return NGX_OK;
+}
+
+
+/* the location's provider, or the account the delivery is for */
+
+static ngx_http_payflow_webhook_conf_t *
+ngx_http_payflow_webhook_wh(ngx_http_request_t *r)
+{
+    ngx_http_payflow_webhook_ctx_t       *wctx;
+    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
+
+    wctx = ngx_http_get_module_ctx(r, ngx_http_payflow_webhook_module);
+
+    if (wctx) {
+        return &wctx->wh;
+    }
+
+    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
+
+    return &wlcf->wh;
+}
+
+
+/*
+ * Counted in the provider's slot; a delivery to an account not (yet)
+ * found is not: made-up account ids must not take accounts' slots.
+ */
+
+static void
+ngx_http_payflow_webhook_counted(ngx_http_request_t *r, ngx_uint_t verify,
+    ngx_int_t result)
+{
+    ngx_http_payflow_main_conf_t    *pmcf;
+    ngx_http_payflow_webhook_ctx_t  *wctx;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
+    wctx = ngx_http_get_module_ctx(r, ngx_http_payflow_webhook_module);
+
+    if (wctx && !wctx->found) {
+        return;
+    }
+
+    ngx_http_payflow_webhook_count(pmcf,
+                                   ngx_http_payflow_webhook_wh(r)->provider,
+                                   verify, result);
 }
 
 
@@ -351,7 +660,7 @@ ngx_http_payflow_webhook_read(ngx_http_request_t *r, ngx_str_t *body)
 
 static ngx_int_t
 ngx_http_payflow_webhook_event(ngx_http_request_t *r,
-    ngx_http_payflow_webhook_loc_conf_t *wlcf, ngx_str_t *body)
+    ngx_http_payflow_webhook_conf_t *wh, ngx_str_t *body)
 {
     u_char                            *p;
     json_t                            *doc;
@@ -364,7 +673,7 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
     ngx_http_payflow_webhook_event_t   ev;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-    pv = wlcf->wh.provider;
+    pv = wh->provider;
 
     if (ngx_strlen(body->data) != body->len) {
         return ngx_http_payflow_webhook_malformed(r, "the body holds a NUL");
@@ -475,9 +784,8 @@ ngx_http_payflow_webhook_event(ngx_http_request_t *r,
 
     if (rc != NGX_DONE) {
         /* not stored: the provider delivers it again later */
-        ngx_http_payflow_webhook_count(pmcf, pv,
-                                       NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
-                                       NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
+        ngx_http_payflow_webhook_counted(r, NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                         NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
     }
 
     return rc;
@@ -493,19 +801,14 @@ ngx_http_payflow_webhook_stored(ngx_http_request_t *r, pf_pg_query_t *q)
     ngx_str_t                             data;
     pf_json_out_t                         out;
     ngx_http_payflow_ctx_t               *ctx;
-    ngx_http_payflow_main_conf_t         *pmcf;
-    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
     ctx = ngx_http_get_module_ctx(r, ngx_http_payflow_module);
 
     res = q->results[0];
 
     if (PQntuples(res) != 1) {
-        ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
-                                       NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
-                                       NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
+        ngx_http_payflow_webhook_counted(r, NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                         NGX_HTTP_PAYFLOW_WEBHOOK_FAILED);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -525,8 +828,7 @@ ngx_http_payflow_webhook_stored(ngx_http_request_t *r, pf_pg_query_t *q)
         k = NGX_HTTP_PAYFLOW_WEBHOOK_DUPLICATE;
     }
 
-    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
-                                   NGX_HTTP_PAYFLOW_WEBHOOK_VALID, k);
+    ngx_http_payflow_webhook_counted(r, NGX_HTTP_PAYFLOW_WEBHOOK_VALID, k);
 
     if (!PQgetisnull(res, 0, 2)) {
         ctx->payment_id.len = PQgetlength(res, 0, 2);
@@ -543,7 +845,8 @@ ngx_http_payflow_webhook_stored(ngx_http_request_t *r, pf_pg_query_t *q)
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "payflow webhook: \"%V\" event %s tells another "
                       "amount or currency than its object's: not applied, "
-                      "check it by hand", &wlcf->wh.provider->name,
+                      "check it by hand",
+                      &ngx_http_payflow_webhook_wh(r)->provider->name,
                       PQgetvalue(res, 0, 0));
     }
 
@@ -576,7 +879,6 @@ static ngx_int_t
 ngx_http_payflow_webhook_refuse(ngx_http_request_t *r, ngx_uint_t verify)
 {
     pf_error_t                            err;
-    ngx_http_payflow_main_conf_t         *pmcf;
     ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
     static const char  *why[] = {
@@ -584,10 +886,9 @@ ngx_http_payflow_webhook_refuse(ngx_http_request_t *r, ngx_uint_t verify)
         "a signature older than the tolerance", "an address not allowed"
     };
 
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
     wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
 
-    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider, verify, -1);
+    ngx_http_payflow_webhook_counted(r, verify, -1);
 
     /*
      * A flood of forged deliveries must not turn into a flood of log
@@ -599,7 +900,8 @@ ngx_http_payflow_webhook_refuse(ngx_http_request_t *r, ngx_uint_t verify)
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "payflow webhook: \"%V\" delivery refused: %s "
                       "(%ui more refused since the last such line)",
-                      &wlcf->wh.provider->name, why[verify], wlcf->quiet);
+                      &ngx_http_payflow_webhook_wh(r)->provider->name,
+                      why[verify], wlcf->quiet);
 
         wlcf->logged = ngx_current_msec;
         wlcf->quiet = 0;
@@ -649,19 +951,15 @@ ngx_http_payflow_webhook_malformed(ngx_http_request_t *r,
     const char *message)
 {
     pf_error_t                            err;
-    ngx_http_payflow_main_conf_t         *pmcf;
-    ngx_http_payflow_webhook_loc_conf_t  *wlcf;
 
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_payflow_module);
-    wlcf = ngx_http_get_module_loc_conf(r, ngx_http_payflow_webhook_module);
 
-    ngx_http_payflow_webhook_count(pmcf, wlcf->wh.provider,
-                                   NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
-                                   NGX_HTTP_PAYFLOW_WEBHOOK_MALFORMED);
+    ngx_http_payflow_webhook_counted(r, NGX_HTTP_PAYFLOW_WEBHOOK_VALID,
+                                     NGX_HTTP_PAYFLOW_WEBHOOK_MALFORMED);
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "payflow webhook: \"%V\" delivery signed but not "
-                  "understood: %s", &wlcf->wh.provider->name, message);
+                  "understood: %s",
+                  &ngx_http_payflow_webhook_wh(r)->provider->name, message);
 
     pf_json_param_error(&err, "body", "webhook_malformed", message);
 
@@ -679,6 +977,7 @@ ngx_http_payflow_webhook_allowed(ngx_http_request_t *r, ngx_array_t *allow)
 /*
  * payflow_webhook <provider> [mode=test|live] [secret_file=|secret_env=]...
  *     [tolerance=]
+ * payflow_webhook accounts [tolerance=]
  */
 
 static char *
@@ -768,6 +1067,17 @@ ngx_http_payflow_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\"", &value[i]);
         return NGX_CONF_ERROR;
+    }
+
+    if (ngx_strcmp(wlcf->name.data, "accounts") == 0) {
+        /* the tenants' accounts, by the URI; each has its own secret */
+
+        if (wlcf->wh.secrets.nelts || wlcf->livemode) {
+            return "accounts takes no secret nor mode: each account has "
+                   "its own";
+        }
+
+        wlcf->accounts = 1;
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
@@ -899,6 +1209,10 @@ ngx_http_payflow_webhook_merge_loc_conf(ngx_conf_t *cf, void *parent,
                            "\"payflow_db\" in the http block",
                            &conf->file, conf->line);
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->accounts) {
+        return NGX_CONF_OK;
     }
 
     pv = pmcf->providers.elts;

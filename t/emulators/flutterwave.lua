@@ -45,7 +45,9 @@
 
 local cjson = require "cjson.safe"
 
-local dict = ngx.shared.flutterwave
+-- a second instance in the same nginx keeps its own state:
+-- set $flutterwave_dict <its lua_shared_dict>;
+local dict = ngx.shared[ngx.var.flutterwave_dict or "flutterwave"]
 local secret = ngx.var.flutterwave_secret
 local uri = ngx.var.uri
 local method = ngx.req.get_method()

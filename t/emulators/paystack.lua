@@ -43,7 +43,9 @@
 
 local cjson = require "cjson.safe"
 
-local dict = ngx.shared.paystack
+-- a second instance in the same nginx keeps its own state:
+-- set $paystack_dict <its lua_shared_dict>;
+local dict = ngx.shared[ngx.var.paystack_dict or "paystack"]
 local secret = ngx.var.paystack_secret
 local uri = ngx.var.uri
 local method = ngx.req.get_method()

@@ -36,7 +36,9 @@
 
 local cjson = require "cjson.safe"
 
-local dict = ngx.shared.stripe
+-- a second instance in the same nginx keeps its own state:
+-- set $stripe_dict <its lua_shared_dict>;
+local dict = ngx.shared[ngx.var.stripe_dict or "stripe"]
 local secret = ngx.var.stripe_secret
 local uri = ngx.var.uri
 local method = ngx.req.get_method()
