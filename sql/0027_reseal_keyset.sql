@@ -5,7 +5,7 @@
 -- clear), sorted them all by id and took 200: 0.35-0.6 s a pass with 55k
 -- due, so a migration or a rotation of n rows cost O(n^2 / 200).  Each
 -- branch is now a range of an index in the order it is read, stopped at
--- the pass's limit, and the count of what is due reads those indexes only.
+-- the pass's limit, and the count of what is due reads those indexes.
 
 DROP INDEX payments_customer_kek;
 
@@ -25,6 +25,10 @@ CREATE OR REPLACE FUNCTION payflow_customers_due(p_kek text,
                    customer text, key text, due bigint)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = public, pg_temp
+    -- the planner cannot tell how many rows a KEK range holds (an
+    -- expression of a partial index): a sequential scan of every payment,
+    -- 50 ms at 180k, where the index answers "none" in 0.1 ms
+    SET enable_seqscan = off
     AS $$
     WITH due AS (
         (SELECT p.id FROM payments p
