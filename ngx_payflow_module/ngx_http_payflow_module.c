@@ -95,6 +95,13 @@ static ngx_command_t  ngx_http_payflow_commands[] = {
       offsetof(ngx_http_payflow_main_conf_t, customer_pii),
       &ngx_http_payflow_pii_modes },
 
+    { ngx_string("payflow_reseal"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_payflow_main_conf_t, reseal),
+      NULL },
+
     { ngx_string("payflow_provider_account_base_url"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -1211,6 +1218,7 @@ ngx_http_payflow_create_main_conf(ngx_conf_t *cf)
     pmcf->jobs_interval = NGX_CONF_UNSET_MSEC;
     pmcf->customer_pii = NGX_CONF_UNSET_UINT;
     pmcf->account_base_url = NGX_CONF_UNSET;
+    pmcf->reseal = NGX_CONF_UNSET;
     pmcf->seal_interval = NGX_CONF_UNSET_MSEC;
     pmcf->breaker_failures = NGX_CONF_UNSET_UINT;
     pmcf->breaker_window = NGX_CONF_UNSET_MSEC;
@@ -1267,6 +1275,7 @@ ngx_http_payflow_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_value(pmcf->account_base_url, 0);
+    ngx_conf_init_value(pmcf->reseal, 1);
 
     ngx_conf_init_msec_value(pmcf->jobs_interval, 10000);
 

@@ -197,6 +197,7 @@ typedef struct {
     pf_keyring_t                keyring;       /* payflow_kek */
     ngx_uint_t                  customer_pii;  /* 1: sealed */
     ngx_flag_t                  account_base_url;
+    ngx_flag_t                  reseal;        /* payflow_reseal */
     pf_hmac_t                   pii_hmac;      /* blind index, worker's */
 
     ngx_shm_zone_t             *keycache;

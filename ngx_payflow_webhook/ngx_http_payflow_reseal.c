@@ -102,8 +102,9 @@ ngx_http_payflow_reseal_start(ngx_cycle_t *cycle,
 
     ngx_memzero(rs, sizeof(ngx_http_payflow_reseal_t));
 
-    if (pmcf->keyring.current == NULL) {
-        /* no KEK: secrets stay as they are written, in the clear */
+    if (pmcf->keyring.current == NULL || !pmcf->reseal) {
+        /* no KEK: secrets stay as they are written, in the clear; or
+         * "payflow_reseal off": other nodes do it */
         return NGX_OK;
     }
 

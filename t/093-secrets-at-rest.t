@@ -27,7 +27,7 @@ push @{$t->{skip}}, 'the standardwebhooks npm package is not installed '
 	. '(make deps)'
 	unless -f "$node_dir/node_modules/standardwebhooks/package.json";
 
-$t->plan(25);
+$t->plan(26);
 
 my @hex = map { join '', map { sprintf '%02x', int rand 256 } 1 .. 32 }
 	1 .. 2;
@@ -191,8 +191,17 @@ $t->psql("DELETE FROM webhook_endpoints WHERE id = '$c->{id}'");
 # a secret in the clear (written before payflow_kek) is sealed in the
 # background, and still signs
 
+# "payflow_reseal off": not by this node
+conf("payflow_kek k1 file=%%TESTDIR%%/kek1;\n    payflow_reseal off;");
+$t->reload;
 $t->psql("UPDATE webhook_endpoints SET secret = '$a->{secret}' "
 	. "WHERE id = '$a->{id}'");
+sleep 3;
+is(stored($a->{id}), $a->{secret},
+	'payflow_reseal off: left in the clear by this node');
+
+conf('payflow_kek k1 file=%%TESTDIR%%/kek1;');
+$t->reload;
 ok($t->poll(10, sub { stored($a->{id}) =~ /^pf1\.k1\./ }),
 	'a secret in the clear is sealed by the workers');
 ok(metric('payflow_secrets_resealed_total') >= 1, 'and counted');

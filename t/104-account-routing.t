@@ -21,7 +21,7 @@ use JSON::PP;
 use Digest::SHA qw(hmac_sha256_hex);
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(40);
+my $t = PayFlow::Test->new->has_module->has_pg->has_lua->plan(41);
 
 sub rnd { join '', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. $_[0] }
 
@@ -339,6 +339,15 @@ is($eur ? where($eur) : 'none', 'succeeded sandbox',
 $r = bearer($ka, 'POST', "/v1/payments/$p->{id}/capture", {});
 is($r->{json}{data}{status}, 'succeeded',
 	'a payment at the disabled account is still captured there');
+
+# a change made in SQL reaches the workers too (the version moves)
+$t->psql("UPDATE provider_accounts SET enabled = true WHERE id = '$a1'");
+$eur = $t->poll(5, sub { my $q = pay($ka, currency => 'eur');
+	$q->{provider} eq $a1 ? $q : undef }, 0.3);
+is($eur ? where($eur) : 'none', "succeeded $a1",
+	'enabled again by SQL: back within seconds');
+bearer($ka, 'PATCH', "/v1/provider_accounts/$a1",
+	{ enabled => JSON::PP::false });
 
 $r = bearer($ka, 'DELETE', "/v1/provider_accounts/$a2");
 is($r->{json}{data}{deleted} ? 1 : 0, 1, 'A closes its USD account');
