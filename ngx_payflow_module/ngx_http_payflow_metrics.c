@@ -773,6 +773,23 @@ ngx_http_payflow_metrics_pg_out(pf_prom_t *out, pf_pg_metrics_t *pg,
     pf_prom_printf(out, "payflow_pg_queries_total{outcome=\"timeout\"} "
                    "%uA\n", pg->timeouts);
 
+    pf_prom_family(out, "payflow_pg_group_commits_total", "counter",
+                   "Transactions that carried several waiting queries "
+                   "(group commit).");
+    pf_prom_printf(out, "payflow_pg_group_commits_total %uA\n",
+                   pg->grouped);
+
+    pf_prom_family(out, "payflow_pg_group_members_total", "counter",
+                   "Queries answered by a transaction shared with others.");
+    pf_prom_printf(out, "payflow_pg_group_members_total %uA\n",
+                   pg->group_members);
+
+    pf_prom_family(out, "payflow_pg_group_retries_total", "counter",
+                   "Queries run again alone because the transaction they "
+                   "shared failed.");
+    pf_prom_printf(out, "payflow_pg_group_retries_total %uA\n",
+                   pg->group_retries);
+
     pf_prom_family(out, "payflow_pg_query_duration_seconds", "histogram",
                    "Round trip of queries the server answered.");
 

@@ -33,6 +33,9 @@
 #include "ngx_http_payflow_sandbox.h"
 
 
+static const char  ngx_http_payflow_payments_group[] = "payments";
+
+
 typedef struct {
     const char                 *code;
     ngx_uint_t                  exponent;
@@ -829,6 +832,12 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     }
 
     ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
+
+    /*
+     * Payments waiting for a connection commit together (pf_pg.h): each
+     * is its own scope and call between one BEGIN and COMMIT.
+     */
+    q->group = ngx_http_payflow_payments_group;
 
     return ngx_http_payflow_payments_risk(r, body, amount, currency, method,
                                           &values[21], q,

@@ -29,6 +29,10 @@
 #define PF_PG_BACKOFF_MIN  100
 #define PF_PG_BACKOFF_MAX  2000
 
+/* queries one transaction may carry, and how far the queue is searched */
+#define PF_PG_GROUP_MAX    16
+#define PF_PG_GROUP_SCAN   64
+
 
 typedef enum {
     PF_PG_CONN_CLOSED = 0,
@@ -49,16 +53,26 @@ struct pf_pg_conn_s {
     pf_pg_conn_state_e          state;
     PostgresPollingStatusType   poll;
 
-    pf_pg_query_t              *query;
+    pf_pg_query_t              *query;      /* members[0] */
     ngx_uint_t                  index;      /* statement being answered */
     ngx_uint_t                  nstmts;     /* statements in the pipeline */
     ngx_uint_t                  syncs;      /* Syncs not yet answered */
+
+    /*
+     * A group: members[i]'s statements between its BEGIN and COMMIT are
+     * the pipeline's from[i] to from[i + 1] - 1, after members[0]'s BEGIN
+     * and before its COMMIT.  A member that went away is NULL.
+     */
+    pf_pg_query_t              *members[PF_PG_GROUP_MAX];
+    ngx_uint_t                  from[PF_PG_GROUP_MAX + 1];
+    ngx_uint_t                  nmembers;   /* 0: a query of its own */
 
     ngx_event_t                 timer;
     ngx_msec_t                  backoff;
     ngx_queue_t                 queue;
 
     unsigned                    setup_failed:1;
+    unsigned                    group_failed:1;
 };
 
 
@@ -91,6 +105,12 @@ static void pf_pg_conn_connect(pf_pg_conn_t *conn);
 static void pf_pg_conn_poll(pf_pg_conn_t *conn);
 static void pf_pg_conn_setup(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q);
+static ngx_int_t pf_pg_conn_send_group(pf_pg_conn_t *conn);
+static ngx_int_t pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s);
+static void pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts);
+static void pf_pg_conn_detach(pf_pg_conn_t *conn);
+static ngx_uint_t pf_pg_conn_gather(pf_pg_conn_t *conn, pf_pg_query_t *q);
+static void pf_pg_group_retry(pf_pg_conn_t *conn);
 static void pf_pg_conn_flush(pf_pg_conn_t *conn);
 static void pf_pg_conn_receive(pf_pg_conn_t *conn);
 static void pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res);
@@ -611,10 +631,7 @@ pf_pg_pool_destroy(pf_pg_pool_t *pool)
     for (i = 0; i < pool->conf->size; i++) {
         conn = &pool->conns[i];
 
-        if (conn->query) {
-            conn->query->conn = NULL;
-            conn->query = NULL;
-        }
+        pf_pg_conn_detach(conn);
 
         pf_pg_conn_close(conn);
     }
@@ -767,7 +784,15 @@ pf_pg_query_cleanup(void *data)
 
     if (q->conn) {
         /* the connection drains the results and is reused */
-        q->conn->query = NULL;
+
+        if (q->conn->nmembers) {
+            q->conn->members[q->member] = NULL;
+        }
+
+        if (q->conn->query == q) {
+            q->conn->query = NULL;
+        }
+
         q->conn = NULL;
     }
 
@@ -937,28 +962,10 @@ failed:
 static ngx_int_t
 pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q)
 {
-    int            ok;
-    ngx_uint_t     i;
-    pf_pg_stmt_t  *s;
-    pf_pg_pool_t  *pool;
-
-    pool = conn->pool;
+    ngx_uint_t  i;
 
     for (i = 0; i < q->nstmts; i++) {
-        s = &q->stmts[i];
-
-        if (s->statement) {
-            ok = PQsendQueryPrepared(conn->pg, s->statement->name,
-                                     s->nparams, s->values, s->lengths,
-                                     NULL, 0);
-
-        } else {
-            ok = PQsendQueryParams(conn->pg, s->sql, s->nparams, NULL,
-                                   s->values, s->lengths, NULL, 0);
-        }
-
-        if (!ok) {
-            pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+        if (pf_pg_conn_send_stmt(conn, &q->stmts[i]) != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -968,23 +975,144 @@ pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q)
         return NGX_ERROR;
     }
 
-    conn->state = PF_PG_CONN_BUSY;
     conn->query = q;
+    conn->nmembers = 0;
+    q->conn = conn;
+    q->member = 0;
+
+    pf_pg_conn_busy(conn, q->nstmts);
+
+    return NGX_OK;
+}
+
+
+/*
+ * conn->members[0 .. nmembers - 1] in one transaction: the first one's
+ * BEGIN, each one's statements, the first one's COMMIT.
+ */
+
+static ngx_int_t
+pf_pg_conn_send_group(pf_pg_conn_t *conn)
+{
+    ngx_uint_t      i, j, n;
+    pf_pg_query_t  *q, *first;
+
+    first = conn->members[0];
+
+    if (pf_pg_conn_send_stmt(conn, &first->stmts[0]) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    n = 1;
+
+    for (i = 0; i < conn->nmembers; i++) {
+        q = conn->members[i];
+        conn->from[i] = n;
+
+        for (j = 1; j < q->nstmts - 1; j++) {
+            if (pf_pg_conn_send_stmt(conn, &q->stmts[j]) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            n++;
+        }
+    }
+
+    conn->from[i] = n;
+
+    if (pf_pg_conn_send_stmt(conn, &first->stmts[first->nstmts - 1])
+        != NGX_OK
+        || !PQpipelineSync(conn->pg) || PQflush(conn->pg) == -1)
+    {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+        return NGX_ERROR;
+    }
+
+    conn->query = first;
+    conn->group_failed = 0;
+
+    for (i = 0; i < conn->nmembers; i++) {
+        conn->members[i]->conn = conn;
+        conn->members[i]->member = i;
+    }
+
+    if (conn->pool->metrics) {
+        (void) ngx_atomic_fetch_add(&conn->pool->metrics->grouped, 1);
+        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_members,
+                                    conn->nmembers);
+    }
+
+    pf_pg_conn_busy(conn, n + 1);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s)
+{
+    int  ok;
+
+    if (s->statement) {
+        ok = PQsendQueryPrepared(conn->pg, s->statement->name, s->nparams,
+                                 s->values, s->lengths, NULL, 0);
+
+    } else {
+        ok = PQsendQueryParams(conn->pg, s->sql, s->nparams, NULL,
+                               s->values, s->lengths, NULL, 0);
+    }
+
+    if (!ok) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts)
+{
+    pf_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    conn->state = PF_PG_CONN_BUSY;
     conn->index = 0;
-    conn->nstmts = q->nstmts;
+    conn->nstmts = nstmts;
     conn->syncs = 1;
     pool->nbusy++;
     pf_pg_gauges(pool);
-
-    q->conn = conn;
 
     conn->timer.cancelable = 0;
     ngx_add_timer(&conn->timer, pool->conf->query_timeout);
 
     /* whatever PQflush() could not send goes out on the write event */
     pf_pg_conn_flush(conn);
+}
 
-    return NGX_OK;
+
+/* the connection forgets its queries, and they it */
+
+static void
+pf_pg_conn_detach(pf_pg_conn_t *conn)
+{
+    ngx_uint_t  i;
+
+    if (conn->nmembers) {
+        for (i = 0; i < conn->nmembers; i++) {
+            if (conn->members[i]) {
+                conn->members[i]->conn = NULL;
+                conn->members[i] = NULL;
+            }
+        }
+
+    } else if (conn->query) {
+        conn->query->conn = NULL;
+    }
+
+    conn->query = NULL;
 }
 
 
@@ -1082,7 +1210,7 @@ pf_pg_conn_receive(pf_pg_conn_t *conn)
 static void
 pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res)
 {
-    ngx_uint_t       ok;
+    ngx_uint_t       ok, i, m;
     pf_pg_query_t   *q;
     ExecStatusType   st;
 
@@ -1102,13 +1230,41 @@ pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res)
     }
 
     q = conn->query;
+    i = conn->index;
 
-    if (q && conn->index < q->nstmts && q->results[conn->index] == NULL) {
-        q->results[conn->index] = res;
+    if (conn->nmembers) {
+        if (!ok) {
+            conn->group_failed = 1;
+        }
+
+        /* BEGIN and COMMIT are the first member's */
+
+        q = NULL;
+
+        if (i == 0 || i == conn->nstmts - 1) {
+            q = conn->members[0];
+
+            if (q && i) {
+                i = q->nstmts - 1;
+            }
+
+        } else {
+            for (m = 0; m < conn->nmembers; m++) {
+                if (i < conn->from[m + 1]) {
+                    q = conn->members[m];
+                    i = i - conn->from[m] + 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    if (q && i < q->nstmts && q->results[i] == NULL) {
+        q->results[i] = res;
 
         if (!ok && q->status == PF_PG_OK) {
             q->status = PF_PG_SQL_ERROR;
-            q->failed = conn->index;
+            q->failed = i;
         }
 
         return;
@@ -1129,8 +1285,9 @@ static void
 pf_pg_conn_complete(pf_pg_conn_t *conn)
 {
     const char     *rollback;
+    ngx_uint_t      i, n;
     pf_pg_pool_t   *pool;
-    pf_pg_query_t  *q;
+    pf_pg_query_t  *q, *done[PF_PG_GROUP_MAX];
 
     pool = conn->pool;
 
@@ -1166,12 +1323,25 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
         return;
     }
 
-    q = conn->query;
-    conn->query = NULL;
+    n = 0;
 
-    if (q) {
-        q->conn = NULL;
+    if (conn->nmembers && conn->group_failed) {
+        /* each runs again alone, first in line, before anyone else */
+        pf_pg_group_retry(conn);
+
+    } else if (conn->nmembers) {
+        for (i = 0; i < conn->nmembers; i++) {
+            if (conn->members[i]) {
+                done[n++] = conn->members[i];
+            }
+        }
+
+    } else if (conn->query) {
+        done[n++] = conn->query;
     }
+
+    pf_pg_conn_detach(conn);
+    conn->nmembers = 0;
 
     if (PQtransactionStatus(conn->pg) != PQTRANS_IDLE) {
 
@@ -1202,10 +1372,70 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
         pf_pg_conn_release(conn);
     }
 
-    if (q) {
+    for (i = 0; i < n; i++) {
+        q = done[i];
         pf_pg_count(q->pool, q);
         q->handler(q);
     }
+}
+
+
+/*
+ * The transaction the group shared failed: which member's statement did
+ * it does not matter, as none of them is written.  Each goes back to the
+ * head of the queue, in its order, to run alone.
+ */
+
+static void
+pf_pg_group_retry(pf_pg_conn_t *conn)
+{
+    ngx_uint_t      i, j;
+    pf_pg_pool_t   *pool;
+    pf_pg_query_t  *q;
+
+    pool = conn->pool;
+
+    for (i = conn->nmembers; i-- > 0; /* void */) {
+        q = conn->members[i];
+
+        if (q == NULL) {
+            continue;
+        }
+
+        for (j = 0; j < q->nstmts; j++) {
+            if (q->results[j]) {
+                PQclear(q->results[j]);
+                q->results[j] = NULL;
+            }
+        }
+
+        q->status = PF_PG_OK;
+        q->failed = 0;
+        q->alone = 1;
+        q->conn = NULL;
+        conn->members[i] = NULL;
+
+        ngx_queue_insert_head(&pool->waiting, &q->queue);
+        q->queued = 1;
+        pool->nwaiting++;
+
+        q->wait.handler = pf_pg_wait_handler;
+        q->wait.data = q;
+        q->wait.log = q->log;
+
+        ngx_add_timer(&q->wait, pool->conf->queue_timeout);
+
+        if (pool->metrics) {
+            (void) ngx_atomic_fetch_add(&pool->metrics->group_retries, 1);
+        }
+    }
+
+    conn->query = NULL;
+    pf_pg_gauges(pool);
+
+    ngx_log_error(NGX_LOG_INFO, pool->log, 0,
+                  "payflow pg: a shared transaction failed, its queries "
+                  "run again alone");
 }
 
 
@@ -1214,6 +1444,7 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
 static void
 pf_pg_conn_release(pf_pg_conn_t *conn)
 {
+    ngx_uint_t      i, n;
     ngx_queue_t    *qu;
     pf_pg_pool_t   *pool;
     pf_pg_query_t  *q;
@@ -1232,26 +1463,79 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
         qu = ngx_queue_head(&pool->waiting);
         q = ngx_queue_data(qu, pf_pg_query_t, queue);
 
-        if (pf_pg_conn_send(conn, q) != NGX_OK) {
-            /* the query stays first in line */
+        n = pf_pg_conn_gather(conn, q);
+
+        if ((n > 1 ? pf_pg_conn_send_group(conn) : pf_pg_conn_send(conn, q))
+            != NGX_OK)
+        {
+            /* the queries stay first in line */
+            conn->nmembers = 0;
             pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
             return;
         }
 
-        ngx_queue_remove(qu);
-        q->queued = 0;
-        pool->nwaiting--;
-        pf_pg_gauges(pool);
+        for (i = 0; i < n; i++) {
+            q = (n > 1) ? conn->members[i] : q;
 
-        if (q->wait.timer_set) {
-            ngx_del_timer(&q->wait);
+            ngx_queue_remove(&q->queue);
+            q->queued = 0;
+            pool->nwaiting--;
+
+            if (q->wait.timer_set) {
+                ngx_del_timer(&q->wait);
+            }
         }
+
+        pf_pg_gauges(pool);
 
         return;
     }
 
     /* LIFO: the most recently used connection is the warmest */
     ngx_queue_insert_head(&pool->idle, &conn->queue);
+}
+
+
+/*
+ * The waiting queries of q's group that can share its transaction, q
+ * first, in conn->members; their number (1: q alone, members unset).
+ */
+
+static ngx_uint_t
+pf_pg_conn_gather(pf_pg_conn_t *conn, pf_pg_query_t *q)
+{
+    ngx_uint_t      n, scanned;
+    ngx_queue_t    *qu;
+    pf_pg_query_t  *w;
+
+    conn->nmembers = 0;
+
+    if (q->group == NULL || q->alone) {
+        return 1;
+    }
+
+    conn->members[0] = q;
+    n = 1;
+    scanned = 0;
+
+    for (qu = ngx_queue_next(&q->queue);
+         qu != ngx_queue_sentinel(&conn->pool->waiting)
+         && n < PF_PG_GROUP_MAX && scanned < PF_PG_GROUP_SCAN;
+         qu = ngx_queue_next(qu))
+    {
+        scanned++;
+        w = ngx_queue_data(qu, pf_pg_query_t, queue);
+
+        if (w->group == q->group && !w->alone) {
+            conn->members[n++] = w;
+        }
+    }
+
+    if (n > 1) {
+        conn->nmembers = n;
+    }
+
+    return n;
 }
 
 
@@ -1263,14 +1547,28 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
 static void
 pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
 {
+    ngx_uint_t      i, n;
     ngx_msec_t      delay;
     pf_pg_pool_t   *pool;
-    pf_pg_query_t  *q;
+    pf_pg_query_t  *q, *done[PF_PG_GROUP_MAX];
 
     pool = conn->pool;
 
-    q = conn->query;
-    conn->query = NULL;
+    n = 0;
+
+    if (conn->nmembers) {
+        for (i = 0; i < conn->nmembers; i++) {
+            if (conn->members[i]) {
+                done[n++] = conn->members[i];
+            }
+        }
+
+    } else if (conn->query) {
+        done[n++] = conn->query;
+    }
+
+    pf_pg_conn_detach(conn);
+    conn->nmembers = 0;
 
     pf_pg_conn_close(conn);
 
@@ -1288,8 +1586,8 @@ pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
         pf_pg_pool_fail_waiting(pool);
     }
 
-    if (q) {
-        q->conn = NULL;
+    for (i = 0; i < n; i++) {
+        q = done[i];
         q->status = status;
         pf_pg_count(q->pool, q);
         q->handler(q);

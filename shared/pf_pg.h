@@ -92,7 +92,17 @@ struct pf_pg_query_s {
     ngx_queue_t              queue;
     ngx_msec_t               start;
 
+    /*
+     * Non-NULL: the query is BEGIN, statements, COMMIT, and its statements
+     * may share one transaction with other waiting queries of the same
+     * group (group commit).  If that transaction fails, each runs again
+     * alone.
+     */
+    const char              *group;
+    ngx_uint_t               member;    /* its place in the transaction */
+
     unsigned                 queued:1;
+    unsigned                 alone:1;   /* never grouped again */
 };
 
 
@@ -116,6 +126,9 @@ typedef struct {
 
 typedef struct {
     ngx_atomic_t             queries;
+    ngx_atomic_t             grouped;   /* transactions of several queries */
+    ngx_atomic_t             group_members;
+    ngx_atomic_t             group_retries;
     ngx_atomic_t             sql_errors;
     ngx_atomic_t             unavailable;
     ngx_atomic_t             busy_rejected;
