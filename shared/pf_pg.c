@@ -1447,7 +1447,7 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
     ngx_uint_t      i, n;
     ngx_queue_t    *qu;
     pf_pg_pool_t   *pool;
-    pf_pg_query_t  *q;
+    pf_pg_query_t  *q, *w;
 
     pool = conn->pool;
 
@@ -1465,28 +1465,45 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
 
         n = pf_pg_conn_gather(conn, q);
 
-        if ((n > 1 ? pf_pg_conn_send_group(conn) : pf_pg_conn_send(conn, q))
-            != NGX_OK)
-        {
-            /* the queries stay first in line */
-            conn->nmembers = 0;
-            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
-            return;
-        }
+        /*
+         * Out of the queue before they are sent: a send that fails at
+         * its flush answers them at once, and their requests may be gone
+         * by the time it returns.
+         */
 
         for (i = 0; i < n; i++) {
-            q = (n > 1) ? conn->members[i] : q;
+            w = (n > 1) ? conn->members[i] : q;
 
-            ngx_queue_remove(&q->queue);
-            q->queued = 0;
+            ngx_queue_remove(&w->queue);
+            w->queued = 0;
             pool->nwaiting--;
 
-            if (q->wait.timer_set) {
-                ngx_del_timer(&q->wait);
+            if (w->wait.timer_set) {
+                ngx_del_timer(&w->wait);
             }
         }
 
         pf_pg_gauges(pool);
+
+        if ((n > 1 ? pf_pg_conn_send_group(conn) : pf_pg_conn_send(conn, q))
+            != NGX_OK)
+        {
+            /* nothing was sent: the queries go back first in line */
+
+            for (i = n; i-- > 0; /* void */) {
+                w = (n > 1) ? conn->members[i] : q;
+
+                ngx_queue_insert_head(&pool->waiting, &w->queue);
+                w->queued = 1;
+                pool->nwaiting++;
+
+                ngx_add_timer(&w->wait, pool->conf->queue_timeout);
+            }
+
+            conn->nmembers = 0;
+            pf_pg_gauges(pool);
+            pf_pg_conn_fail(conn, PF_PG_UNAVAILABLE);
+        }
 
         return;
     }
