@@ -108,9 +108,12 @@ static ngx_int_t pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q);
 static ngx_int_t pf_pg_conn_send_group(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s);
 static void pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts);
-static void pf_pg_conn_detach(pf_pg_conn_t *conn);
+static ngx_uint_t pf_pg_conn_detach(pf_pg_conn_t *conn,
+    pf_pg_query_t **done);
 static ngx_uint_t pf_pg_conn_gather(pf_pg_conn_t *conn, pf_pg_query_t *q);
 static void pf_pg_group_retry(pf_pg_conn_t *conn);
+static void pf_pg_requeue(pf_pg_pool_t *pool, pf_pg_query_t *q);
+static void pf_pg_query_clear(pf_pg_query_t *q);
 static void pf_pg_conn_flush(pf_pg_conn_t *conn);
 static void pf_pg_conn_receive(pf_pg_conn_t *conn);
 static void pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res);
@@ -612,7 +615,7 @@ pf_pg_pool_destroy(pf_pg_pool_t *pool)
     ngx_uint_t      i;
     ngx_queue_t    *qu;
     pf_pg_conn_t   *conn;
-    pf_pg_query_t  *q;
+    pf_pg_query_t  *q, *done[PF_PG_GROUP_MAX];
 
     while (!ngx_queue_empty(&pool->waiting)) {
         qu = ngx_queue_head(&pool->waiting);
@@ -631,7 +634,7 @@ pf_pg_pool_destroy(pf_pg_pool_t *pool)
     for (i = 0; i < pool->conf->size; i++) {
         conn = &pool->conns[i];
 
-        pf_pg_conn_detach(conn);
+        (void) pf_pg_conn_detach(conn, done);
 
         pf_pg_conn_close(conn);
     }
@@ -769,8 +772,6 @@ pf_pg_query_cleanup(void *data)
 {
     pf_pg_query_t *q = data;
 
-    ngx_uint_t  i;
-
     if (q->queued) {
         ngx_queue_remove(&q->queue);
         q->queued = 0;
@@ -795,6 +796,15 @@ pf_pg_query_cleanup(void *data)
 
         q->conn = NULL;
     }
+
+    pf_pg_query_clear(q);
+}
+
+
+static void
+pf_pg_query_clear(pf_pg_query_t *q)
+{
+    ngx_uint_t  i;
 
     for (i = 0; i < q->nstmts; i++) {
         if (q->results[i]) {
@@ -1093,26 +1103,36 @@ pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts)
 }
 
 
-/* the connection forgets its queries, and they it */
+/*
+ * The connection forgets its queries, and they it; they are put in done
+ * (PF_PG_GROUP_MAX places), their number returned.
+ */
 
-static void
-pf_pg_conn_detach(pf_pg_conn_t *conn)
+static ngx_uint_t
+pf_pg_conn_detach(pf_pg_conn_t *conn, pf_pg_query_t **done)
 {
-    ngx_uint_t  i;
+    ngx_uint_t  i, n;
+
+    n = 0;
 
     if (conn->nmembers) {
         for (i = 0; i < conn->nmembers; i++) {
             if (conn->members[i]) {
                 conn->members[i]->conn = NULL;
+                done[n++] = conn->members[i];
                 conn->members[i] = NULL;
             }
         }
 
     } else if (conn->query) {
         conn->query->conn = NULL;
+        done[n++] = conn->query;
     }
 
     conn->query = NULL;
+    conn->nmembers = 0;
+
+    return n;
 }
 
 
@@ -1323,25 +1343,12 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
         return;
     }
 
-    n = 0;
-
     if (conn->nmembers && conn->group_failed) {
         /* each runs again alone, first in line, before anyone else */
         pf_pg_group_retry(conn);
-
-    } else if (conn->nmembers) {
-        for (i = 0; i < conn->nmembers; i++) {
-            if (conn->members[i]) {
-                done[n++] = conn->members[i];
-            }
-        }
-
-    } else if (conn->query) {
-        done[n++] = conn->query;
     }
 
-    pf_pg_conn_detach(conn);
-    conn->nmembers = 0;
+    n = pf_pg_conn_detach(conn, done);
 
     if (PQtransactionStatus(conn->pg) != PQTRANS_IDLE) {
 
@@ -1389,7 +1396,7 @@ pf_pg_conn_complete(pf_pg_conn_t *conn)
 static void
 pf_pg_group_retry(pf_pg_conn_t *conn)
 {
-    ngx_uint_t      i, j;
+    ngx_uint_t      i;
     pf_pg_pool_t   *pool;
     pf_pg_query_t  *q;
 
@@ -1402,12 +1409,7 @@ pf_pg_group_retry(pf_pg_conn_t *conn)
             continue;
         }
 
-        for (j = 0; j < q->nstmts; j++) {
-            if (q->results[j]) {
-                PQclear(q->results[j]);
-                q->results[j] = NULL;
-            }
-        }
+        pf_pg_query_clear(q);
 
         q->status = PF_PG_OK;
         q->failed = 0;
@@ -1415,15 +1417,7 @@ pf_pg_group_retry(pf_pg_conn_t *conn)
         q->conn = NULL;
         conn->members[i] = NULL;
 
-        ngx_queue_insert_head(&pool->waiting, &q->queue);
-        q->queued = 1;
-        pool->nwaiting++;
-
-        q->wait.handler = pf_pg_wait_handler;
-        q->wait.data = q;
-        q->wait.log = q->log;
-
-        ngx_add_timer(&q->wait, pool->conf->queue_timeout);
+        pf_pg_requeue(pool, q);
 
         if (pool->metrics) {
             (void) ngx_atomic_fetch_add(&pool->metrics->group_retries, 1);
@@ -1436,6 +1430,23 @@ pf_pg_group_retry(pf_pg_conn_t *conn)
     ngx_log_error(NGX_LOG_INFO, pool->log, 0,
                   "payflow pg: a shared transaction failed, its queries "
                   "run again alone");
+}
+
+
+/* q waits again, first in line */
+
+static void
+pf_pg_requeue(pf_pg_pool_t *pool, pf_pg_query_t *q)
+{
+    ngx_queue_insert_head(&pool->waiting, &q->queue);
+    q->queued = 1;
+    pool->nwaiting++;
+
+    q->wait.handler = pf_pg_wait_handler;
+    q->wait.data = q;
+    q->wait.log = q->log;
+
+    ngx_add_timer(&q->wait, pool->conf->queue_timeout);
 }
 
 
@@ -1491,13 +1502,7 @@ pf_pg_conn_release(pf_pg_conn_t *conn)
             /* nothing was sent: the queries go back first in line */
 
             for (i = n; i-- > 0; /* void */) {
-                w = (n > 1) ? conn->members[i] : q;
-
-                ngx_queue_insert_head(&pool->waiting, &w->queue);
-                w->queued = 1;
-                pool->nwaiting++;
-
-                ngx_add_timer(&w->wait, pool->conf->queue_timeout);
+                pf_pg_requeue(pool, (n > 1) ? conn->members[i] : q);
             }
 
             conn->nmembers = 0;
@@ -1571,21 +1576,7 @@ pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
 
     pool = conn->pool;
 
-    n = 0;
-
-    if (conn->nmembers) {
-        for (i = 0; i < conn->nmembers; i++) {
-            if (conn->members[i]) {
-                done[n++] = conn->members[i];
-            }
-        }
-
-    } else if (conn->query) {
-        done[n++] = conn->query;
-    }
-
-    pf_pg_conn_detach(conn);
-    conn->nmembers = 0;
+    n = pf_pg_conn_detach(conn, done);
 
     pf_pg_conn_close(conn);
 
