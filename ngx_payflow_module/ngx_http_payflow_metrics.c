@@ -784,6 +784,12 @@ ngx_http_payflow_metrics_pg_out(pf_prom_t *out, pf_pg_metrics_t *pg,
     pf_prom_printf(out, "payflow_pg_group_members_total %uA\n",
                    pg->group_members);
 
+    pf_prom_family(out, "payflow_pg_group_merged_total", "counter",
+                   "Shared transactions written by one statement for all "
+                   "their queries.");
+    pf_prom_printf(out, "payflow_pg_group_merged_total %uA\n",
+                   pg->group_merged);
+
     pf_prom_family(out, "payflow_pg_group_retries_total", "counter",
                    "Queries run again alone because the transaction they "
                    "shared failed.");

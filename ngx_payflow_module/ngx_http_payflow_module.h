@@ -108,6 +108,7 @@ typedef struct {
     const pf_pg_statement_t    *key_roll_update;
     const pf_pg_statement_t    *key_state;
     const pf_pg_statement_t    *pay_create;
+    const pf_pg_statement_t    *pay_create_many;
     const pf_pg_statement_t    *pay_outcome;
     const pf_pg_statement_t    *pay_finish;
     const pf_pg_statement_t    *pay_reroute;

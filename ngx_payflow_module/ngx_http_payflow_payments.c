@@ -144,6 +144,17 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         "$4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $14, "
         "$15, $16, $17, $18, $19, $20, $21::int, $22::jsonb)", 22);
 
+    /*
+     * The same for the payments of a group at once (sql/0028), their
+     * scopes and calls as pf_pg's merge passes them (pf_pg.h)
+     */
+
+    st->pay_create_many = pf_pg_statement_add(pmcf->db,
+        "payflow_pay_create_many",
+        "SELECT member, fingerprint, phase, locked, response_status, "
+        "response_body, payment_id, request_id, object_id, mine, payment, "
+        "decision, copied FROM payflow_payment_create_many($1::jsonb)", 1);
+
     st->pay_outcome = pf_pg_statement_add(pmcf->db, "payflow_pay_outcome",
         "UPDATE payments SET status = $2, "
         "amount_captured = CASE WHEN $2 = 'succeeded' THEN amount ELSE 0 END, "
@@ -279,7 +290,7 @@ ngx_http_payflow_payments_init(ngx_http_payflow_main_conf_t *pmcf)
         return NGX_ERROR;
     }
 
-    if (st->pay_create == NULL
+    if (st->pay_create == NULL || st->pay_create_many == NULL
         || st->pay_outcome == NULL || st->pay_reroute == NULL
         || st->pay_reference == NULL
         || st->pay_finish == NULL || st->pay_get == NULL)
@@ -834,10 +845,12 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
     ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
 
     /*
-     * Payments waiting for a connection commit together (pf_pg.h): each
-     * is its own scope and call between one BEGIN and COMMIT.
+     * Payments waiting for a connection commit together (pf_pg.h), all
+     * written by one statement; alone, or if that fails, each is its own
+     * scope and call between BEGIN and COMMIT.
      */
     q->group = ngx_http_payflow_payments_group;
+    q->merge = pmcf->st.pay_create_many;
 
     return ngx_http_payflow_payments_risk(r, body, amount, currency, method,
                                           &values[21], q,

@@ -73,6 +73,7 @@ struct pf_pg_conn_s {
 
     unsigned                    setup_failed:1;
     unsigned                    group_failed:1;
+    unsigned                    merged:1;   /* the group's merge statement */
 };
 
 
@@ -106,12 +107,16 @@ static void pf_pg_conn_poll(pf_pg_conn_t *conn);
 static void pf_pg_conn_setup(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q);
 static ngx_int_t pf_pg_conn_send_group(pf_pg_conn_t *conn);
+static ngx_int_t pf_pg_conn_send_merged(pf_pg_conn_t *conn);
+static size_t pf_pg_json_len(const char *v);
+static u_char *pf_pg_json_string(u_char *p, const char *v);
 static ngx_int_t pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s);
 static void pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts);
 static ngx_uint_t pf_pg_conn_detach(pf_pg_conn_t *conn,
     pf_pg_query_t **done);
 static ngx_uint_t pf_pg_conn_gather(pf_pg_conn_t *conn, pf_pg_query_t *q);
 static void pf_pg_group_retry(pf_pg_conn_t *conn);
+static void pf_pg_group_split(pf_pg_conn_t *conn, PGresult *res);
 static void pf_pg_requeue(pf_pg_pool_t *pool, pf_pg_query_t *q);
 static void pf_pg_query_clear(pf_pg_query_t *q);
 static void pf_pg_conn_flush(pf_pg_conn_t *conn);
@@ -1009,6 +1014,10 @@ pf_pg_conn_send_group(pf_pg_conn_t *conn)
 
     first = conn->members[0];
 
+    if (first->merge) {
+        return pf_pg_conn_send_merged(conn);
+    }
+
     if (pf_pg_conn_send_stmt(conn, &first->stmts[0]) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1040,6 +1049,7 @@ pf_pg_conn_send_group(pf_pg_conn_t *conn)
 
     conn->query = first;
     conn->group_failed = 0;
+    conn->merged = 0;
 
     for (i = 0; i < conn->nmembers; i++) {
         conn->members[i]->conn = conn;
@@ -1055,6 +1065,166 @@ pf_pg_conn_send_group(pf_pg_conn_t *conn)
     pf_pg_conn_busy(conn, n + 1);
 
     return NGX_OK;
+}
+
+
+/*
+ * conn->members at once, as their group's merge statement (pf_pg.h): one
+ * statement, its own transaction, its parameter the members' parameters
+ * as JSON.
+ */
+
+static ngx_int_t
+pf_pg_conn_send_merged(pf_pg_conn_t *conn)
+{
+    int             ok;
+    u_char         *json, *p;
+    size_t          len;
+    ngx_uint_t      i, j, n;
+    const char     *values[1];
+    pf_pg_stmt_t   *s;
+    pf_pg_query_t  *q;
+
+    len = sizeof("[]");
+
+    for (i = 0; i < conn->nmembers; i++) {
+        q = conn->members[i];
+        len += sizeof("[],") - 1;
+
+        for (j = 1; j < q->nstmts - 1; j++) {
+            s = &q->stmts[j];
+
+            for (n = 0; n < (ngx_uint_t) s->nparams; n++) {
+                len += pf_pg_json_len(s->values[n]) + 1;
+            }
+        }
+    }
+
+    json = ngx_alloc(len, conn->pool->log);
+    if (json == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = json;
+    *p++ = '[';
+
+    for (i = 0; i < conn->nmembers; i++) {
+        q = conn->members[i];
+
+        if (i) {
+            *p++ = ',';
+        }
+
+        *p++ = '[';
+
+        for (j = 1; j < q->nstmts - 1; j++) {
+            s = &q->stmts[j];
+
+            for (n = 0; n < (ngx_uint_t) s->nparams; n++) {
+                if (p[-1] != '[') {
+                    *p++ = ',';
+                }
+
+                p = pf_pg_json_string(p, s->values[n]);
+            }
+        }
+
+        *p++ = ']';
+    }
+
+    *p++ = ']';
+    *p = '\0';
+
+    values[0] = (const char *) json;
+
+    /* libpq keeps its own copy of the parameter */
+
+    ok = PQsendQueryPrepared(conn->pg, conn->members[0]->merge->name, 1,
+                             values, NULL, NULL, 0);
+
+    ngx_free(json);
+
+    if (!ok || !PQpipelineSync(conn->pg) || PQflush(conn->pg) == -1) {
+        pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
+        return NGX_ERROR;
+    }
+
+    conn->query = conn->members[0];
+    conn->group_failed = 0;
+    conn->merged = 1;
+
+    for (i = 0; i < conn->nmembers; i++) {
+        conn->members[i]->conn = conn;
+        conn->members[i]->member = i;
+    }
+
+    if (conn->pool->metrics) {
+        (void) ngx_atomic_fetch_add(&conn->pool->metrics->grouped, 1);
+        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_members,
+                                    conn->nmembers);
+        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_merged, 1);
+    }
+
+    pf_pg_conn_busy(conn, 1);
+
+    return NGX_OK;
+}
+
+
+/* a parameter as a JSON string, NULL as null: its length, then its text */
+
+static size_t
+pf_pg_json_len(const char *v)
+{
+    size_t   n;
+    u_char   c;
+
+    if (v == NULL) {
+        return sizeof("null") - 1;
+    }
+
+    for (n = 2; *v; v++) {
+        c = (u_char) *v;
+        n += (c == '"' || c == '\\') ? 2 : (c < 0x20 ? 6 : 1);
+    }
+
+    return n;
+}
+
+
+static u_char *
+pf_pg_json_string(u_char *p, const char *v)
+{
+    u_char  c;
+
+    static u_char  hex[] = "0123456789abcdef";
+
+    if (v == NULL) {
+        return ngx_cpymem(p, "null", sizeof("null") - 1);
+    }
+
+    *p++ = '"';
+
+    for ( /* void */ ; *v; v++) {
+        c = (u_char) *v;
+
+        if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = c;
+
+        } else if (c < 0x20) {
+            p = ngx_cpymem(p, "\\u00", 4);
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+
+        } else {
+            *p++ = c;
+        }
+    }
+
+    *p++ = '"';
+
+    return p;
 }
 
 
@@ -1131,6 +1301,7 @@ pf_pg_conn_detach(pf_pg_conn_t *conn, pf_pg_query_t **done)
 
     conn->query = NULL;
     conn->nmembers = 0;
+    conn->merged = 0;
 
     return n;
 }
@@ -1251,6 +1422,23 @@ pf_pg_conn_result(pf_pg_conn_t *conn, PGresult *res)
 
     q = conn->query;
     i = conn->index;
+
+    if (conn->merged) {
+        if (ok) {
+            pf_pg_group_split(conn, res);
+
+        } else {
+            conn->group_failed = 1;
+
+            ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
+                          "payflow pg: a group's merged statement failed: "
+                          "%s",
+                          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+        }
+
+        PQclear(res);
+        return;
+    }
 
     if (conn->nmembers) {
         if (!ok) {
@@ -1433,6 +1621,120 @@ pf_pg_group_retry(pf_pg_conn_t *conn)
 }
 
 
+/*
+ * The merge statement's rows, each to the member its first column names,
+ * as a result of the member's own: the columns after the first.  A member
+ * without a row gets an empty result.
+ */
+
+static void
+pf_pg_group_split(pf_pg_conn_t *conn, PGresult *res)
+{
+    int             nf, nt, f, t, rows[PF_PG_GROUP_MAX];
+    ngx_int_t       m;
+    ngx_uint_t      i;
+    PGresult       *part[PF_PG_GROUP_MAX], *r;
+    PGresAttDesc   *attrs;
+    pf_pg_query_t  *q;
+
+    nf = PQnfields(res) - 1;
+    nt = PQntuples(res);
+
+    attrs = NULL;
+
+    if (nf > 0) {
+        attrs = ngx_alloc(nf * sizeof(PGresAttDesc), conn->pool->log);
+        if (attrs == NULL) {
+            nf = -1;
+        }
+    }
+
+    for (f = 0; f < nf; f++) {
+        attrs[f].name = PQfname(res, f + 1);
+        attrs[f].tableid = PQftable(res, f + 1);
+        attrs[f].columnid = PQftablecol(res, f + 1);
+        attrs[f].format = PQfformat(res, f + 1);
+        attrs[f].typid = PQftype(res, f + 1);
+        attrs[f].typlen = PQfsize(res, f + 1);
+        attrs[f].atttypmod = PQfmod(res, f + 1);
+    }
+
+    for (i = 0; i < conn->nmembers; i++) {
+        part[i] = NULL;
+        rows[i] = 0;
+
+        if (conn->members[i] == NULL || nf < 0) {
+            continue;
+        }
+
+        r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+
+        if (r && !PQsetResultAttrs(r, nf, attrs)) {
+            PQclear(r);
+            r = NULL;
+        }
+
+        part[i] = r;
+    }
+
+    for (t = 0; t < nt && nf >= 0; t++) {
+        m = ngx_atoi((u_char *) PQgetvalue(res, t, 0),
+                     PQgetlength(res, t, 0));
+
+        if (m < 0 || (ngx_uint_t) m >= conn->nmembers || part[m] == NULL) {
+            continue;
+        }
+
+        r = part[m];
+
+        for (f = 0; f < nf; f++) {
+            if (!PQsetvalue(r, rows[m], f,
+                            PQgetisnull(res, t, f + 1)
+                            ? NULL : PQgetvalue(res, t, f + 1),
+                            PQgetlength(res, t, f + 1)))
+            {
+                PQclear(r);
+                part[m] = NULL;
+                break;
+            }
+        }
+
+        if (part[m]) {
+            rows[m]++;
+        }
+    }
+
+    if (attrs) {
+        ngx_free(attrs);
+    }
+
+    for (i = 0; i < conn->nmembers; i++) {
+        q = conn->members[i];
+
+        if (q == NULL) {
+            continue;
+        }
+
+        if (part[i] == NULL) {
+            /* written, but its answer is lost: as if the line broke */
+
+            ngx_log_error(NGX_LOG_ERR, conn->pool->log, 0,
+                          "payflow pg: a merged result could not be "
+                          "split");
+
+            q->status = PF_PG_UNAVAILABLE;
+            continue;
+        }
+
+        if (q->results[q->nstmts - 2]) {
+            PQclear(q->results[q->nstmts - 2]);
+        }
+
+        q->results[q->nstmts - 2] = part[i];
+    }
+}
+
+
 /* q waits again, first in line */
 
 static void
@@ -1548,7 +1850,7 @@ pf_pg_conn_gather(pf_pg_conn_t *conn, pf_pg_query_t *q)
         scanned++;
         w = ngx_queue_data(qu, pf_pg_query_t, queue);
 
-        if (w->group == q->group && !w->alone) {
+        if (w->group == q->group && w->merge == q->merge && !w->alone) {
             conn->members[n++] = w;
         }
     }

@@ -101,6 +101,18 @@ struct pf_pg_query_s {
     const char              *group;
     ngx_uint_t               member;    /* its place in the transaction */
 
+    /*
+     * With a group, optionally: one statement that does the work of all
+     * its members at once.  Its one parameter is a JSON array with, for
+     * each member, the parameters of its statements between BEGIN and
+     * COMMIT (strings; null for NULL), in one array.  Its rows begin with
+     * the member's place in that array (from 0); each member's rows,
+     * without that column, are its result of its last statement before
+     * COMMIT, and its other results are NULL.  If it fails, each member
+     * runs again alone, as it would have without it.
+     */
+    const pf_pg_statement_t *merge;
+
     unsigned                 queued:1;
     unsigned                 alone:1;   /* never grouped again */
 };
@@ -128,6 +140,7 @@ typedef struct {
     ngx_atomic_t             queries;
     ngx_atomic_t             grouped;   /* transactions of several queries */
     ngx_atomic_t             group_members;
+    ngx_atomic_t             group_merged;  /* ... by one merged statement */
     ngx_atomic_t             group_retries;
     ngx_atomic_t             sql_errors;
     ngx_atomic_t             unavailable;

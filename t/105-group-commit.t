@@ -26,7 +26,7 @@ use JSON::PP;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(17);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(21);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -108,6 +108,7 @@ sub unbalanced { $t->psql("SELECT count(*) FROM (SELECT transaction_id "
 
 my $groups = metric('payflow_pg_group_commits_total');
 my $members = metric('payflow_pg_group_members_total');
+my $merged = metric('payflow_pg_group_merged_total');
 
 my @r = burst(40);
 my @ok = grep { ($_->{status} // 0) == 200
@@ -127,6 +128,21 @@ cmp_ok(metric('payflow_pg_group_commits_total'), '>', $groups,
 	'some transactions carried several payments');
 cmp_ok(metric('payflow_pg_group_members_total') - $members, '>=', 2,
 	'with their members counted');
+cmp_ok(metric('payflow_pg_group_merged_total'), '>', $merged,
+	'written by one statement for the group');
+
+# each payment's answer and events are its own request's
+is(scalar(grep { ($_->{json}{meta}{request_id} // '')
+	eq ($_->{headers}{'x-request-id'} // '-') } @ok), 40,
+	'each answer carries its own request id');
+is($t->psql("SELECT count(DISTINCT request_id) FROM payment_events "
+	. "WHERE tenant_id = '$tenant' AND source = 'api'"), 40,
+	'each payment\'s events carry its request\'s id');
+is($t->psql("SELECT count(*) FROM payments p JOIN payment_events e "
+	. "ON e.payment_id = p.id WHERE p.tenant_id = '$tenant' "
+	. "AND e.type = 'payment.succeeded' "
+	. "AND (e.data->>'id') = p.id AND (e.data->>'amount')::int = p.amount"),
+	40, 'and its own snapshot');
 
 ###############################################################################
 # 2. one key, 20 requests at once
