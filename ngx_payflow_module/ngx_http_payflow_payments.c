@@ -706,7 +706,7 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (pf_id_generate(r->pool, "pay_", &ctx->payment_id) != NGX_OK) {
+    if (pf_id_generate_ordered(r->pool, "pay_", &ctx->payment_id) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

@@ -2,8 +2,10 @@
 /*
  * Copyright (C) PayFlow
  *
- * Prefixed random identifiers (req_, pay_, re_, ...): never sequential,
- * drawn from OpenSSL's CSPRNG, which does not block once seeded.
+ * Prefixed random identifiers (req_, ten_, key_, ...), drawn from
+ * OpenSSL's CSPRNG, which does not block once seeded; those of the write
+ * path (pay_, re_) begin with the time they were made, so that the
+ * indexes they lead grow at their right edge (sql/0030).
  */
 
 
@@ -93,6 +95,46 @@ pf_id_generate(ngx_pool_t *pool, const char *prefix, ngx_str_t *id)
     p = ngx_cpymem(p, prefix, len);
 
     p = pf_id_base62(p, PF_ID_RANDOM_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->len = p - id->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+pf_id_generate_ordered(ngx_pool_t *pool, const char *prefix, ngx_str_t *id)
+{
+    u_char      *p;
+    size_t       len;
+    uint64_t     ms;
+    ngx_uint_t   i;
+    ngx_time_t  *tp;
+
+    static u_char  hex[] = "0123456789abcdef";
+
+    len = ngx_strlen(prefix);
+
+    p = ngx_pnalloc(pool, len + PF_ID_RANDOM_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->data = p;
+    p = ngx_cpymem(p, prefix, len);
+
+    tp = ngx_timeofday();
+    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+
+    for (i = PF_ID_TIME_LEN; i-- > 0; /* void */) {
+        p[i] = hex[ms & 0xf];
+        ms >>= 4;
+    }
+
+    p = pf_id_base62(p + PF_ID_TIME_LEN, PF_ID_RANDOM_LEN - PF_ID_TIME_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
