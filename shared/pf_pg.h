@@ -59,6 +59,13 @@ typedef struct {
     ngx_msec_t               queue_timeout;
     ngx_msec_t               query_timeout;
     ngx_msec_t               connect_timeout;
+
+    /*
+     * How long a query of a group that finds a free connection while
+     * others are busy waits for more of its group to join it: 0 to the
+     * end of the event loop's pass, NGX_CONF_UNSET_MSEC never
+     */
+    ngx_msec_t               group_wait;
     ngx_array_t              statements;    /* pf_pg_statement_t */
     ngx_array_t              listeners;     /* pf_pg_listener_t */
 } pf_pg_conf_t;

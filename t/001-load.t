@@ -17,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->plan(23);
+my $t = PayFlow::Test->new->has_module->plan(28);
 
 my $dir = $t->testdir;
 $t->write_file('pgpass', "secret\n");
@@ -104,6 +104,15 @@ like($out, qr/frobnicate/, 'unknown parameter: names the parameter');
 ($rc, $out) = check('badtime', http => "payflow_db $db query_timeout=soon;");
 isnt($rc, 0, 'query_timeout=soon: nginx -t fails');
 like($out, qr/soon/, 'query_timeout=soon: names the value');
+
+for my $gw ('off', '0', '5ms') {
+	($rc, $out) = check("gw$gw", http => "payflow_db $db group_wait=$gw;");
+	is($rc, 0, "group_wait=$gw: nginx -t succeeds") or diag($out);
+}
+
+($rc, $out) = check('gwlong', http => "payflow_db $db group_wait=1s;");
+isnt($rc, 0, 'group_wait=1s: nginx -t fails');
+like($out, qr/group_wait=1s/, 'group_wait=1s: names the value');
 
 # a missing password file is found at config time, not at first query
 ($rc, $out) = check('nopass',

@@ -12,6 +12,9 @@
 # 3. A fault injected into one insert of a shared transaction (a trigger
 #    that fails the 10th insert it sees, once): the whole transaction is
 #    undone, its payments run again alone, and all 40 succeed, none twice.
+# 4. group_wait=100ms, pool=2: with both connections free a payment runs
+#    at once; with one held by a payment waiting on a lock, the next one
+#    waits 100 ms for others to join it on the free one, not for the lock.
 #
 # Each burst starts while a lock holds the first payment's insert, so the
 # others are waiting when the connection comes free.
@@ -23,10 +26,11 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use JSON::PP;
+use Time::HiRes;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(21);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(26);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -191,6 +195,73 @@ cmp_ok(metric('payflow_pg_group_retries_total'), '>', $retries,
 	'the transaction\'s payments ran again alone');
 is(payments(), 81, 'each written once');
 is(unbalanced(), 0, 'the ledger balances');
+
+###############################################################################
+# 4. group_wait: under load, a payment that finds a free connection waits
+#    for others to join it; with nothing busy it runs at once
+
+$t->stop;
+my $conf = $t->read_file('nginx.conf');
+# no background job may free a connection meanwhile: a connection that
+# comes free takes what waits at once, which would end the wait early
+$conf =~ s/pool=1 queue=512;/pool=2 queue=512 group_wait=100ms;
+    payflow_jobs_interval 1h;
+    payflow_ledger_seal_interval 1h;/
+	or BAIL_OUT('nginx.conf has no pool=1');
+$t->write_file('nginx.conf', $conf);
+$t->run;
+
+sub post_timed {
+	my $t0 = Time::HiRes::time();
+	my $r = api("Bearer $key", 'POST', '/v1/payments',
+		{ amount => 4200, currency => 'usd' });
+	return ($r, Time::HiRes::time() - $t0);
+}
+
+# nothing busy: at once
+my ($one, $idle) = post_timed();
+is($one->{status}, 200, 'group_wait, idle pool: the payment succeeded');
+
+# one connection held: a payment whose key another transaction is
+# inserting waits for that transaction on it
+my $hold = 'hold-' . time;
+my $holder = $t->psql_bg("BEGIN; INSERT INTO idempotency_keys (tenant_id, "
+	. "livemode, key, fingerprint, method, path, phase) VALUES "
+	. "('$tenant', false, '$hold', decode(repeat('00', 32), 'hex'), "
+	. "'POST', '/v1/payments', 'started'); SELECT pg_sleep(2); ROLLBACK;");
+$t->poll(5, sub { $t->psql("SELECT count(*) FROM pg_stat_activity "
+	. "WHERE query LIKE 'BEGIN; INSERT INTO idempotency_keys%' "
+	. "AND wait_event = 'PgSleep'") eq '1' }, 0.05)
+	or BAIL_OUT('the key was not held');
+
+my $body = encode_json({ amount => 4200, currency => 'usd' });
+my $held = http("POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n"
+	. "Authorization: Bearer $key\r\nContent-Type: application/json\r\n"
+	. "Idempotency-Key: $hold\r\nContent-Length: " . length($body)
+	. "\r\nConnection: close\r\n\r\n$body", start => 1);
+$t->poll(5, sub { $t->psql("SELECT count(*) FROM pg_stat_activity "
+	. "WHERE wait_event_type = 'Lock' AND usename = 'payflow_app'")
+	eq '1' }, 0.05)
+	or BAIL_OUT('the held payment did not wait');
+
+# a background query (a cache's refresh) that frees the connection ends
+# the wait early, as it should: an attempt counts when the payment was
+# the worker's only query meanwhile
+my ($two, $busy, $clean);
+my $ok_queries = 'payflow_pg_queries_total{outcome="ok"}';
+for (1 .. 5) {
+	my $q0 = metric($ok_queries);
+	($two, $busy) = post_timed();
+	$clean = (metric($ok_queries) - $q0 == 1) and last;
+}
+is($two->{status}, 200, 'group_wait, one connection busy: succeeded');
+ok($clean, 'with no other query meanwhile');
+cmp_ok($busy, '>=', 0.1, 'after waiting group_wait (100 ms) for others')
+	or diag("took $busy s");
+cmp_ok($busy, '<', 1.5, 'not for the busy connection') or diag("$busy s");
+
+http_end($held, timeout => 10);
+$t->wait_pid($holder, 15);
 
 $t->stop;
 
