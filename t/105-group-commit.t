@@ -30,7 +30,7 @@ use Time::HiRes;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(26);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(29);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -77,9 +77,11 @@ sub metric {
 # n requests at once while a lock holds the first one's insert for a
 # second: the others wait for the one connection, however fast nginx is
 # (under ASan it is not), and share its next transactions
+my $BODY = encode_json({ amount => 4200, currency => 'usd' });
+
 sub burst {
 	my ($n, @headers) = @_;
-	my $body = encode_json({ amount => 4200, currency => 'usd' });
+	my $body = $BODY;
 
 	my $locker = $t->psql_bg('BEGIN; LOCK TABLE payments IN EXCLUSIVE MODE; '
 		. 'SELECT pg_sleep(1); COMMIT;');
@@ -148,6 +150,42 @@ is($t->psql("SELECT count(*) FROM payments p JOIN payment_events e "
 	. "AND (e.data->>'id') = p.id AND (e.data->>'amount')::int = p.amount"),
 	40, 'and its own snapshot');
 
+# every field of a payment written by the group's statement as by the
+# call of a payment alone
+$BODY = encode_json({ amount => 1234500, currency => 'eur',
+	description => "group \"quoted\" \\ \x{e9}t\x{e9}\ttab",
+	capture_method => 'manual',
+	metadata => { order => '42', note => "line\nbreak" },
+	customer => { email => 'g@example.com', name => 'Group', id => 'c-1' },
+	return_url => 'https://shop.example/done?a=1&b=2' });
+my $alone = api("Bearer $key", 'POST', '/v1/payments', $BODY)->{json}{data};
+my @many = grep { ($_->{status} // 0) == 200 } burst(8);
+is(scalar @many, 8, 'a burst of full payments: all 200');
+
+my $fields = sub {
+	my ($id) = @_;
+	# the sandbox's reference is the payment's own id
+	$t->psql("SELECT p - 'id' - 'created' - 'provider_reference' "
+		. "|| jsonb_build_object('own', p->>'provider_reference' = id) "
+		. "FROM (SELECT payflow_payment_json(p) AS p, id FROM payments p "
+		. "WHERE id = '$id') x") . ' | ' . $t->psql("SELECT "
+		. "string_agg(type || ' ' || coalesce(from_status, '-') || ' ' "
+		. "|| to_status || ' ' || source || ' ' || ((data - 'id' "
+		. "- 'created' - 'provider_reference')::text), ', ' "
+		. "ORDER BY created_at) "
+		. "FROM payment_events WHERE payment_id = '$id'");
+};
+my $want = $fields->($alone->{id});
+is(scalar(grep { $fields->($_->{json}{data}{id}) eq $want } @many), 8,
+	'each stored as the same payment alone is, with the same events')
+	or diag($want, "\n", $fields->($many[0]{json}{data}{id}));
+is(scalar(grep { my $d = $_->{json}{data};
+	$d->{description} eq $alone->{description}
+	&& $d->{metadata}{note} eq "line\nbreak"
+	&& $d->{status} eq 'requires_capture' } @many), 8,
+	'and answered with its fields as sent');
+$BODY = encode_json({ amount => 4200, currency => 'usd' });
+
 ###############################################################################
 # 2. one key, 20 requests at once
 
@@ -160,7 +198,7 @@ my %bodies = map { ($_->{body} // '') => 1 } @r;
 is(scalar keys %bodies, 1, 'all with the same answer, byte for byte');
 is($t->psql("SELECT count(*) FROM idempotency_keys "
 	. "WHERE tenant_id = '$tenant' AND key = '$idem'"), 1, 'one key');
-is(payments(), 41, 'and one payment for it');
+is(payments(), 50, 'and one payment for it');
 
 ###############################################################################
 # 3. a shared transaction fails: its payments run again alone
@@ -193,7 +231,7 @@ is(scalar @ok, 40, 'a fault in a shared transaction: all 40 succeeded')
 	or diag(join ' ', map { $_->{status} // 'none' } @r);
 cmp_ok(metric('payflow_pg_group_retries_total'), '>', $retries,
 	'the transaction\'s payments ran again alone');
-is(payments(), 81, 'each written once');
+is(payments(), 90, 'each written once');
 is(unbalanced(), 0, 'the ledger balances');
 
 ###############################################################################
