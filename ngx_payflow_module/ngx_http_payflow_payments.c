@@ -34,6 +34,7 @@
 
 
 static const char  ngx_http_payflow_payments_group[] = "payments";
+static const char  ngx_http_payflow_outcomes_group[] = "outcomes";
 
 
 typedef struct {
@@ -788,12 +789,16 @@ ngx_http_payflow_payments_create(ngx_http_request_t *r,
 
         values[11] = "processing";
 
-        q = ngx_http_payflow_db_query(r, 1, NGX_HTTP_PAYFLOW_DB_READ);
+        q = ngx_http_payflow_db_query(r, 1, 1);
         if (q == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         ngx_http_payflow_db_set(q, 0, pmcf->st.pay_create, 22, values);
+
+        /* written with the sandbox's payments waiting beside it */
+        q->group = ngx_http_payflow_payments_group;
+        q->merge = pmcf->st.pay_create_many;
 
         /* scored before any provider is asked; decided with the payment */
 
@@ -1441,6 +1446,9 @@ ngx_http_payflow_payments_charged(ngx_http_request_t *r,
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* providers' answers waiting for a connection commit together */
+    q->group = ngx_http_payflow_outcomes_group;
 
     return ngx_http_payflow_db_run(r, q, "recording a provider's answer",
                                    ngx_http_payflow_payments_created);
