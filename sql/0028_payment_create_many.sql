@@ -48,6 +48,10 @@ DECLARE
     v_head    text;
     v_key     text;
     v_seen    text[] := '{}';
+    v_tenants text[] := '{}';
+    v_vtenant text[] := '{}';      -- risk_versions read so far
+    v_vver    bigint[] := '{}';
+    v_at      int;
     v_ver     bigint;
 
     -- one place per payment that is written
@@ -116,9 +120,15 @@ BEGIN
                                  || v_key);
         END IF;
 
-        IF NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = p.tenant_id) THEN
-            RAISE EXCEPTION 'no tenant %', p.tenant_id
-                USING ERRCODE = 'foreign_key_violation';
+        -- once per tenant of the group
+        IF NOT p.tenant_id = ANY (v_tenants) THEN
+            IF NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = p.tenant_id)
+            THEN
+                RAISE EXCEPTION 'no tenant %', p.tenant_id
+                    USING ERRCODE = 'foreign_key_violation';
+            END IF;
+
+            v_tenants := v_tenants || p.tenant_id;
         END IF;
 
         p.status := x->>18;
@@ -161,8 +171,17 @@ BEGIN
         IF v_risk IS NOT NULL THEN
             -- sql/0024's: the worker's decision stands if its copy of
             -- the tenant's lists and settings is current
-            v_ver := coalesce((SELECT v.version FROM risk_versions v
-                                WHERE v.tenant_id = p.tenant_id), 0);
+            -- read once per tenant of the group
+            v_at := array_position(v_vtenant, p.tenant_id);
+
+            IF v_at IS NULL THEN
+                v_ver := coalesce((SELECT v.version FROM risk_versions v
+                                    WHERE v.tenant_id = p.tenant_id), 0);
+                v_vtenant := v_vtenant || p.tenant_id;
+                v_vver := v_vver || v_ver;
+            ELSE
+                v_ver := v_vver[v_at];
+            END IF;
 
             IF v_risk ? 'result' AND (v_risk->>'version')::bigint = v_ver
             THEN

@@ -30,7 +30,7 @@ use Time::HiRes;
 use Test::More;
 use PayFlow::Test;
 
-my $t = PayFlow::Test->new->has_module->has_pg->plan(29);
+my $t = PayFlow::Test->new->has_module->has_pg->plan(35);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -300,6 +300,57 @@ cmp_ok($busy, '<', 1.5, 'not for the busy connection') or diag("$busy s");
 
 http_end($held, timeout => 10);
 $t->wait_pid($holder, 15);
+
+###############################################################################
+# 5. the risk engine's decisions, each payment's own, in one group
+
+$t->stop;
+$conf = $t->read_file('nginx.conf');
+$conf =~ s/(payflow_key_pepper)/payflow_risk zone=risk:1m list_cache=64k list_refresh=200ms;\n    $1/
+	or BAIL_OUT('nginx.conf has no payflow_key_pepper');
+$t->write_file('nginx.conf', $conf);
+$t->run;
+
+$r = $t->admin_api('POST', "/v1/admin/tenants/$tenant/api_keys",
+	{ mode => 'test', role => 'owner' });
+my $owner = $r->{json}{data}{secret};
+is(bearer($owner, 'POST', '/v1/risk/lists/email',
+	{ value => 'bad@fraud.example' })->{status}, 200, 'an email blocked');
+sleep 1;    # list_refresh: the worker's copy has it
+
+$merged = metric('payflow_pg_group_merged_total');
+$retries = metric('payflow_pg_group_retries_total');
+my $locker = $t->psql_bg('BEGIN; LOCK TABLE payments IN EXCLUSIVE MODE; '
+	. 'SELECT pg_sleep(1); COMMIT;');
+$t->poll(5, sub { $t->psql("SELECT count(*) FROM pg_locks l "
+	. "JOIN pg_class c ON c.oid = l.relation "
+	. "WHERE c.relname = 'payments' AND l.mode = 'ExclusiveLock' "
+	. "AND l.granted") eq '1' }, 0.05)
+	or BAIL_OUT('the lock on payments was not taken');
+my @socks = map {
+	my $email = $_ % 3 ? "good$_\@shop.example" : 'bad@fraud.example';
+	my $b = encode_json({ amount => 4200, currency => 'usd',
+		customer => { email => $email } });
+	http("POST /v1/payments HTTP/1.1\r\nHost: localhost\r\n"
+		. "Authorization: Bearer $key\r\n"
+		. "Content-Type: application/json\r\nContent-Length: "
+		. length($b) . "\r\nConnection: close\r\n\r\n$b", start => 1)
+} 0 .. 8;
+my @risky = map { http_parse(http_end($_, timeout => 30)) } @socks;
+$t->wait_pid($locker, 15);
+
+cmp_ok(metric('payflow_pg_group_merged_total'), '>', $merged,
+	'risk: the payments shared a statement');
+is(metric('payflow_pg_group_retries_total'), $retries,
+	'which none of them failed');
+is(join(' ', map { $_->{status} // 'none' } @risky),
+	'402 200 200 402 200 200 402 200 200',
+	'each its own decision: the blocked email 402, the others 200');
+is(scalar(grep { ($_->{json}{error}{payment}{failure_code} // '')
+	eq 'blocked' } @risky), 3, 'the blocked ones failed as blocked');
+is(scalar(grep { ($_->{json}{data}{risk}{decision} // '') eq 'allow'
+	&& $_->{json}{data}{status} eq 'succeeded' } @risky), 6,
+	'the others allowed and charged');
 
 $t->stop;
 
