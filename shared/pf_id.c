@@ -29,6 +29,10 @@ static size_t  pf_id_random_left;
 static ngx_pid_t  pf_id_random_pid;
 
 
+static ngx_int_t pf_id_make(ngx_pool_t *pool, const char *prefix,
+    ngx_str_t *id, ngx_uint_t ordered);
+
+
 static ngx_int_t
 pf_id_refill(void)
 {
@@ -81,35 +85,25 @@ pf_id_base62(u_char *dst, size_t n)
 ngx_int_t
 pf_id_generate(ngx_pool_t *pool, const char *prefix, ngx_str_t *id)
 {
-    u_char  *p;
-    size_t   len;
-
-    len = ngx_strlen(prefix);
-
-    p = ngx_pnalloc(pool, len + PF_ID_RANDOM_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    id->data = p;
-    p = ngx_cpymem(p, prefix, len);
-
-    p = pf_id_base62(p, PF_ID_RANDOM_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    id->len = p - id->data;
-
-    return NGX_OK;
+    return pf_id_make(pool, prefix, id, 0);
 }
 
 
 ngx_int_t
 pf_id_generate_ordered(ngx_pool_t *pool, const char *prefix, ngx_str_t *id)
 {
+    return pf_id_make(pool, prefix, id, 1);
+}
+
+
+/* prefix, [the time in milliseconds as hex,] random base62 characters */
+
+static ngx_int_t
+pf_id_make(ngx_pool_t *pool, const char *prefix, ngx_str_t *id,
+    ngx_uint_t ordered)
+{
     u_char      *p;
-    size_t       len;
+    size_t       len, n;
     uint64_t     ms;
     ngx_uint_t   i;
     ngx_time_t  *tp;
@@ -125,16 +119,22 @@ pf_id_generate_ordered(ngx_pool_t *pool, const char *prefix, ngx_str_t *id)
 
     id->data = p;
     p = ngx_cpymem(p, prefix, len);
+    n = PF_ID_RANDOM_LEN;
 
-    tp = ngx_timeofday();
-    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+    if (ordered) {
+        tp = ngx_timeofday();
+        ms = (uint64_t) tp->sec * 1000 + tp->msec;
 
-    for (i = PF_ID_TIME_LEN; i-- > 0; /* void */) {
-        p[i] = hex[ms & 0xf];
-        ms >>= 4;
+        for (i = PF_ID_TIME_LEN; i-- > 0; /* void */) {
+            p[i] = hex[ms & 0xf];
+            ms >>= 4;
+        }
+
+        p += PF_ID_TIME_LEN;
+        n -= PF_ID_TIME_LEN;
     }
 
-    p = pf_id_base62(p + PF_ID_TIME_LEN, PF_ID_RANDOM_LEN - PF_ID_TIME_LEN);
+    p = pf_id_base62(p, n);
     if (p == NULL) {
         return NGX_ERROR;
     }

@@ -110,6 +110,8 @@ static void pf_pg_conn_setup(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send(pf_pg_conn_t *conn, pf_pg_query_t *q);
 static ngx_int_t pf_pg_conn_send_group(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send_merged(pf_pg_conn_t *conn);
+static void pf_pg_conn_group_sent(pf_pg_conn_t *conn, ngx_uint_t merged,
+    ngx_uint_t nstmts);
 static size_t pf_pg_json_len(const char *v);
 static u_char *pf_pg_json_string(u_char *p, const char *v);
 static ngx_int_t pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s);
@@ -1139,22 +1141,7 @@ pf_pg_conn_send_group(pf_pg_conn_t *conn)
         return NGX_ERROR;
     }
 
-    conn->query = first;
-    conn->group_failed = 0;
-    conn->merged = 0;
-
-    for (i = 0; i < conn->nmembers; i++) {
-        conn->members[i]->conn = conn;
-        conn->members[i]->member = i;
-    }
-
-    if (conn->pool->metrics) {
-        (void) ngx_atomic_fetch_add(&conn->pool->metrics->grouped, 1);
-        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_members,
-                                    conn->nmembers);
-    }
-
-    pf_pg_conn_busy(conn, n + 1);
+    pf_pg_conn_group_sent(conn, 0, n + 1);
 
     return NGX_OK;
 }
@@ -1241,25 +1228,43 @@ pf_pg_conn_send_merged(pf_pg_conn_t *conn)
         return NGX_ERROR;
     }
 
+    pf_pg_conn_group_sent(conn, 1, 1);
+
+    return NGX_OK;
+}
+
+
+/* a group's pipeline of nstmts statements is out: the connection is its */
+
+static void
+pf_pg_conn_group_sent(pf_pg_conn_t *conn, ngx_uint_t merged,
+    ngx_uint_t nstmts)
+{
+    ngx_uint_t        i;
+    pf_pg_metrics_t  *metrics;
+
     conn->query = conn->members[0];
     conn->group_failed = 0;
-    conn->merged = 1;
+    conn->merged = merged;
 
     for (i = 0; i < conn->nmembers; i++) {
         conn->members[i]->conn = conn;
         conn->members[i]->member = i;
     }
 
-    if (conn->pool->metrics) {
-        (void) ngx_atomic_fetch_add(&conn->pool->metrics->grouped, 1);
-        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_members,
+    metrics = conn->pool->metrics;
+
+    if (metrics) {
+        (void) ngx_atomic_fetch_add(&metrics->grouped, 1);
+        (void) ngx_atomic_fetch_add(&metrics->group_members,
                                     conn->nmembers);
-        (void) ngx_atomic_fetch_add(&conn->pool->metrics->group_merged, 1);
+
+        if (merged) {
+            (void) ngx_atomic_fetch_add(&metrics->group_merged, 1);
+        }
     }
 
-    pf_pg_conn_busy(conn, 1);
-
-    return NGX_OK;
+    pf_pg_conn_busy(conn, nstmts);
 }
 
 
@@ -1984,7 +1989,8 @@ pf_pg_conn_fail(pf_pg_conn_t *conn, pf_pg_status_e status)
                                   : PF_PG_BACKOFF_MIN;
 
     /* jitter, so that workers do not reconnect in lockstep */
-    delay = conn->backoff / 2 + (ngx_msec_t) ngx_random() % (conn->backoff / 2);
+    delay = conn->backoff / 2
+            + (ngx_msec_t) ngx_random() % (conn->backoff / 2);
 
     conn->timer.cancelable = 1;
     ngx_add_timer(&conn->timer, delay);

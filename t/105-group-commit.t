@@ -79,17 +79,24 @@ sub metric {
 # (under ASan it is not), and share its next transactions
 my $BODY = encode_json({ amount => 4200, currency => 'usd' });
 
-sub burst {
-	my ($n, @headers) = @_;
-	my $body = $BODY;
-
-	my $locker = $t->psql_bg('BEGIN; LOCK TABLE payments IN EXCLUSIVE MODE; '
+# a lock on payments for a second, taken before it returns: payments made
+# meanwhile wait for their connection, whatever nginx's speed
+sub lock_payments {
+	my $pid = $t->psql_bg('BEGIN; LOCK TABLE payments IN EXCLUSIVE MODE; '
 		. 'SELECT pg_sleep(1); COMMIT;');
 	$t->poll(5, sub { $t->psql("SELECT count(*) FROM pg_locks l "
 		. "JOIN pg_class c ON c.oid = l.relation "
 		. "WHERE c.relname = 'payments' AND l.mode = 'ExclusiveLock' "
 		. "AND l.granted") eq '1' }, 0.05)
 		or BAIL_OUT('the lock on payments was not taken');
+	return $pid;
+}
+
+sub burst {
+	my ($n, @headers) = @_;
+	my $body = $BODY;
+
+	my $locker = lock_payments();
 
 	my @r = http_many($n, '/v1/payments', method => 'POST', body => $body,
 		timeout => 30,
@@ -320,13 +327,7 @@ sleep 1;    # list_refresh: the worker's copy has it
 
 $merged = metric('payflow_pg_group_merged_total');
 $retries = metric('payflow_pg_group_retries_total');
-my $locker = $t->psql_bg('BEGIN; LOCK TABLE payments IN EXCLUSIVE MODE; '
-	. 'SELECT pg_sleep(1); COMMIT;');
-$t->poll(5, sub { $t->psql("SELECT count(*) FROM pg_locks l "
-	. "JOIN pg_class c ON c.oid = l.relation "
-	. "WHERE c.relname = 'payments' AND l.mode = 'ExclusiveLock' "
-	. "AND l.granted") eq '1' }, 0.05)
-	or BAIL_OUT('the lock on payments was not taken');
+my $locker = lock_payments();
 my @socks = map {
 	my $email = $_ % 3 ? "good$_\@shop.example" : 'bad@fraud.example';
 	my $b = encode_json({ amount => 4200, currency => 'usd',
