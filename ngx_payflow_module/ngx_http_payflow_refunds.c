@@ -156,7 +156,9 @@ ngx_http_payflow_refunds_create(ngx_http_request_t *r,
     }
 
     values = ngx_pcalloc(r->pool, 4 * sizeof(char *));
-    if (values == NULL || pf_id_generate_ordered(r->pool, "re_", &id) != NGX_OK) {
+    if (values == NULL
+        || pf_id_generate_ordered(r->pool, "re_", &id) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

@@ -21,6 +21,7 @@
 #include "pf_pg.h"
 #include "pf_conf.h"
 #include "pf_event.h"
+#include "pf_json.h"
 
 #include <sys/stat.h>
 #include <openssl/ssl.h>
@@ -112,8 +113,6 @@ static ngx_int_t pf_pg_conn_send_group(pf_pg_conn_t *conn);
 static ngx_int_t pf_pg_conn_send_merged(pf_pg_conn_t *conn);
 static void pf_pg_conn_group_sent(pf_pg_conn_t *conn, ngx_uint_t merged,
     ngx_uint_t nstmts);
-static size_t pf_pg_json_len(const char *v);
-static u_char *pf_pg_json_string(u_char *p, const char *v);
 static ngx_int_t pf_pg_conn_send_stmt(pf_pg_conn_t *conn, pf_pg_stmt_t *s);
 static void pf_pg_conn_busy(pf_pg_conn_t *conn, ngx_uint_t nstmts);
 static ngx_uint_t pf_pg_conn_detach(pf_pg_conn_t *conn,
@@ -1157,71 +1156,69 @@ static ngx_int_t
 pf_pg_conn_send_merged(pf_pg_conn_t *conn)
 {
     int             ok;
-    u_char         *json, *p;
-    size_t          len;
+    u_char         *param;
+    ngx_str_t       json;
     ngx_uint_t      i, j, n;
-    const char     *values[1];
+    ngx_pool_t     *pool;
     pf_pg_stmt_t   *s;
     pf_pg_query_t  *q;
+    pf_json_out_t   out;
 
-    len = sizeof("[]");
-
-    for (i = 0; i < conn->nmembers; i++) {
-        q = conn->members[i];
-        len += sizeof("[],") - 1;
-
-        for (j = 1; j < q->nstmts - 1; j++) {
-            s = &q->stmts[j];
-
-            for (n = 0; n < (ngx_uint_t) s->nparams; n++) {
-                len += pf_pg_json_len(s->values[n]) + 1;
-            }
-        }
-    }
-
-    json = ngx_alloc(len, conn->pool->log);
-    if (json == NULL) {
+    pool = ngx_create_pool(4096, conn->pool->log);
+    if (pool == NULL) {
         return NGX_ERROR;
     }
 
-    p = json;
-    *p++ = '[';
+    ok = 0;
+
+    if (pf_json_out_init(&out, pool, 4096) != NGX_OK) {
+        goto done;
+    }
+
+    pf_json_out_open(&out, '[');
 
     for (i = 0; i < conn->nmembers; i++) {
         q = conn->members[i];
 
-        if (i) {
-            *p++ = ',';
-        }
-
-        *p++ = '[';
+        pf_json_out_open(&out, '[');
 
         for (j = 1; j < q->nstmts - 1; j++) {
             s = &q->stmts[j];
 
             for (n = 0; n < (ngx_uint_t) s->nparams; n++) {
-                if (p[-1] != '[') {
-                    *p++ = ',';
-                }
+                if (s->values[n]) {
+                    pf_json_out_cstr(&out, s->values[n]);
 
-                p = pf_pg_json_string(p, s->values[n]);
+                } else {
+                    pf_json_out_null(&out);
+                }
             }
         }
 
-        *p++ = ']';
+        pf_json_out_close(&out, ']');
     }
 
-    *p++ = ']';
-    *p = '\0';
+    pf_json_out_close(&out, ']');
 
-    values[0] = (const char *) json;
+    if (pf_json_out_result(&out, &json) != NGX_OK) {
+        goto done;
+    }
 
-    /* libpq keeps its own copy of the parameter */
+    /* libpq reads a text parameter to its NUL, and copies it */
+
+    param = ngx_pnalloc(pool, json.len + 1);
+    if (param == NULL) {
+        goto done;
+    }
+
+    *ngx_cpymem(param, json.data, json.len) = '\0';
 
     ok = PQsendQueryPrepared(conn->pg, conn->members[0]->merge->name, 1,
-                             values, NULL, NULL, 0);
+                             (const char **) &param, NULL, NULL, 0);
 
-    ngx_free(json);
+done:
+
+    ngx_destroy_pool(pool);
 
     if (!ok || !PQpipelineSync(conn->pg) || PQflush(conn->pg) == -1) {
         pf_pg_conn_log(conn, NGX_LOG_ERR, "sending query failed");
@@ -1265,63 +1262,6 @@ pf_pg_conn_group_sent(pf_pg_conn_t *conn, ngx_uint_t merged,
     }
 
     pf_pg_conn_busy(conn, nstmts);
-}
-
-
-/* a parameter as a JSON string, NULL as null: its length, then its text */
-
-static size_t
-pf_pg_json_len(const char *v)
-{
-    size_t   n;
-    u_char   c;
-
-    if (v == NULL) {
-        return sizeof("null") - 1;
-    }
-
-    for (n = 2; *v; v++) {
-        c = (u_char) *v;
-        n += (c == '"' || c == '\\') ? 2 : (c < 0x20 ? 6 : 1);
-    }
-
-    return n;
-}
-
-
-static u_char *
-pf_pg_json_string(u_char *p, const char *v)
-{
-    u_char  c;
-
-    static u_char  hex[] = "0123456789abcdef";
-
-    if (v == NULL) {
-        return ngx_cpymem(p, "null", sizeof("null") - 1);
-    }
-
-    *p++ = '"';
-
-    for ( /* void */ ; *v; v++) {
-        c = (u_char) *v;
-
-        if (c == '"' || c == '\\') {
-            *p++ = '\\';
-            *p++ = c;
-
-        } else if (c < 0x20) {
-            p = ngx_cpymem(p, "\\u00", 4);
-            *p++ = hex[c >> 4];
-            *p++ = hex[c & 0xf];
-
-        } else {
-            *p++ = c;
-        }
-    }
-
-    *p++ = '"';
-
-    return p;
 }
 
 

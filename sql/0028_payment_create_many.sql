@@ -53,6 +53,7 @@ DECLARE
     v_vver    bigint[] := '{}';
     v_at      int;
     v_ver     bigint;
+    v_cust    jsonb;
 
     -- one place per payment that is written
     a_member  int[] := '{}';
@@ -61,9 +62,9 @@ DECLARE
     a_key     text[] := '{}';
     a_fp      text[] := '{}';
     a_head    text[] := '{}';
-    a_tail    text[] := '{}';
+    a_body    text[] := '{}';      -- the answer stored with the key
+    a_text    text[] := '{}';      -- the payment's JSON as text
     a_status  int[] := '{}';
-    a_source  text[] := '{}';
     a_req     text[] := '{}';
     a_at      timestamptz[] := '{}';
     a_decide  text[] := '{}';
@@ -214,9 +215,10 @@ BEGIN
         p.amount_captured := CASE WHEN p.status = 'succeeded'
                                   THEN p.amount ELSE 0 END;
         p.amount_refunded := 0;
-        p.customer := (x->>13)::jsonb - 'key' - 'index';
-        p.customer_key := (x->>13)::jsonb->>'key';
-        p.customer_index := decode((x->>13)::jsonb->>'index', 'hex');
+        v_cust := (x->>13)::jsonb;
+        p.customer := v_cust - 'key' - 'index';
+        p.customer_key := v_cust->>'key';
+        p.customer_index := decode(v_cust->>'index', 'hex');
         p.metadata := coalesce((x->>14)::jsonb, '{}');
         p.return_url := x->>15;
         p.next_action := CASE WHEN x->>21 IS NOT NULL
@@ -237,9 +239,9 @@ BEGIN
         a_key[n] := v_key;
         a_fp[n] := x->>24;
         a_head[n] := v_head;
-        a_tail[n] := x->>26;
+        a_text[n] := v_json::text;
+        a_body[n] := v_head || a_text[n] || (x->>26);
         a_status[n] := (x->>27)::int;
-        a_source[n] := 'api';
         a_req[n] := nullif(x->>6, '');
         a_at[n] := clock_timestamp();
         a_decide[n] := v_decide;
@@ -255,9 +257,8 @@ BEGIN
     WITH u AS (
         SELECT a_member[o] AS m, a_pay[o] AS p, a_json[o] AS js,
                a_key[o] AS key, a_fp[o] AS fp, a_head[o] AS head,
-               a_tail[o] AS tail, a_status[o] AS st, a_source[o] AS src,
-               a_req[o] AS req, a_at[o] AS at, a_decide[o] AS decide,
-               a_detail[o] AS detail
+               a_body[o] AS body, a_status[o] AS st, a_req[o] AS req,
+               a_at[o] AS at, a_decide[o] AS decide, a_detail[o] AS detail
           FROM generate_series(1, n) AS g(o)
     ), k AS (
         INSERT INTO idempotency_keys AS k (tenant_id, livemode, key,
@@ -268,8 +269,7 @@ BEGIN
             CASE WHEN u.head IS NULL THEN 'payment_created'
                  ELSE 'finished' END,
             CASE WHEN u.head IS NULL THEN now() + interval '30 seconds' END,
-            (u.p).id, CASE WHEN u.head IS NOT NULL THEN u.st END,
-            u.head || u.js::text || u.tail
+            (u.p).id, CASE WHEN u.head IS NOT NULL THEN u.st END, u.body
           FROM u
          WHERE u.key IS NOT NULL
         ON CONFLICT DO NOTHING
@@ -281,21 +281,22 @@ BEGIN
          WHERE u.key IS NULL OR (u.p).id IN (SELECT k.payment_id FROM k)
         RETURNING payments.id
     ), w AS (
-        SELECT u.* FROM u JOIN pay ON pay.id = (u.p).id
+        -- the payments written; the first steps show it still processing
+        SELECT u.*,
+               u.js || jsonb_build_object('status', 'processing',
+                   'amount_capturable', 0, 'amount_received', 0,
+                   'provider_reference', NULL, 'next_action', NULL,
+                   'failure_code', NULL, 'failure_message', NULL) AS first
+          FROM u JOIN pay ON pay.id = (u.p).id
     ), ev AS (
         INSERT INTO payment_events (tenant_id, livemode, payment_id, type,
                                     from_status, to_status, source,
                                     request_id, amount, provider, detail,
                                     data, created_at)
         SELECT (w.p).tenant_id, (w.p).livemode, (w.p).id, s.type,
-               s.from_status, s.to_status, w.src, w.req, (w.p).amount,
+               s.from_status, s.to_status, 'api', w.req, (w.p).amount,
                (w.p).provider, s.detail,
-               CASE WHEN s.step = 3 THEN w.js
-                    ELSE w.js || jsonb_build_object('status', 'processing',
-                        'amount_capturable', 0, 'amount_received', 0,
-                        'provider_reference', NULL, 'next_action', NULL,
-                        'failure_code', NULL, 'failure_message', NULL)
-               END,
+               CASE WHEN s.step = 3 THEN w.js ELSE w.first END,
                w.at + (s.step - 1) * interval '1 microsecond'
           FROM w, LATERAL (
                VALUES (1, 'payment.created', NULL, 'pending',
@@ -356,10 +357,11 @@ BEGIN
                     ELSE 'finished' END,
                u.head IS NULL,
                CASE WHEN u.head IS NOT NULL THEN u.st END,
-               u.head || u.js::text || u.tail, (u.p).id, NULL::text,
-               NULL::text, true, u.js::text, u.decide, u.copied
-          FROM (SELECT a_member[o] AS m, a_pay[o] AS p, a_json[o] AS js,
-                       a_fp[o] AS fp, a_head[o] AS head, a_tail[o] AS tail,
+               u.body, u.id, NULL::text, NULL::text, true, u.text,
+               u.decide, u.copied
+          FROM (SELECT a_member[o] AS m, (a_pay[o]).id AS id,
+                       a_text[o] AS text, a_body[o] AS body,
+                       a_fp[o] AS fp, a_head[o] AS head,
                        a_status[o] AS st, a_decide[o] AS decide,
                        a_copied[o] AS copied
                   FROM generate_series(1, n) AS g(o)) AS u
